@@ -1,0 +1,10 @@
+//! segmill: onboard offline audience data the way Adobe Audience Manager's server-to-server
+//! batch transfer does.
+//!
+//! Architecture notes are filled in as the stages land.
+
+pub mod config;
+pub mod inbound;
+pub mod model;
+pub mod parse;
+pub mod state;

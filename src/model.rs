@@ -1,0 +1,245 @@
+//! Core vocabulary shared by every stage: data-source and trait IDs, AAM UUIDs, profile keys
+//! and the stable partitioning hash.
+
+use std::fmt;
+
+/// A data provider ID (data source). DPIDs in names are decimal; AAM's largest known global
+/// device DPID (1171489) is far below `u32::MAX`.
+pub type Dpid = u32;
+
+/// An onboarded trait ID (`d_sid`).
+pub type TraitId = u32;
+
+/// Seconds since the Unix epoch, UTC.
+pub type Timestamp = i64;
+
+/// DPID `0`: the column holds AAM UUIDs.
+pub const AAM_UUID_DPID: Dpid = 0;
+
+/// Seed of the partitioning hash. Changing it changes every state file's layout: bump
+/// `state::FORMAT_VERSION` with it.
+pub const PARTITION_SEED: u64 = 0x5e9_0111_2026_0001;
+
+/// An AAM UUID: exactly 38 ASCII digits, stored as a number and printed zero-padded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Uuid(pub u128);
+
+impl Uuid {
+    /// Parses exactly 38 ASCII digits; anything else is `None`.
+    pub fn parse(bytes: &[u8]) -> Option<Uuid> {
+        if bytes.len() != 38 {
+            return None;
+        }
+        let mut value: u128 = 0;
+        for &b in bytes {
+            let digit = b.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            // 10^38 - 1 < 2^128, so 38 digits never overflow.
+            value = value * 10 + u128::from(digit);
+        }
+        Some(Uuid(value))
+    }
+}
+
+impl fmt::Display for Uuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:038}", self.0)
+    }
+}
+
+/// The format a global device data source requires of its IDs (AAM-REFERENCE §1.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceFormat {
+    /// 8-4-4-4-12 lowercase hexadecimal (GAID, RIDA, Fire TV, LGUDID).
+    LowerUuid,
+    /// 8-4-4-4-12 uppercase hexadecimal (IDFA).
+    UpperUuid,
+    /// ASCII letters and digits only (MAID, TIFA, Vizio, Samsung DUID).
+    Alphanumeric,
+}
+
+impl DeviceFormat {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DeviceFormat::LowerUuid => "36 characters, lowercase hex 8-4-4-4-12",
+            DeviceFormat::UpperUuid => "36 characters, uppercase hex 8-4-4-4-12",
+            DeviceFormat::Alphanumeric => "ASCII letters and digits",
+        }
+    }
+
+    /// Whether `id` has exactly this format.
+    pub fn accepts(self, id: &[u8]) -> bool {
+        match self {
+            DeviceFormat::LowerUuid => is_hyphenated_hex(id, |b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            DeviceFormat::UpperUuid => is_hyphenated_hex(id, |b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)),
+            DeviceFormat::Alphanumeric => !id.is_empty() && id.iter().all(u8::is_ascii_alphanumeric),
+        }
+    }
+}
+
+fn is_hyphenated_hex(id: &[u8], hex: impl Fn(u8) -> bool) -> bool {
+    id.len() == 36
+        && id.iter().enumerate().all(|(i, &b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => hex(b),
+        })
+}
+
+/// The global device data sources of AAM-REFERENCE §1.4: DPID, name, ID format.
+pub const GLOBAL_DEVICE_SOURCES: &[(Dpid, &str, DeviceFormat)] = &[
+    (20914, "GAID (Android)", DeviceFormat::LowerUuid),
+    (20915, "IDFA (iOS)", DeviceFormat::UpperUuid),
+    (121963, "RIDA (Roku)", DeviceFormat::LowerUuid),
+    (389146, "MAID (Microsoft)", DeviceFormat::Alphanumeric),
+    (404660, "Samsung DUID", DeviceFormat::Alphanumeric),
+    (488258, "Amazon Fire TV", DeviceFormat::LowerUuid),
+    (963906, "TIFA (Samsung Tizen)", DeviceFormat::Alphanumeric),
+    (1171485, "LGUDID (LG webOS)", DeviceFormat::LowerUuid),
+    (1171489, "Vizio IFA", DeviceFormat::Alphanumeric),
+];
+
+/// The device-ID format of a global device DPID, or `None` for any other DPID.
+pub fn device_format(dpid: Dpid) -> Option<(&'static str, DeviceFormat)> {
+    GLOBAL_DEVICE_SOURCES
+        .iter()
+        .find(|(d, _, _)| *d == dpid)
+        .map(|&(_, name, format)| (name, format))
+}
+
+/// Whose profile a record lands on. Ordered so that AAM UUID profiles sort numerically first.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProfileKey {
+    /// An AAM UUID profile.
+    Uuid(Uuid),
+    /// A global device ID profile: (device DPID, ID).
+    Device(Dpid, Box<[u8]>),
+    /// A cross-device customer-ID profile kept while the ID is not synced: (DPID, ID).
+    Customer(Dpid, Box<[u8]>),
+}
+
+impl ProfileKey {
+    const TAG_UUID: u8 = 0;
+    const TAG_DEVICE: u8 = 1;
+    const TAG_CUSTOMER: u8 = 2;
+
+    /// The stable byte encoding used in state files and for partitioning. Byte order equals
+    /// the `Ord` order of keys.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            ProfileKey::Uuid(u) => {
+                out.push(Self::TAG_UUID);
+                out.extend_from_slice(&u.0.to_be_bytes());
+            }
+            ProfileKey::Device(dpid, id) | ProfileKey::Customer(dpid, id) => {
+                out.push(if matches!(self, ProfileKey::Device(..)) { Self::TAG_DEVICE } else { Self::TAG_CUSTOMER });
+                out.extend_from_slice(&dpid.to_be_bytes());
+                out.extend_from_slice(id);
+            }
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(21);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Inverse of [`ProfileKey::encode`]; `None` for bytes no key encodes to.
+    pub fn decode(bytes: &[u8]) -> Option<ProfileKey> {
+        let (&tag, rest) = bytes.split_first()?;
+        match tag {
+            Self::TAG_UUID => Some(ProfileKey::Uuid(Uuid(u128::from_be_bytes(rest.try_into().ok()?)))),
+            Self::TAG_DEVICE | Self::TAG_CUSTOMER => {
+                if rest.len() < 4 {
+                    return None;
+                }
+                let dpid = Dpid::from_be_bytes(rest[..4].try_into().ok()?);
+                let id: Box<[u8]> = rest[4..].into();
+                Some(if tag == Self::TAG_DEVICE { ProfileKey::Device(dpid, id) } else { ProfileKey::Customer(dpid, id) })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ProfileKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProfileKey::Uuid(u) => write!(f, "{u}"),
+            ProfileKey::Device(dpid, id) => write!(f, "device {dpid}:{}", String::from_utf8_lossy(id)),
+            ProfileKey::Customer(dpid, id) => write!(f, "customer {dpid}:{}", String::from_utf8_lossy(id)),
+        }
+    }
+}
+
+/// The partition of an encoded key: xxh3 with a fixed seed, never a per-process hasher.
+pub fn partition_of(encoded_key: &[u8], partitions: u32) -> u32 {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(encoded_key, PARTITION_SEED);
+    // Multiply-shift maps the hash onto 0..partitions without a division.
+    ((u128::from(h) * u128::from(partitions)) >> 64) as u32
+}
+
+/// The 128-bit identity of an (ID space, ID) pair, used as the in-memory index key.
+pub fn id_hash(dpid: Dpid, id: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128_with_seed(id, PARTITION_SEED ^ u64::from(dpid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_round_trip_keeps_leading_zeros() {
+        let text = b"00000000000000000000000000000000000042";
+        let u = Uuid::parse(text).unwrap();
+        assert_eq!(u.to_string().as_bytes(), text);
+        assert_eq!(Uuid::parse(b"99999999999999999999999999999999999999").unwrap().to_string().len(), 38);
+    }
+
+    #[test]
+    fn uuid_rejects_wrong_length_and_letters() {
+        assert!(Uuid::parse(b"123").is_none());
+        assert!(Uuid::parse(b"5976755918126206006027887090108709825a").is_none());
+        assert!(Uuid::parse(b"597675591812620600602788709010870982520").is_none());
+    }
+
+    #[test]
+    fn device_formats() {
+        assert!(DeviceFormat::LowerUuid.accepts(b"e4fe9bde-caa0-47b6-908d-ffba3fa184f2"));
+        assert!(!DeviceFormat::LowerUuid.accepts(b"E4FE9BDE-CAA0-47B6-908D-FFBA3FA184F2"));
+        assert!(DeviceFormat::UpperUuid.accepts(b"AEBE52E7-03EE-455A-B3C4-E57283966239"));
+        assert!(!DeviceFormat::UpperUuid.accepts(b"aebe52e7-03ee-455a-b3c4-e57283966239"));
+        assert!(!DeviceFormat::UpperUuid.accepts(b"AEBE52E703EE455AB3C4E57283966239"));
+        assert!(DeviceFormat::Alphanumeric.accepts(b"7XCBNROQJQPYW"));
+        assert!(!DeviceFormat::Alphanumeric.accepts(b"7XCB-NROQ"));
+        assert!(!DeviceFormat::Alphanumeric.accepts(b""));
+    }
+
+    #[test]
+    fn key_encoding_round_trips_and_orders() {
+        let keys = [
+            ProfileKey::Uuid(Uuid(7)),
+            ProfileKey::Uuid(Uuid(1 << 100)),
+            ProfileKey::Device(20914, b"e4fe".as_slice().into()),
+            ProfileKey::Customer(21, b"abc".as_slice().into()),
+        ];
+        for k in &keys {
+            assert_eq!(ProfileKey::decode(&k.encode()).as_ref(), Some(k));
+        }
+        let mut by_bytes = keys.to_vec();
+        by_bytes.sort_by_key(|k| k.encode());
+        let mut by_ord = keys.to_vec();
+        by_ord.sort();
+        assert_eq!(by_bytes, by_ord);
+    }
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        let key = ProfileKey::Uuid(Uuid(42)).encode();
+        let p = partition_of(&key, 64);
+        assert!(p < 64);
+        assert_eq!(p, partition_of(&key, 64));
+    }
+}

@@ -1,0 +1,1 @@
+//! Inbound line grammar: records and items.

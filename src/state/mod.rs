@@ -1,0 +1,1 @@
+//! The state folder: generations, checksummed files, the lock and the ledger.
