@@ -3,8 +3,13 @@
 //!
 //! Architecture notes are filled in as the stages land.
 
+pub mod codec;
 pub mod config;
+pub mod idsync;
 pub mod inbound;
+pub mod ingest;
 pub mod model;
 pub mod parse;
+pub mod profile;
+pub mod report;
 pub mod state;

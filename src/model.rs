@@ -132,12 +132,23 @@ impl ProfileKey {
                 out.push(Self::TAG_UUID);
                 out.extend_from_slice(&u.0.to_be_bytes());
             }
-            ProfileKey::Device(dpid, id) | ProfileKey::Customer(dpid, id) => {
-                out.push(if matches!(self, ProfileKey::Device(..)) { Self::TAG_DEVICE } else { Self::TAG_CUSTOMER });
-                out.extend_from_slice(&dpid.to_be_bytes());
-                out.extend_from_slice(id);
-            }
+            ProfileKey::Device(dpid, id) => Self::encode_device(*dpid, id, out),
+            ProfileKey::Customer(dpid, id) => Self::encode_customer(*dpid, id, out),
         }
+    }
+
+    /// Appends the encoding of `ProfileKey::Device(dpid, id)` without building one.
+    pub fn encode_device(dpid: Dpid, id: &[u8], out: &mut Vec<u8>) {
+        out.push(Self::TAG_DEVICE);
+        out.extend_from_slice(&dpid.to_be_bytes());
+        out.extend_from_slice(id);
+    }
+
+    /// Appends the encoding of `ProfileKey::Customer(dpid, id)` without building one.
+    pub fn encode_customer(dpid: Dpid, id: &[u8], out: &mut Vec<u8>) {
+        out.push(Self::TAG_CUSTOMER);
+        out.extend_from_slice(&dpid.to_be_bytes());
+        out.extend_from_slice(id);
     }
 
     pub fn encode(&self) -> Vec<u8> {

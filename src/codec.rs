@@ -1,0 +1,118 @@
+//! A tiny little-endian binary codec for state partition files.
+//!
+//! Framing and checksums are the state module's business; this only lays out records.
+
+/// Appends fixed-width little-endian fields and length-prefixed byte strings.
+#[derive(Default)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    pub fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn i64(&mut self, v: i64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    /// A `u32` length then the bytes.
+    pub fn bytes(&mut self, v: &[u8]) {
+        // State records hold IDs of at most 102,400 bytes, far below u32::MAX.
+        self.u32(v.len() as u32);
+        self.buf.extend_from_slice(v);
+    }
+}
+
+/// Reads what [`Writer`] wrote. Every read is bounds-checked: a short buffer is an error, never
+/// a panic, because state files come from disk.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+/// The buffer ended before a field did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncated {
+    pub offset: usize,
+}
+
+impl std::fmt::Display for Truncated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "record truncated at byte {}", self.offset)
+    }
+}
+
+impl std::error::Error for Truncated {}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0 }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Truncated> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        match end {
+            Some(end) => {
+                let s = &self.buf[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(Truncated { offset: self.pos }),
+        }
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Truncated> {
+        let s = self.take(N)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+    pub fn u8(&mut self) -> Result<u8, Truncated> {
+        Ok(self.array::<1>()?[0])
+    }
+    pub fn u32(&mut self) -> Result<u32, Truncated> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    pub fn u64(&mut self) -> Result<u64, Truncated> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    pub fn i64(&mut self) -> Result<i64, Truncated> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+    pub fn bytes(&mut self) -> Result<&'a [u8], Truncated> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_truncation() {
+        let mut w = Writer::default();
+        w.u8(7);
+        w.u32(42);
+        w.i64(-5);
+        w.bytes(b"abc");
+        let mut r = Reader::new(&w.buf);
+        assert_eq!(r.u8(), Ok(7));
+        assert_eq!(r.u32(), Ok(42));
+        assert_eq!(r.i64(), Ok(-5));
+        assert_eq!(r.bytes(), Ok(&b"abc"[..]));
+        assert!(r.is_empty());
+        let mut short = Reader::new(&w.buf[..w.buf.len() - 1]);
+        short.u8().unwrap();
+        short.u32().unwrap();
+        short.i64().unwrap();
+        assert_eq!(short.bytes(), Err(Truncated { offset: 17 }));
+    }
+}

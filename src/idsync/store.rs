@@ -1,0 +1,208 @@
+//! The ID-sync tables in the state: one file per (table, DPID, partition), records sorted by ID.
+//!
+//! A record is `id, value_dpid, value, timestamp`: `id` in the file's DPID maps to `value` in
+//! `value_dpid`. The latest file by TIMESTAMP wins (CONTRACT §4); within one run files are
+//! applied in (TIMESTAMP, name) order, rows in line order.
+
+use super::Table;
+use crate::codec::{Reader, Truncated, Writer};
+use crate::model::{partition_of, Dpid};
+use std::collections::BTreeMap;
+
+/// One stored mapping, borrowing its partition's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub id: &'a [u8],
+    pub value_dpid: Dpid,
+    pub value: &'a [u8],
+    pub timestamp: u64,
+}
+
+/// The state-relative name of a table partition.
+pub fn part_name(table: Table, dpid: Dpid, part: u32) -> String {
+    format!("{}/dpid-{dpid}/part-{part:04}", table.dir())
+}
+
+/// The partition of `(dpid, id)`.
+pub fn part_of(dpid: Dpid, id: &[u8], partitions: u32) -> u32 {
+    let mut key = Vec::with_capacity(4 + id.len());
+    key.extend_from_slice(&dpid.to_be_bytes());
+    key.extend_from_slice(id);
+    partition_of(&key, partitions)
+}
+
+pub fn decode(payload: &[u8]) -> Result<Vec<Record<'_>>, Truncated> {
+    let mut r = Reader::new(payload);
+    let mut out = Vec::new();
+    while !r.is_empty() {
+        out.push(Record { id: r.bytes()?, value_dpid: r.u32()?, value: r.bytes()?, timestamp: r.u64()? });
+    }
+    Ok(out)
+}
+
+fn encode(records: &[Record<'_>]) -> Vec<u8> {
+    let mut w = Writer::default();
+    for rec in records {
+        w.bytes(rec.id);
+        w.u32(rec.value_dpid);
+        w.bytes(rec.value);
+        w.u64(rec.timestamp);
+    }
+    w.buf
+}
+
+/// A mapping arriving tonight, with the index of the file it came from.
+#[derive(Clone, Copy, Debug)]
+pub struct Incoming<'a> {
+    pub key_dpid: Dpid,
+    pub record: Record<'a>,
+    pub file: usize,
+}
+
+/// The result of applying tonight's mappings to one table.
+#[derive(Default)]
+pub struct Applied {
+    /// New payloads by partition name; partitions not listed are unchanged.
+    pub parts: BTreeMap<String, Vec<u8>>,
+    /// Per file index: mappings stored (not superseded by a stored mapping from a later file).
+    pub stored_per_file: BTreeMap<usize, u64>,
+}
+
+/// Errors reading the previous table.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("ID-sync table {part}: {source}")]
+    Corrupt { part: String, source: Truncated },
+    #[error(transparent)]
+    Read(#[from] anyhow::Error),
+}
+
+/// Merges `incoming` (in application order) into `table`. `old` returns a partition's
+/// previous payload, if any.
+pub fn apply(
+    table: Table,
+    incoming: &[Incoming<'_>],
+    partitions: u32,
+    old: &(dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
+) -> Result<Applied, StoreError> {
+    // Group by partition, keeping application order inside each group.
+    let mut groups: BTreeMap<String, Vec<(usize, &Incoming<'_>)>> = BTreeMap::new();
+    for (order, m) in incoming.iter().enumerate() {
+        let part = part_of(m.key_dpid, m.record.id, partitions);
+        groups.entry(part_name(table, m.key_dpid, part)).or_default().push((order, m));
+    }
+    let results: Vec<Result<(String, Vec<u8>, Vec<(usize, u64)>), StoreError>> = {
+        use rayon::prelude::*;
+        groups
+            .into_par_iter()
+            .map(|(name, mut group)| {
+                let previous = old(&name)?;
+                let stored = match &previous {
+                    Some(bytes) => decode(bytes).map_err(|source| StoreError::Corrupt { part: name.clone(), source })?,
+                    None => Vec::new(),
+                };
+                // Sort by ID, then application order; keep the winner per ID.
+                group.sort_by(|a, b| a.1.record.id.cmp(b.1.record.id).then(a.0.cmp(&b.0)));
+                let mut winners: Vec<(Record<'_>, usize)> = Vec::with_capacity(group.len());
+                for (_, m) in &group {
+                    match winners.last_mut() {
+                        Some(last) if last.0.id == m.record.id => {
+                            if m.record.timestamp >= last.0.timestamp {
+                                *last = (m.record, m.file);
+                            }
+                        }
+                        _ => winners.push((m.record, m.file)),
+                    }
+                }
+                let mut merged: Vec<Record<'_>> = Vec::with_capacity(stored.len() + winners.len());
+                let mut counts: BTreeMap<usize, u64> = BTreeMap::new();
+                let (mut i, mut j) = (0, 0);
+                while i < stored.len() || j < winners.len() {
+                    let take_new = match (stored.get(i), winners.get(j)) {
+                        (Some(s), Some((w, _))) => match s.id.cmp(w.id) {
+                            std::cmp::Ordering::Less => false,
+                            std::cmp::Ordering::Greater => true,
+                            std::cmp::Ordering::Equal => {
+                                i += 1; // the stored one is replaced or kept below
+                                if w.timestamp >= s.timestamp {
+                                    true
+                                } else {
+                                    merged.push(*s);
+                                    j += 1;
+                                    continue;
+                                }
+                            }
+                        },
+                        (Some(_), None) => false,
+                        (None, _) => true,
+                    };
+                    if take_new {
+                        let (w, file) = winners[j];
+                        merged.push(w);
+                        *counts.entry(file).or_default() += 1;
+                        j += 1;
+                    } else {
+                        merged.push(stored[i]);
+                        i += 1;
+                    }
+                }
+                Ok((name, encode(&merged), counts.into_iter().collect()))
+            })
+            .collect()
+    };
+    let mut applied = Applied::default();
+    for r in results {
+        let (name, bytes, counts) = r?;
+        applied.parts.insert(name, bytes);
+        for (file, n) in counts {
+            *applied.stored_per_file.entry(file).or_default() += n;
+        }
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn rec<'a>(id: &'a str, value: &'a str, ts: u64) -> Record<'a> {
+        Record { id: id.as_bytes(), value_dpid: 0, value: value.as_bytes(), timestamp: ts }
+    }
+
+    fn lookup(parts: &BTreeMap<String, Vec<u8>>, id: &str) -> Option<String> {
+        parts.values().find_map(|bytes| {
+            decode(bytes).unwrap().into_iter().find(|r| r.id == id.as_bytes()).map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+        })
+    }
+
+    #[test]
+    fn latest_timestamp_wins_and_partitions_are_sorted() {
+        let first = [
+            Incoming { key_dpid: 21, record: rec("b", "u1", 100), file: 0 },
+            Incoming { key_dpid: 21, record: rec("a", "u2", 100), file: 0 },
+            Incoming { key_dpid: 21, record: rec("b", "u3", 100), file: 1 },
+        ];
+        let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
+        let applied = apply(Table::Adobe, &first, 1, &none).unwrap();
+        assert_eq!(lookup(&applied.parts, "b").as_deref(), Some("u3"));
+        let all = decode(applied.parts.values().next().unwrap()).unwrap();
+        assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![&b"a"[..], b"b"]);
+        assert_eq!(applied.stored_per_file, BTreeMap::from([(0, 1), (1, 1)]));
+
+        // An older file arriving later does not replace a newer stored mapping.
+        let store: HashMap<String, Vec<u8>> = applied.parts.clone().into_iter().collect();
+        let old = move |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(store.get(name).cloned()) };
+        let late = [Incoming { key_dpid: 21, record: rec("b", "u9", 50), file: 0 }, Incoming { key_dpid: 21, record: rec("c", "u4", 50), file: 0 }];
+        let applied2 = apply(Table::Adobe, &late, 1, &old).unwrap();
+        assert_eq!(lookup(&applied2.parts, "b").as_deref(), Some("u3"));
+        assert_eq!(lookup(&applied2.parts, "c").as_deref(), Some("u4"));
+        assert_eq!(applied2.stored_per_file, BTreeMap::from([(0, 1)]));
+    }
+
+    #[test]
+    fn truncated_partition_is_an_error() {
+        let bytes = encode(&[rec("a", "b", 1)]);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,286 @@
+//! The hot path: one pure function turns a chunk of a trait file into receipt tallies and
+//! profile ops bucketed by partition ([`process_chunk`]); a per-file pass then applies the
+//! 200-lines-per-user cap in input order ([`cap::apply_cap`]).
+//!
+//! Nothing here does I/O or depends on the thread count: the run module calls it on every chunk
+//! in parallel and concatenates the outputs in chunk order.
+
+pub mod cap;
+
+use crate::idsync::index::{IdIndex, Target};
+use crate::model::{id_hash, partition_of, DeviceFormat, Dpid, TraitId, Uuid};
+use crate::parse::{items, lines, parse_line, Item, LineKind};
+use ahash::AHashMap;
+
+/// How a file's ID column is validated and resolved (CONTRACT §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    /// DPID 0, or a data source with `id_type = "aam_uuid"`: 38 digits, the profile itself.
+    AamUuid,
+    /// A global device DPID: that format, the device profile itself.
+    Device(Dpid, DeviceFormat),
+    /// A customer ID looked up under (DPID, ID); kept on its own profile when unmapped and the
+    /// data source is cross-device.
+    Customer { dpid: Dpid, cross_device: bool },
+    /// ODC files: the first column names the device type of each line.
+    Odc,
+}
+
+/// Read-only context of one trait file.
+pub struct FileCtx<'a> {
+    /// Index of the file in the run's application order.
+    pub file: u32,
+    /// The data source the traits are onboarded to (OWNER, else DPID).
+    pub target_ds: Dpid,
+    pub overwrite: bool,
+    pub id_kind: IdKind,
+    /// Trait → owning data source.
+    pub trait_owner: &'a AHashMap<TraitId, Dpid>,
+    pub index: &'a IdIndex,
+    pub partitions: u32,
+}
+
+/// Position of a line in the whole run: file index in the high bits, line number below.
+pub fn seq(file: u32, line: u64) -> u64 {
+    (u64::from(file) << 40) | (line & ((1 << 40) - 1))
+}
+
+pub fn seq_file(seq: u64) -> u32 {
+    (seq >> 40) as u32
+}
+
+pub fn seq_line(seq: u64) -> u64 {
+    seq & ((1 << 40) - 1)
+}
+
+/// One trait instruction of a line: realize or remove `trait_id`, from item number `item`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Act {
+    pub item: u32,
+    pub trait_id: TraitId,
+    pub remove: bool,
+}
+
+/// A line that reached trait mapping: its profile, its instructions and its item counts.
+#[derive(Clone, Copy, Debug)]
+pub struct Op {
+    pub seq: u64,
+    key: (u32, u32),
+    acts: (u32, u32),
+    /// Non-empty items on the line (the line's signals).
+    pub items: u32,
+    pub malformed: u32,
+    /// `d_sid`/`d_unsid` of traits owned by another data source.
+    pub failed: u32,
+}
+
+/// The ops of one chunk that fall into one partition.
+#[derive(Default)]
+pub struct OpBuf {
+    keys: Vec<u8>,
+    pub ops: Vec<Op>,
+    acts: Vec<Act>,
+}
+
+impl OpBuf {
+    pub fn key(&self, op: &Op) -> &[u8] {
+        &self.keys[op.key.0 as usize..(op.key.0 + op.key.1) as usize]
+    }
+
+    pub fn acts(&self, op: &Op) -> &[Act] {
+        &self.acts[op.acts.0 as usize..(op.acts.0 + op.acts.1) as usize]
+    }
+}
+
+/// What happened to a record before trait mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    InvalidAamId,
+    InvalidDeviceId,
+    NoMatchingAamId,
+    /// Reached trait mapping: an op exists in partition `part`.
+    Op { part: u32 },
+}
+
+/// A record (a non-blank line that is not a Format Error), for the per-user cap.
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    pub user: u128,
+    pub line: u64,
+    pub status: Status,
+}
+
+/// A line rejected before trait mapping, with its text for the rejects file.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    pub line: u64,
+    pub category: crate::report::receipt::Category,
+    pub reason: String,
+    pub text: Vec<u8>,
+}
+
+/// Everything one chunk yields.
+pub struct ChunkOut {
+    pub records: u64,
+    pub format_errors: u64,
+    pub marks: Vec<Mark>,
+    pub rejected: Vec<Rejected>,
+    pub parts: Vec<OpBuf>,
+}
+
+/// Parses, validates and resolves every line of `chunk`, and maps items to trait instructions.
+/// Pure: the same bytes and context always give the same output.
+pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkOut {
+    use crate::report::receipt::Category;
+    let mut out = ChunkOut {
+        records: 0,
+        format_errors: 0,
+        marks: Vec::new(),
+        rejected: Vec::new(),
+        parts: (0..ctx.partitions).map(|_| OpBuf::default()).collect(),
+    };
+    let mut key_scratch = Vec::with_capacity(64);
+    for (line_no, raw) in lines(chunk, first_line) {
+        let record = match parse_line(raw, ctx.id_kind == IdKind::Odc) {
+            LineKind::Blank => continue,
+            LineKind::FormatError(e) => {
+                out.records += 1;
+                out.format_errors += 1;
+                out.rejected.push(Rejected {
+                    line: line_no,
+                    category: Category::FormatErrors,
+                    reason: e.reason().to_string(),
+                    text: raw.to_vec(),
+                });
+                continue;
+            }
+            LineKind::Record(r) => r,
+        };
+        out.records += 1;
+        let user = id_hash(0, record.id);
+        let resolved = resolve(ctx, record.id, record.id_type, &mut key_scratch);
+        let status = match resolved {
+            Err((category, reason)) => {
+                out.rejected.push(Rejected { line: line_no, category, reason, text: raw.to_vec() });
+                match category {
+                    Category::InvalidAamId => Status::InvalidAamId,
+                    Category::InvalidDeviceId => Status::InvalidDeviceId,
+                    _ => Status::NoMatchingAamId,
+                }
+            }
+            Ok(()) => {
+                let part = partition_of(&key_scratch, ctx.partitions);
+                let buf = &mut out.parts[part as usize];
+                push_op(buf, ctx, seq(ctx.file, line_no), &key_scratch, record.items);
+                Status::Op { part }
+            }
+        };
+        out.marks.push(Mark { user, line: line_no, status });
+    }
+    out
+}
+
+/// Validates the ID and writes the encoded profile key into `key`, or says why not.
+fn resolve(
+    ctx: &FileCtx<'_>,
+    id: &[u8],
+    id_type: Option<&[u8]>,
+    key: &mut Vec<u8>,
+) -> Result<(), (crate::report::receipt::Category, String)> {
+    use crate::model::ProfileKey;
+    use crate::report::receipt::Category;
+    key.clear();
+    let device = |dpid: Dpid, format: DeviceFormat, key: &mut Vec<u8>| {
+        if format.accepts(id) {
+            ProfileKey::encode_device(dpid, id, key);
+            Ok(())
+        } else {
+            let name = crate::model::device_format(dpid).map_or("device", |(n, _)| n);
+            Err((Category::InvalidDeviceId, format!("not a valid {name} ID ({})", format.describe())))
+        }
+    };
+    match ctx.id_kind {
+        IdKind::AamUuid => match Uuid::parse(id) {
+            Some(u) => {
+                ProfileKey::Uuid(u).encode_into(key);
+                Ok(())
+            }
+            None => Err((Category::InvalidAamId, "AAM UUIDs are exactly 38 digits".to_string())),
+        },
+        IdKind::Device(dpid, format) => device(dpid, format, key),
+        IdKind::Odc => match odc_device(id_type.unwrap_or_default()) {
+            Some((dpid, format)) => device(dpid, format, key),
+            None => Err((
+                Category::InvalidDeviceId,
+                format!("unknown ODC ID type {:?} (expected IDFA or Android Device ID)", String::from_utf8_lossy(id_type.unwrap_or_default())),
+            )),
+        },
+        IdKind::Customer { dpid, cross_device } => match ctx.index.lookup(dpid, id) {
+            Some(Target::Uuid(u)) => {
+                ProfileKey::Uuid(u).encode_into(key);
+                Ok(())
+            }
+            Some(Target::Device(d, device_id)) => {
+                ProfileKey::encode_device(d, device_id, key);
+                Ok(())
+            }
+            None if cross_device => {
+                ProfileKey::encode_customer(dpid, id, key);
+                Ok(())
+            }
+            None => Err((Category::NoMatchingAamId, format!("ID not synced for DPID {dpid}"))),
+        },
+    }
+}
+
+/// The device source an ODC line's ID-type column names (AAM-REFERENCE §2.11).
+fn odc_device(id_type: &[u8]) -> Option<(Dpid, DeviceFormat)> {
+    let dpid = if id_type.eq_ignore_ascii_case(b"idfa") {
+        20915
+    } else if id_type.eq_ignore_ascii_case(b"android device id")
+        || id_type.eq_ignore_ascii_case(b"gaid")
+        || id_type.eq_ignore_ascii_case(b"aaid")
+    {
+        20914
+    } else {
+        return None;
+    };
+    crate::model::device_format(dpid).map(|(_, f)| (dpid, f))
+}
+
+fn push_op(buf: &mut OpBuf, ctx: &FileCtx<'_>, seq: u64, key: &[u8], raw_items: &[u8]) {
+    let key_start = buf.keys.len() as u32;
+    buf.keys.extend_from_slice(key);
+    let acts_start = buf.acts.len() as u32;
+    let (mut n, mut malformed, mut failed) = (0u32, 0u32, 0u32);
+    for item in items(raw_items) {
+        let index = n;
+        n += 1;
+        let (trait_id, remove) = match item {
+            Item::Realize(t) => (t, false),
+            // `.overwrite` ignores removals: the item stays an unused signal.
+            Item::Remove(_) if ctx.overwrite => continue,
+            Item::Remove(t) => (t, true),
+            Item::Malformed(_) => {
+                malformed += 1;
+                continue;
+            }
+            // Key-value and `ic` signals qualify rule-based onboarded traits; trait rules are
+            // not evaluated yet, so they stay unused signals.
+            Item::Signal { .. } | Item::Ic(_) => continue,
+        };
+        match ctx.trait_owner.get(&trait_id) {
+            None => {}
+            Some(&owner) if owner != ctx.target_ds => failed += 1,
+            Some(_) => buf.acts.push(Act { item: index, trait_id, remove }),
+        }
+    }
+    buf.ops.push(Op {
+        seq,
+        key: (key_start, key.len() as u32),
+        acts: (acts_start, buf.acts.len() as u32 - acts_start),
+        items: n,
+        malformed,
+        failed,
+    });
+}

@@ -1,0 +1,287 @@
+//! Applies one partition's ops to its stored profiles: TTL expiry first, then every line in run
+//! order — `.sync` realizations and removals as they come, `.overwrite` per user when the file
+//! is done (CONTRACT §3). Produces the new partition and the merge-stage receipt counters.
+
+use super::{decode, encode_into, Entry, Profile};
+use crate::codec::{Truncated, Writer};
+use crate::ingest::{seq_file, Op, OpBuf};
+use crate::model::{Dpid, Timestamp, TraitId};
+use crate::report::receipt::{Counters, SAMPLES_PER_CATEGORY};
+use ahash::{AHashMap, AHashSet};
+use std::collections::BinaryHeap;
+
+pub const SECONDS_PER_DAY: i64 = 86_400;
+
+/// What the merge needs to know of each file of the run, by file index.
+#[derive(Clone, Copy, Debug)]
+pub struct FileMeta {
+    pub job: usize,
+    pub overwrite: bool,
+    pub target_ds: Dpid,
+}
+
+pub struct MergeCtx<'a> {
+    pub files: &'a [FileMeta],
+    pub jobs: usize,
+    /// Trait → TTL in days (0 = never expires). Realizations of traits missing here are kept
+    /// and never expire.
+    pub ttl_days: &'a AHashMap<TraitId, u32>,
+    pub as_of: Timestamp,
+    /// Run positions of lines removed by the per-user cap.
+    pub capped: &'a AHashSet<u64>,
+}
+
+/// The result of merging one partition.
+#[derive(Debug)]
+pub struct PartOut {
+    /// The new payload, or `None` when nothing changed (the old file can be carried over).
+    pub payload: Option<Vec<u8>>,
+    /// Merge-stage counters per file index (categories decided here, item counts, devices).
+    pub files: Vec<Counters>,
+    /// Distinct profiles per job with a Stored line / with a failed-validation trait.
+    pub job_devices: Vec<u64>,
+    pub job_failed_users: Vec<u64>,
+    /// Per job, the run positions of its first No Trait Realized lines in this partition.
+    pub ntr_samples: Vec<Vec<u64>>,
+    pub expired: u64,
+    pub profiles: u64,
+    pub memberships: u64,
+    /// Profiles whose traits changed or expired.
+    pub changed_profiles: u64,
+    /// The earliest moment an entry of this partition expires.
+    pub min_expiry: Option<Timestamp>,
+}
+
+fn expiry(entry: &Entry, ttl_days: &AHashMap<TraitId, u32>) -> Option<Timestamp> {
+    match ttl_days.get(&entry.trait_id) {
+        Some(&days) if days > 0 => Some(entry.realized_at.saturating_add(i64::from(days) * SECONDS_PER_DAY)),
+        _ => None,
+    }
+}
+
+fn upsert(entries: &mut Vec<Entry>, entry: Entry) {
+    match entries.binary_search_by_key(&entry.trait_id, |e| e.trait_id) {
+        Ok(i) => entries[i] = entry,
+        Err(i) => entries.insert(i, entry),
+    }
+}
+
+struct Scratch {
+    realized: Vec<TraitId>,
+    union: Vec<TraitId>,
+    stored_files: Vec<u32>,
+    failed_files: Vec<u32>,
+    ntr: Vec<BinaryHeap<u64>>,
+}
+
+/// Merges `ops` (this partition's op buffers, in run order) into `old`.
+pub fn merge_partition(old: Option<&[u8]>, ops: &[&OpBuf], ctx: &MergeCtx<'_>) -> Result<PartOut, Truncated> {
+    let mut refs: Vec<(&[u8], &Op, &OpBuf)> = Vec::new();
+    for buf in ops {
+        for op in &buf.ops {
+            if !ctx.capped.contains(&op.seq) {
+                refs.push((buf.key(op), op, buf));
+            }
+        }
+    }
+    // One op per line, so (key, seq) is unique: the order is total and deterministic.
+    refs.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.seq.cmp(&b.1.seq)));
+    let stored: Vec<Profile<'_>> = match old {
+        Some(bytes) => decode(bytes)?,
+        None => Vec::new(),
+    };
+
+    let mut out = PartOut {
+        payload: None,
+        files: vec![Counters::default(); ctx.files.len()],
+        job_devices: vec![0; ctx.jobs],
+        job_failed_users: vec![0; ctx.jobs],
+        ntr_samples: vec![Vec::new(); ctx.jobs],
+        expired: 0,
+        profiles: 0,
+        memberships: 0,
+        changed_profiles: 0,
+        min_expiry: None,
+    };
+    let mut scratch = Scratch {
+        realized: Vec::new(),
+        union: Vec::new(),
+        stored_files: Vec::new(),
+        failed_files: Vec::new(),
+        ntr: (0..ctx.jobs).map(|_| BinaryHeap::new()).collect(),
+    };
+    let mut w = Writer::default();
+    let (mut i, mut j) = (0usize, 0usize);
+    while i < stored.len() || j < refs.len() {
+        let old_key = stored.get(i).map(|p| p.key);
+        let new_key = refs.get(j).map(|r| r.0);
+        let (key, mut entries, group) = match (old_key, new_key) {
+            (Some(o), Some(n)) if o == n => {
+                let k = group_end(&refs, j);
+                let g = &refs[j..k];
+                let entries = stored[i].entries.clone();
+                i += 1;
+                j = k;
+                (o, entries, g)
+            }
+            (Some(o), Some(n)) if o < n => {
+                i += 1;
+                (o, stored[i - 1].entries.clone(), &refs[0..0])
+            }
+            (Some(o), None) => {
+                i += 1;
+                (o, stored[i - 1].entries.clone(), &refs[0..0])
+            }
+            (_, Some(n)) => {
+                let k = group_end(&refs, j);
+                let g = &refs[j..k];
+                j = k;
+                (n, Vec::new(), g)
+            }
+            (None, None) => break,
+        };
+        let before = entries.len();
+        entries.retain(|e| expiry(e, ctx.ttl_days).is_none_or(|t| ctx.as_of < t));
+        let expired = (before - entries.len()) as u64;
+        out.expired += expired;
+        if !group.is_empty() {
+            apply_ops(&mut entries, group, ctx, &mut out, &mut scratch);
+        }
+        if expired > 0 || !group.is_empty() {
+            out.changed_profiles += 1;
+        }
+        if !entries.is_empty() {
+            out.profiles += 1;
+            out.memberships += entries.len() as u64;
+            for e in &entries {
+                if let Some(t) = expiry(e, ctx.ttl_days) {
+                    out.min_expiry = Some(out.min_expiry.map_or(t, |m| m.min(t)));
+                }
+            }
+            encode_into(&mut w, key, &entries);
+        }
+    }
+    if out.changed_profiles > 0 {
+        out.payload = Some(w.buf);
+    }
+    for (job, heap) in scratch.ntr.into_iter().enumerate() {
+        out.ntr_samples[job] = heap.into_sorted_vec();
+    }
+    Ok(out)
+}
+
+fn group_end(refs: &[(&[u8], &Op, &OpBuf)], start: usize) -> usize {
+    let key = refs[start].0;
+    start + refs[start..].iter().take_while(|r| r.0 == key).count()
+}
+
+/// Applies one profile's ops (sorted by run position) to its entries.
+fn apply_ops(
+    entries: &mut Vec<Entry>,
+    group: &[(&[u8], &Op, &OpBuf)],
+    ctx: &MergeCtx<'_>,
+    out: &mut PartOut,
+    s: &mut Scratch,
+) {
+    s.stored_files.clear();
+    s.failed_files.clear();
+    let mut start = 0;
+    while start < group.len() {
+        let file = seq_file(group[start].1.seq);
+        let end = start + group[start..].iter().take_while(|r| seq_file(r.1.seq) == file).count();
+        let meta = ctx.files[file as usize];
+        s.union.clear();
+        for &(_, op, buf) in &group[start..end] {
+            let counters = &mut out.files[file as usize];
+            counters.total_signals += u64::from(op.items);
+            counters.malformed_items += u64::from(op.malformed);
+            counters.total_traits_failed_validation += u64::from(op.failed);
+            if op.failed > 0 {
+                s.failed_files.push(file);
+            }
+            s.realized.clear();
+            let mut used_items = 0u64;
+            let mut last_used_item = None;
+            for act in buf.acts(op) {
+                let used = if act.remove {
+                    match entries.binary_search_by_key(&act.trait_id, |e| e.trait_id) {
+                        Ok(pos) => {
+                            entries.remove(pos);
+                            counters.total_removed_traits += 1;
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                } else {
+                    s.realized.push(act.trait_id);
+                    if meta.overwrite {
+                        s.union.push(act.trait_id);
+                    } else {
+                        upsert(entries, Entry { trait_id: act.trait_id, data_source: meta.target_ds, realized_at: ctx.as_of });
+                    }
+                    true
+                };
+                if used && last_used_item != Some(act.item) {
+                    used_items += 1;
+                    last_used_item = Some(act.item);
+                }
+            }
+            s.realized.sort_unstable();
+            s.realized.dedup();
+            counters.total_realized_traits += s.realized.len() as u64;
+            counters.total_unused_signals += u64::from(op.items) - used_items;
+            // An `.overwrite` line without items is an explicit clear: Stored.
+            let stored = used_items > 0 || (meta.overwrite && op.items == 0);
+            if stored {
+                counters.stored_records += 1;
+                s.stored_files.push(file);
+            } else {
+                counters.no_trait_realized += 1;
+                let heap = &mut s.ntr[meta.job];
+                heap.push(op.seq);
+                if heap.len() > SAMPLES_PER_CATEGORY {
+                    heap.pop();
+                }
+            }
+        }
+        if meta.overwrite {
+            let counters = &mut out.files[file as usize];
+            s.union.sort_unstable();
+            s.union.dedup();
+            let before = entries.len();
+            entries.retain(|e| e.data_source != meta.target_ds || s.union.binary_search(&e.trait_id).is_ok());
+            counters.total_removed_traits += (before - entries.len()) as u64;
+            for &t in &s.union {
+                upsert(entries, Entry { trait_id: t, data_source: meta.target_ds, realized_at: ctx.as_of });
+            }
+        }
+        start = end;
+    }
+    count_distinct(&mut s.stored_files, ctx, &mut out.files, &mut out.job_devices, |c| &mut c.total_devices);
+    count_distinct(&mut s.failed_files, ctx, &mut out.files, &mut out.job_failed_users, |c| {
+        &mut c.total_users_with_failed_traits
+    });
+}
+
+/// Counts one profile once per file and once per job among `files`.
+fn count_distinct(
+    files: &mut Vec<u32>,
+    ctx: &MergeCtx<'_>,
+    counters: &mut [Counters],
+    per_job: &mut [u64],
+    field: impl Fn(&mut Counters) -> &mut u64,
+) {
+    files.sort_unstable();
+    files.dedup();
+    let mut jobs: Vec<usize> = Vec::with_capacity(files.len());
+    for &f in files.iter() {
+        *field(&mut counters[f as usize]) += 1;
+        jobs.push(ctx.files[f as usize].job);
+    }
+    // Files of one job need not be contiguous in run order (they are sorted by timestamp).
+    jobs.sort_unstable();
+    jobs.dedup();
+    for job in jobs {
+        per_job[job] += 1;
+    }
+}

@@ -1,0 +1,5 @@
+//! What a run tells people: job receipts (text, JSON, rejected lines), the ID-sync receipt and
+//! the run report.
+
+pub mod receipt;
+pub mod run_report;
