@@ -3,13 +3,16 @@
 //!
 //! Architecture notes are filled in as the stages land.
 
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod idsync;
 pub mod inbound;
 pub mod ingest;
+pub mod inspect;
 pub mod model;
 pub mod parse;
 pub mod profile;
 pub mod report;
+pub mod run;
 pub mod state;

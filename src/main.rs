@@ -1,1 +1,121 @@
-fn main() {}
+use clap::Parser;
+use segmill::cli::{Cli, Command, IdsyncCommand, InspectCommand};
+use segmill::config::Config;
+use segmill::run::{parse_as_of, run, RunError, RunOptions, RunSummary};
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match try_main(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(RunError::Locked(msg)) => {
+            eprintln!("segmill: {msg}");
+            ExitCode::from(3)
+        }
+        Err(RunError::Failed(err)) => {
+            eprintln!("segmill: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn as_of(text: Option<&str>) -> anyhow::Result<i64> {
+    match text {
+        Some(t) => parse_as_of(t),
+        None => Ok(jiff::Timestamp::now().as_second()),
+    }
+}
+
+fn try_main(cli: Cli) -> Result<u8, RunError> {
+    let config = Config::load(&cli.config).map_err(anyhow::Error::from)?;
+    match cli.command {
+        Command::Run(args) => {
+            let opts = RunOptions {
+                as_of: as_of(args.as_of.as_deref())?,
+                threads: cli.threads,
+                chunk_bytes: args.chunk_bytes,
+                reprocess: args.reprocess,
+                ..RunOptions::default()
+            };
+            let summary = run(&config, &opts)?;
+            print_summary(&summary);
+            Ok(summary.exit_code)
+        }
+        Command::Validate { files, as_of: at } => {
+            let opts = RunOptions {
+                as_of: as_of(at.as_deref())?,
+                threads: cli.threads,
+                files: Some(files),
+                dry_run: true,
+                ..RunOptions::default()
+            };
+            let summary = run(&config, &opts)?;
+            for r in &summary.receipts {
+                println!("{}", r.to_text());
+            }
+            if let Some(idsync) = &summary.idsync {
+                println!("{}", idsync.to_json());
+            }
+            for f in &summary.report.rejected_files {
+                println!("rejected: {} ({})", f.name, f.reason.as_deref().unwrap_or(""));
+            }
+            Ok(summary.exit_code)
+        }
+        Command::Idsync { command: IdsyncCommand::Import { files, as_of: at } } => {
+            let opts = RunOptions {
+                as_of: as_of(at.as_deref())?,
+                threads: cli.threads,
+                files: Some(files),
+                idsync_only: true,
+                ..RunOptions::default()
+            };
+            let summary = run(&config, &opts)?;
+            print_summary(&summary);
+            Ok(summary.exit_code)
+        }
+        Command::Inspect { command } => {
+            let text = match command {
+                InspectCommand::Profile { id, dpid } => segmill::inspect::profile(&config, &id, dpid)?,
+                InspectCommand::Stats => segmill::inspect::stats(&config)?,
+            };
+            print!("{text}");
+            Ok(0)
+        }
+    }
+}
+
+fn print_summary(s: &RunSummary) {
+    println!("run {} (exit {})", s.run_id, s.exit_code);
+    if let Some(idsync) = &s.idsync {
+        for f in &idsync.files {
+            println!(
+                "  idsync {}: {} rows={} rejected_rows={} mappings_stored={}",
+                f.name, f.status, f.rows, f.rejected_rows, f.mappings_stored
+            );
+        }
+    }
+    for r in &s.receipts {
+        let c = &r.counters;
+        println!(
+            "  job {}: received={} processed={} stored={} format_errors={} invalid={} no_match={} no_trait={} over_limit={}",
+            r.job,
+            c.records_received,
+            c.records_processed,
+            c.stored_records,
+            c.format_errors,
+            c.invalid_aam_id + c.invalid_device_id,
+            c.no_matching_aam_id,
+            c.no_trait_realized,
+            c.lines_over_user_limit
+        );
+    }
+    for f in &s.report.rejected_files {
+        println!("  rejected {}: {}", f.name, f.reason.as_deref().unwrap_or(""));
+    }
+    if let Some(dir) = &s.receipts_dir {
+        println!("  receipts: {}", dir.display());
+    }
+}

@@ -1,0 +1,88 @@
+//! Command-line interface. The doc comments are the `--help` text.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// segmill: onboard offline audience data (AAM server-to-server batch files) into trait
+/// profiles, with exact receipts for every job.
+///
+/// Exit codes: 0 the run completed and nothing was rejected; 1 the run completed but a file or
+/// line was rejected; 2 the run failed and committed nothing; 3 another run holds the lock.
+#[derive(Debug, Parser)]
+#[command(name = "segmill", version)]
+pub struct Cli {
+    /// The config file.
+    #[arg(long, global = true, default_value = "segmill.toml")]
+    pub config: PathBuf,
+    /// Worker threads (default: the config's `run.threads`, 0 = all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The nightly job: discover new inbound files, process them, write receipts, commit state.
+    Run(RunArgs),
+    /// Dry run: name and content checks plus the would-be receipt against the real ID-sync
+    /// table and profiles. Changes nothing.
+    Validate {
+        /// Inbound files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The run's logical time, RFC 3339 in UTC (default: now).
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+    /// ID-sync tables.
+    Idsync {
+        #[command(subcommand)]
+        command: IdsyncCommand,
+    },
+    /// What segmill knows.
+    Inspect {
+        #[command(subcommand)]
+        command: InspectCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The run's logical time: realization time and TTL clock. RFC 3339 in UTC, e.g.
+    /// 2026-11-22T02:00:00Z (default: now).
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Process this file name again although the ledger has it (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub reprocess: Vec<String>,
+    /// Parser chunk size in bytes (default: the config's `run.chunk_bytes`).
+    #[arg(long, hide = true)]
+    pub chunk_bytes: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdsyncCommand {
+    /// Bulk-load ID-sync files (adobe_id_..., c2c_id_...) into the state.
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The import's logical time, RFC 3339 in UTC (default: now).
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InspectCommand {
+    /// One user's traits: data source, realized-at and expiry.
+    Profile {
+        /// An AAM UUID, or with --dpid a customer or device ID.
+        id: String,
+        /// The ID's data source (a customer DPID or a global device DPID).
+        #[arg(long)]
+        dpid: Option<u32>,
+    },
+    /// Store-wide counts.
+    Stats,
+}
