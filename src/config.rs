@@ -494,17 +494,6 @@ struct RawCatalog {
     destination: Vec<RawDestination>,
 }
 
-/// Top-level keys of the main file; anything else is unknown.
-const MAIN_KEYS: &[&str] = &[
-    "include",
-    "paths",
-    "run",
-    "data_source",
-    "trait",
-    "segment",
-    "destination",
-];
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPaths {
@@ -707,19 +696,15 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
 /// A clearer error than serde's "unknown field" for tables planned but not supported yet.
 fn unsupported_table(path: &Path, text: &str) -> Option<ConfigError> {
     let table: toml::Table = toml::from_str(text).ok()?;
-    let (name, _) = table
-        .iter()
-        .find(|(name, _)| !MAIN_KEYS.contains(&name.as_str()))?;
-    let hint = match name.as_str() {
-        "s3" => {
-            "not supported yet; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, \
-             AWS_ENDPOINT_URL and AWS_ALLOW_HTTP in the environment instead"
-        }
-        "ftp" => {
-            "not supported yet; put the FTP user and password in paths.inbound \
-             (ftp://user:password@host/path) instead"
-        }
-        _ => return None,
+    let name = table
+        .keys()
+        .find(|name| matches!(name.as_str(), "s3" | "ftp"))?;
+    let hint = if name == "s3" {
+        "not supported yet; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, \
+         AWS_ENDPOINT_URL and AWS_ALLOW_HTTP in the environment instead"
+    } else {
+        "not supported yet; put the FTP user and password in paths.inbound \
+         (ftp://user:password@host/path) instead"
     };
     Some(ConfigError::UnsupportedTable {
         path: path.to_path_buf(),
@@ -1563,6 +1548,8 @@ segments = []
             text.starts_with("conf/segmill.toml: [ftp]: not supported yet"),
             "{text}"
         );
+        let text = message(with_minimal("[metrics]\nx = 1\n[s3]\nregion = \"eu\"\n"));
+        assert!(text.starts_with("conf/segmill.toml: [s3]: "), "{text}");
         let text = message(with_minimal("[metrics]\nx = 1\n"));
         assert!(text.contains("unknown field `metrics`"), "{text}");
     }
