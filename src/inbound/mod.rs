@@ -1,4 +1,5 @@
 //! Inbound files: name grammar, discovery and readers.
 
+pub mod discover;
 pub mod names;
 pub mod read;
