@@ -2,21 +2,27 @@
 //! counts. Read-only; takes no lock (generations are immutable once committed).
 
 use crate::config::Config;
-use crate::idsync::index::{IdIndex, Target};
 use crate::idsync::Table;
-use crate::model::{device_format, partition_of, Dpid, ProfileKey, Uuid};
+use crate::idsync::index::{IdIndex, Target};
+use crate::model::{Dpid, ProfileKey, Uuid, device_format, partition_of};
 use crate::profile::merge::SECONDS_PER_DAY;
 use crate::run::StateMeta;
 use crate::state::{Generation, StateDir};
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{Context as _, anyhow, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 fn current(config: &Config) -> anyhow::Result<Option<(Generation, StateMeta)>> {
     let state = StateDir::open(&config.paths.state)?;
-    let Some(g) = state.current()? else { return Ok(None) };
-    let meta: StateMeta = serde_json::from_value(g.manifest.meta.clone())
-        .with_context(|| format!("state generation {}: manifest metadata is not segmill's", g.number))?;
+    let Some(g) = state.current()? else {
+        return Ok(None);
+    };
+    let meta: StateMeta = serde_json::from_value(g.manifest.meta.clone()).with_context(|| {
+        format!(
+            "state generation {}: manifest metadata is not segmill's",
+            g.number
+        )
+    })?;
     Ok(Some((g, meta)))
 }
 
@@ -33,11 +39,16 @@ pub fn profile(config: &Config, id: &str, dpid: Option<Dpid>) -> anyhow::Result<
     let mut keys: Vec<ProfileKey> = Vec::new();
     match dpid {
         None | Some(0) => {
-            let u = Uuid::parse(id.as_bytes())
-                .ok_or_else(|| anyhow!("{id:?} is not a 38-digit AAM UUID; pass --dpid for a customer or device ID"))?;
+            let u = Uuid::parse(id.as_bytes()).ok_or_else(|| {
+                anyhow!(
+                    "{id:?} is not a 38-digit AAM UUID; pass --dpid for a customer or device ID"
+                )
+            })?;
             keys.push(ProfileKey::Uuid(u));
         }
-        Some(d) if device_format(d).is_some() => keys.push(ProfileKey::Device(d, id.as_bytes().into())),
+        Some(d) if device_format(d).is_some() => {
+            keys.push(ProfileKey::Device(d, id.as_bytes().into()))
+        }
         Some(d) => {
             if !config.data_sources.contains_key(&d) {
                 bail!("DPID {d} is not a configured data source");
@@ -46,11 +57,18 @@ pub fn profile(config: &Config, id: &str, dpid: Option<Dpid>) -> anyhow::Result<
             let index = IdIndex::build(&BTreeSet::from([d]), meta.partitions, &source)?;
             match index.lookup(d, id.as_bytes()) {
                 Some(Target::Uuid(u)) => {
-                    let _ = writeln!(out, "customer ID {id:?} of DPID {d} is synced to AAM UUID {u}");
+                    let _ = writeln!(
+                        out,
+                        "customer ID {id:?} of DPID {d} is synced to AAM UUID {u}"
+                    );
                     keys.push(ProfileKey::Uuid(u));
                 }
                 Some(Target::Device(dd, did)) => {
-                    let _ = writeln!(out, "customer ID {id:?} of DPID {d} is synced to device {dd}:{}", String::from_utf8_lossy(did));
+                    let _ = writeln!(
+                        out,
+                        "customer ID {id:?} of DPID {d} is synced to device {dd}:{}",
+                        String::from_utf8_lossy(did)
+                    );
                     keys.push(ProfileKey::Device(dd, did.into()));
                 }
                 None => {
@@ -70,12 +88,20 @@ pub fn profile(config: &Config, id: &str, dpid: Option<Dpid>) -> anyhow::Result<
                 let _ = writeln!(out, "profile {key}: no traits");
             }
             Some(p) => {
-                let _ = writeln!(out, "profile {key}: {} trait(s) (state as of {})", p.entries.len(), time(meta.as_of));
+                let _ = writeln!(
+                    out,
+                    "profile {key}: {} trait(s) (state as of {})",
+                    p.entries.len(),
+                    time(meta.as_of)
+                );
                 for e in &p.entries {
                     let ttl = config.traits.get(&e.trait_id).map(|t| t.ttl_days);
                     let expiry = match ttl {
                         Some(0) => "never expires".to_string(),
-                        Some(d) => format!("expires {}", time(e.realized_at + i64::from(d) * SECONDS_PER_DAY)),
+                        Some(d) => format!(
+                            "expires {}",
+                            time(e.realized_at + i64::from(d) * SECONDS_PER_DAY)
+                        ),
                         None => "trait not in config".to_string(),
                     };
                     let _ = writeln!(
@@ -119,16 +145,28 @@ pub fn stats(config: &Config) -> anyhow::Result<String> {
         for table in [Table::Adobe, Table::C2c] {
             let prefix = format!("{}/dpid-", table.dir());
             if let Some(rest) = name.strip_prefix(&prefix) {
-                let dpid: Dpid = rest.split('/').next().and_then(|d| d.parse().ok()).unwrap_or(0);
+                let dpid: Dpid = rest
+                    .split('/')
+                    .next()
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(0);
                 let payload = g.read(name)?.unwrap_or_default();
-                let n = crate::idsync::store::decode(&payload).map_err(|e| anyhow!("{name}: {e}"))?.len();
+                let n = crate::idsync::store::decode(&payload)
+                    .map_err(|e| anyhow!("{name}: {e}"))?
+                    .len();
                 *mappings.entry((table.dir().to_string(), dpid)).or_default() += n as u64;
             }
         }
     }
     let ledger = g.ledger()?;
     let mut out = String::new();
-    let _ = writeln!(out, "generation {} (run {}, as of {})", g.number, meta.run_id, time(meta.as_of));
+    let _ = writeln!(
+        out,
+        "generation {} (run {}, as of {})",
+        g.number,
+        meta.run_id,
+        time(meta.as_of)
+    );
     let _ = writeln!(out, "partitions {}", meta.partitions);
     let _ = writeln!(out, "profiles {profiles}");
     for (kind, n) in by_kind {

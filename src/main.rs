@@ -1,7 +1,7 @@
 use clap::Parser;
 use segmill::cli::{Cli, Command, IdsyncCommand, InspectCommand};
 use segmill::config::Config;
-use segmill::run::{parse_as_of, run, RunError, RunOptions, RunSummary};
+use segmill::run::{RunError, RunOptions, RunSummary, parse_as_of, run};
 use std::process::ExitCode;
 
 #[global_allocator]
@@ -60,11 +60,17 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
                 println!("{}", idsync.to_json());
             }
             for f in &summary.report.rejected_files {
-                println!("rejected: {} ({})", f.name, f.reason.as_deref().unwrap_or(""));
+                println!(
+                    "rejected: {} ({})",
+                    f.name,
+                    f.reason.as_deref().unwrap_or("")
+                );
             }
             Ok(summary.exit_code)
         }
-        Command::Idsync { command: IdsyncCommand::Import { files, as_of: at } } => {
+        Command::Idsync {
+            command: IdsyncCommand::Import { files, as_of: at },
+        } => {
             let opts = RunOptions {
                 as_of: as_of(at.as_deref())?,
                 threads: cli.threads,
@@ -78,7 +84,9 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
         }
         Command::Inspect { command } => {
             let text = match command {
-                InspectCommand::Profile { id, dpid } => segmill::inspect::profile(&config, &id, dpid)?,
+                InspectCommand::Profile { id, dpid } => {
+                    segmill::inspect::profile(&config, &id, dpid)?
+                }
                 InspectCommand::Stats => segmill::inspect::stats(&config)?,
             };
             print!("{text}");
@@ -113,7 +121,11 @@ fn print_summary(s: &RunSummary) {
         );
     }
     for f in &s.report.rejected_files {
-        println!("  rejected {}: {}", f.name, f.reason.as_deref().unwrap_or(""));
+        println!(
+            "  rejected {}: {}",
+            f.name,
+            f.reason.as_deref().unwrap_or("")
+        );
     }
     if let Some(dir) = &s.receipts_dir {
         println!("  receipts: {}", dir.display());

@@ -72,9 +72,15 @@ impl DeviceFormat {
     /// Whether `id` has exactly this format.
     pub fn accepts(self, id: &[u8]) -> bool {
         match self {
-            DeviceFormat::LowerUuid => is_hyphenated_hex(id, |b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-            DeviceFormat::UpperUuid => is_hyphenated_hex(id, |b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)),
-            DeviceFormat::Alphanumeric => !id.is_empty() && id.iter().all(u8::is_ascii_alphanumeric),
+            DeviceFormat::LowerUuid => {
+                is_hyphenated_hex(id, |b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            }
+            DeviceFormat::UpperUuid => {
+                is_hyphenated_hex(id, |b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+            }
+            DeviceFormat::Alphanumeric => {
+                !id.is_empty() && id.iter().all(u8::is_ascii_alphanumeric)
+            }
         }
     }
 }
@@ -161,14 +167,20 @@ impl ProfileKey {
     pub fn decode(bytes: &[u8]) -> Option<ProfileKey> {
         let (&tag, rest) = bytes.split_first()?;
         match tag {
-            Self::TAG_UUID => Some(ProfileKey::Uuid(Uuid(u128::from_be_bytes(rest.try_into().ok()?)))),
+            Self::TAG_UUID => Some(ProfileKey::Uuid(Uuid(u128::from_be_bytes(
+                rest.try_into().ok()?,
+            )))),
             Self::TAG_DEVICE | Self::TAG_CUSTOMER => {
                 if rest.len() < 4 {
                     return None;
                 }
                 let dpid = Dpid::from_be_bytes(rest[..4].try_into().ok()?);
                 let id: Box<[u8]> = rest[4..].into();
-                Some(if tag == Self::TAG_DEVICE { ProfileKey::Device(dpid, id) } else { ProfileKey::Customer(dpid, id) })
+                Some(if tag == Self::TAG_DEVICE {
+                    ProfileKey::Device(dpid, id)
+                } else {
+                    ProfileKey::Customer(dpid, id)
+                })
             }
             _ => None,
         }
@@ -179,8 +191,12 @@ impl fmt::Display for ProfileKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProfileKey::Uuid(u) => write!(f, "{u}"),
-            ProfileKey::Device(dpid, id) => write!(f, "device {dpid}:{}", String::from_utf8_lossy(id)),
-            ProfileKey::Customer(dpid, id) => write!(f, "customer {dpid}:{}", String::from_utf8_lossy(id)),
+            ProfileKey::Device(dpid, id) => {
+                write!(f, "device {dpid}:{}", String::from_utf8_lossy(id))
+            }
+            ProfileKey::Customer(dpid, id) => {
+                write!(f, "customer {dpid}:{}", String::from_utf8_lossy(id))
+            }
         }
     }
 }
@@ -206,7 +222,13 @@ mod tests {
         let text = b"00000000000000000000000000000000000042";
         let u = Uuid::parse(text).unwrap();
         assert_eq!(u.to_string().as_bytes(), text);
-        assert_eq!(Uuid::parse(b"99999999999999999999999999999999999999").unwrap().to_string().len(), 38);
+        assert_eq!(
+            Uuid::parse(b"99999999999999999999999999999999999999")
+                .unwrap()
+                .to_string()
+                .len(),
+            38
+        );
     }
 
     #[test]

@@ -12,23 +12,25 @@ use crate::config::{Config, IdType};
 use crate::idsync::index::IdIndex;
 use crate::idsync::store::{self as idstore, Incoming, Record};
 use crate::idsync::{self, ChunkRows, FileSpec, Table};
-use crate::inbound::discover::{self, check_trait_file, Discovery, Found, JobKey, RejectedFile};
+use crate::inbound::discover::{self, Discovery, Found, JobKey, RejectedFile, check_trait_file};
 use crate::inbound::lines_at::lines_at;
-use crate::inbound::names::{classify, Classified, IdSyncKind, Mode, TraitName};
-use crate::inbound::read::{content_hash, read_chunks, ReadError};
-use crate::ingest::cap::{apply_cap, CapOutcome};
-use crate::ingest::{process_chunk, seq_file, seq_line, ChunkOut, FileCtx, IdKind, OpBuf};
-use crate::model::{device_format, Dpid, Timestamp, TraitId, AAM_UUID_DPID};
-use crate::profile::merge::{merge_partition, FileMeta, MergeCtx, PartOut};
+use crate::inbound::names::{Classified, IdSyncKind, Mode, TraitName, classify};
+use crate::inbound::read::{ReadError, content_hash, read_chunks};
+use crate::ingest::cap::{CapOutcome, apply_cap};
+use crate::ingest::{ChunkOut, FileCtx, IdKind, OpBuf, process_chunk, seq_file, seq_line};
+use crate::model::{AAM_UUID_DPID, Dpid, Timestamp, TraitId, device_format};
+use crate::profile::merge::{FileMeta, MergeCtx, PartOut, merge_partition};
 use crate::report::receipt::{
-    escape_tsv, receipt_time, sample_text, Category, Counters, FileReceipt, FileStatus, JobReceipt, Sample,
-    SAMPLES_PER_CATEGORY,
+    Category, Counters, FileReceipt, FileStatus, JobReceipt, SAMPLES_PER_CATEGORY, Sample,
+    escape_tsv, receipt_time, sample_text,
 };
-use crate::report::run_report::{FileOutcome, IdSyncFileReceipt, IdSyncReceipt, RunReport, SeenFile};
-use crate::state::ledger::{Ledger, LedgerEntry, Outcome};
-use crate::state::{write_atomic, Generation, StateDir, StateError};
+use crate::report::run_report::{
+    FileOutcome, IdSyncFileReceipt, IdSyncReceipt, RunReport, SeenFile,
+};
+use crate::state::{Generation, StateDir, StateError, write_atomic};
+use crate::state::{LEDGER_FILE, Ledger, LedgerEntry, Outcome};
 use ahash::{AHashMap, AHashSet};
-use anyhow::{anyhow, Context as _};
+use anyhow::{Context as _, anyhow};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -60,6 +62,12 @@ pub enum RunError {
     Locked(String),
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
+}
+
+impl From<StateError> for RunError {
+    fn from(e: StateError) -> RunError {
+        RunError::Failed(e.into())
+    }
 }
 
 /// What a finished run did.
@@ -102,8 +110,12 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunError> {
 fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunError> {
     let started = Instant::now();
     let mut stages: BTreeMap<String, f64> = BTreeMap::new();
-    let state = StateDir::open(&config.paths.state)
-        .with_context(|| format!("cannot open the state folder {}", config.paths.state.display()))?;
+    let state = StateDir::open(&config.paths.state).with_context(|| {
+        format!(
+            "cannot open the state folder {}",
+            config.paths.state.display()
+        )
+    })?;
     let _lock = if opts.dry_run {
         None
     } else {
@@ -113,20 +125,28 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 return Err(RunError::Locked(format!(
                     "another segmill run holds the lock on {}",
                     config.paths.state.display()
-                )))
+                )));
             }
             Err(e) => return Err(anyhow::Error::from(e).into()),
         }
     };
-    let parent = state.current().context("cannot read the current state generation")?;
+    let parent = state
+        .current()
+        .context("cannot read the current state generation")?;
     let parent_meta: Option<StateMeta> = match &parent {
         Some(g) => Some(
-            serde_json::from_value(g.manifest.meta.clone())
-                .with_context(|| format!("state generation {}: manifest metadata is not segmill's", g.number))?,
+            serde_json::from_value(g.manifest.meta.clone()).with_context(|| {
+                format!(
+                    "state generation {}: manifest metadata is not segmill's",
+                    g.number
+                )
+            })?,
         ),
         None => None,
     };
-    let partitions = parent_meta.as_ref().map_or(config.run.partitions, |m| m.partitions);
+    let partitions = parent_meta
+        .as_ref()
+        .map_or(config.run.partitions, |m| m.partitions);
     let chunk_bytes = opts.chunk_bytes.unwrap_or(config.run.chunk_bytes);
     let mut ledger = match &parent {
         Some(g) => g.ledger().context("cannot read the ledger")?,
@@ -210,18 +230,32 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             index: &index,
             partitions,
         };
-        match read_chunks(&p.found.path, p.name.gzip, chunk_bytes, |c| process_chunk(c.bytes, c.first_line, &ctx)) {
+        match read_chunks(&p.found.path, p.name.gzip, chunk_bytes, |c| {
+            process_chunk(c.bytes, c.first_line, &ctx)
+        }) {
             Ok(outcome) if outcome.bytes == 0 => {
-                trait_outcomes.push((*plan_idx, TraitFileResult::Rejected("empty file (no text after decompression)".into())));
+                trait_outcomes.push((
+                    *plan_idx,
+                    TraitFileResult::Rejected("empty file (no text after decompression)".into()),
+                ));
             }
             Ok(outcome) => {
                 let mut outs = outcome.results;
                 let cap = apply_cap(&mut outs, file);
                 trait_outcomes.push((*plan_idx, TraitFileResult::Read(read.len())));
-                read.push(ReadFile { plan_idx: *plan_idx, outs, cap });
+                read.push(ReadFile {
+                    plan_idx: *plan_idx,
+                    outs,
+                    cap,
+                });
             }
             Err(ReadError::Gzip { reason, .. }) => {
-                trait_outcomes.push((*plan_idx, TraitFileResult::Rejected(format!("corrupt or truncated gzip stream: {reason}"))));
+                trait_outcomes.push((
+                    *plan_idx,
+                    TraitFileResult::Rejected(format!(
+                        "corrupt or truncated gzip stream: {reason}"
+                    )),
+                ));
             }
             Err(e) => return Err(anyhow::Error::from(e).into()),
         }
@@ -230,17 +264,31 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
 
     // Merge every partition.
     let t = Instant::now();
-    let job_index: BTreeMap<JobKey, usize> = jobs.iter().enumerate().map(|(i, j)| (*j, i)).collect();
+    let job_index: BTreeMap<JobKey, usize> =
+        jobs.iter().enumerate().map(|(i, j)| (*j, i)).collect();
     let metas: Vec<FileMeta> = read
         .iter()
         .map(|r| {
             let p = &plan.trait_files[r.plan_idx];
-            FileMeta { job: job_index[&p.job], overwrite: p.name.mode == Mode::Overwrite, target_ds: p.job.target() }
+            FileMeta {
+                job: job_index[&p.job],
+                overwrite: p.name.mode == Mode::Overwrite,
+                target_ds: p.job.target(),
+            }
         })
         .collect();
-    let capped: AHashSet<u64> = read.iter().flat_map(|r| r.cap.capped_ops.iter().copied()).collect();
+    let capped: AHashSet<u64> = read
+        .iter()
+        .flat_map(|r| r.cap.capped_ops.iter().copied())
+        .collect();
     let ttl_fingerprint = config.fingerprint_ttl();
-    let merge_ctx = MergeCtx { files: &metas, jobs: jobs.len(), ttl_days: &ttl_days, as_of: opts.as_of, capped: &capped };
+    let merge_ctx = MergeCtx {
+        files: &metas,
+        jobs: jobs.len(),
+        ttl_days: &ttl_days,
+        as_of: opts.as_of,
+        capped: &capped,
+    };
     let part_results: Vec<anyhow::Result<Option<PartOut>>> = (0..partitions)
         .into_par_iter()
         .map(|p| {
@@ -252,7 +300,11 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             let quiet = ops.is_empty()
                 && parent_meta.as_ref().is_some_and(|m| {
                     m.ttl_fingerprint == ttl_fingerprint
-                        && m.min_expiry.get(p as usize).copied().flatten().is_none_or(|t| opts.as_of < t)
+                        && m.min_expiry
+                            .get(p as usize)
+                            .copied()
+                            .flatten()
+                            .is_none_or(|t| opts.as_of < t)
                 });
             if quiet {
                 return Ok(None);
@@ -291,7 +343,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     let as_of_text = receipt_time(opts.as_of);
     let mut receipts = Vec::new();
     let mut rejects: BTreeMap<JobKey, String> = BTreeMap::new();
-    let file_results: BTreeMap<usize, &TraitFileResult> = trait_outcomes.iter().map(|(i, r)| (*i, r)).collect();
+    let file_results: BTreeMap<usize, &TraitFileResult> =
+        trait_outcomes.iter().map(|(i, r)| (*i, r)).collect();
     for (job_no, job) in jobs.iter().enumerate() {
         let mut counters = Counters::default();
         let mut files = Vec::new();
@@ -312,7 +365,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                     receipt.status = FileStatus::Duplicate;
                     receipt.processed_by_run = Some(run_id.clone());
                 }
-                (PlanStatus::Rejected(reason), _) | (_, Some(TraitFileResult::Rejected(reason))) => {
+                (PlanStatus::Rejected(reason), _)
+                | (_, Some(TraitFileResult::Rejected(reason))) => {
                     receipt.status = FileStatus::Rejected;
                     receipt.reason = Some(reason.clone());
                 }
@@ -333,7 +387,12 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         let mut seqs = std::mem::take(&mut ntr[job_no]);
         seqs.sort_unstable();
         seqs.truncate(SAMPLES_PER_CATEGORY);
-        let ntr_samples = fetch_samples(&seqs, &read, &plan, "no trait realized: no item realized or removed a trait")?;
+        let ntr_samples = fetch_samples(
+            &seqs,
+            &read,
+            &plan,
+            "no trait realized: no item realized or removed a trait",
+        )?;
         if !ntr_samples.is_empty() {
             samples.insert(Category::NoTraitRealized, ntr_samples);
         }
@@ -355,43 +414,71 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     stages.insert("receipts".into(), t.elapsed().as_secs_f64());
 
     // Exit code and run report.
-    let new_rejected_file = plan.trait_files.iter().any(|p| matches!(p.status, PlanStatus::Rejected(_)))
-        || trait_outcomes.iter().any(|(_, r)| matches!(r, TraitFileResult::Rejected(_)))
+    let new_rejected_file = plan
+        .trait_files
+        .iter()
+        .any(|p| matches!(p.status, PlanStatus::Rejected(_)))
+        || trait_outcomes
+            .iter()
+            .any(|(_, r)| matches!(r, TraitFileResult::Rejected(_)))
         || plan.name_rejected.iter().any(|r| r.1)
-        || idsync_result.receipt.files.iter().any(|f| f.status == "rejected");
+        || idsync_result
+            .receipt
+            .files
+            .iter()
+            .any(|f| f.status == "rejected");
     let rejected_lines = receipts.iter().any(|r| r.counters.has_rejected_lines())
-        || idsync_result.receipt.files.iter().any(|f| f.rejected_rows > 0);
-    let exit_code = if new_rejected_file || rejected_lines { 1 } else { 0 };
+        || idsync_result
+            .receipt
+            .files
+            .iter()
+            .any(|f| f.rejected_rows > 0);
+    let exit_code = if new_rejected_file || rejected_lines {
+        1
+    } else {
+        0
+    };
 
     // Ledger.
     if !opts.dry_run {
         for (i, p) in plan.trait_files.iter().enumerate() {
             let outcome = match (&p.status, file_results.get(&i)) {
-                (PlanStatus::Rejected(reason), _) | (_, Some(TraitFileResult::Rejected(reason))) => {
+                (PlanStatus::Rejected(reason), _)
+                | (_, Some(TraitFileResult::Rejected(reason))) => {
                     Some((Outcome::Rejected, Some(reason.clone())))
                 }
-                (PlanStatus::New, Some(TraitFileResult::Read(_))) => Some((Outcome::Processed, None)),
+                (PlanStatus::New, Some(TraitFileResult::Read(_))) => {
+                    Some((Outcome::Processed, None))
+                }
                 _ => None,
             };
             if let (Some((outcome, reason)), Some(hash)) = (outcome, p.hash) {
-                ledger.record(LedgerEntry { name: p.key.clone(), size: p.found.size, hash, outcome, reason, run_id: run_id.clone() });
+                ledger.record(LedgerEntry {
+                    name: p.key.clone(),
+                    size: p.found.size,
+                    hash,
+                    outcome,
+                    reason,
+                    run_id: run_id.clone(),
+                });
             }
         }
         for f in &idsync_result.ledger {
-            ledger.record(LedgerEntry { run_id: run_id.clone(), ..f.clone() });
+            ledger.record(LedgerEntry {
+                run_id: run_id.clone(),
+                ..f.clone()
+            });
         }
         for (r, new) in &plan.name_rejected {
-            if *new {
-                if let Some(hash) = r.1 {
-                    ledger.record(LedgerEntry {
-                        name: basename(&r.0.display),
-                        size: r.0.size,
-                        hash,
-                        outcome: Outcome::Rejected,
-                        reason: Some(r.0.reason.clone()),
-                        run_id: run_id.clone(),
-                    });
-                }
+            if *new && let Some(hash) = r.1 {
+                ledger.record(LedgerEntry {
+                    name: basename(&r.0.display),
+                    size: r.0.size,
+                    hash,
+                    outcome: Outcome::Rejected,
+                    reason: Some(r.0.reason.clone()),
+                    run_id: run_id.clone(),
+                });
             }
         }
     }
@@ -411,22 +498,37 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         total_seconds: started.elapsed().as_secs_f64(),
     };
 
-    let idsync_receipt = (!idsync_result.receipt.files.is_empty()).then(|| idsync_result.receipt.clone());
+    let idsync_receipt =
+        (!idsync_result.receipt.files.is_empty()).then(|| idsync_result.receipt.clone());
     if opts.dry_run {
-        return Ok(RunSummary { run_id, exit_code, report, receipts, idsync: idsync_receipt, receipts_dir: None });
+        return Ok(RunSummary {
+            run_id,
+            exit_code,
+            report,
+            receipts,
+            idsync: idsync_receipt,
+            receipts_dir: None,
+        });
     }
 
     // Write: receipts first, then the generation, then the run report; CURRENT switches last.
     let t = Instant::now();
     let receipts_dir = state.receipts_dir(&run_id);
     clear_uncommitted(&state, gen_number)?;
-    std::fs::create_dir_all(&receipts_dir).with_context(|| format!("cannot create {}", receipts_dir.display()))?;
+    std::fs::create_dir_all(&receipts_dir)
+        .with_context(|| format!("cannot create {}", receipts_dir.display()))?;
     for r in &receipts {
         let stem = receipts_dir.join(&r.job);
         write_atomic(&stem.with_extension("txt"), r.to_text().as_bytes())?;
         write_atomic(&stem.with_extension("json"), r.to_json().as_bytes())?;
-        let key = JobKey { dpid: r.dpid, owner: r.owner };
-        write_atomic(&receipts_dir.join(format!("{}.rejects.tsv", r.job)), rejects.get(&key).map_or(&b""[..], |s| s.as_bytes()))?;
+        let key = JobKey {
+            dpid: r.dpid,
+            owner: r.owner,
+        };
+        write_atomic(
+            &receipts_dir.join(format!("{}.rejects.tsv", r.job)),
+            rejects.get(&key).map_or(&b""[..], |s| s.as_bytes()),
+        )?;
     }
     if let Some(idr) = &idsync_receipt {
         write_atomic(&receipts_dir.join("idsync.json"), idr.to_json().as_bytes())?;
@@ -453,7 +555,9 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 }
             }
             None => {
-                min_expiry[p] = parent_meta.as_ref().and_then(|m| m.min_expiry.get(p).copied().flatten());
+                min_expiry[p] = parent_meta
+                    .as_ref()
+                    .and_then(|m| m.min_expiry.get(p).copied().flatten());
             }
         }
     }
@@ -461,7 +565,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         let carried: Vec<String> = g
             .files()
             .map(|(name, _)| name.to_string())
-            .filter(|name| name != crate::state::ledger::LEDGER_FILE && !written.contains(name))
+            .filter(|name| name != LEDGER_FILE && !written.contains(name))
             .collect();
         for name in carried {
             writer.carry(&name, g)?;
@@ -477,14 +581,30 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         min_expiry,
     };
     let runs_dir = state.runs_dir();
-    std::fs::create_dir_all(&runs_dir).with_context(|| format!("cannot create {}", runs_dir.display()))?;
+    std::fs::create_dir_all(&runs_dir)
+        .with_context(|| format!("cannot create {}", runs_dir.display()))?;
     let mut report = report;
-    report.durations_seconds.insert("write".into(), t.elapsed().as_secs_f64());
-    write_atomic(&runs_dir.join(format!("{run_id}.json")), report.to_json().as_bytes())?;
+    report
+        .durations_seconds
+        .insert("write".into(), t.elapsed().as_secs_f64());
+    write_atomic(
+        &runs_dir.join(format!("{run_id}.json")),
+        report.to_json().as_bytes(),
+    )?;
     writer
-        .commit(serde_json::to_value(&meta).map_err(anyhow::Error::from)?, config.run.keep_generations as usize)
+        .commit(
+            serde_json::to_value(&meta).map_err(anyhow::Error::from)?,
+            config.run.keep_generations as usize,
+        )
         .context("cannot commit the new state generation")?;
-    Ok(RunSummary { run_id, exit_code, report, receipts, idsync: idsync_receipt, receipts_dir: Some(receipts_dir) })
+    Ok(RunSummary {
+        run_id,
+        exit_code,
+        report,
+        receipts,
+        idsync: idsync_receipt,
+        receipts_dir: Some(receipts_dir),
+    })
 }
 
 /// Removes receipts and run reports of runs that never committed (a killed run of the same
@@ -495,14 +615,16 @@ fn clear_uncommitted(state: &StateDir, gen_number: u64) -> anyhow::Result<()> {
     if let Ok(entries) = std::fs::read_dir(&receipts_root) {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
-                std::fs::remove_dir_all(e.path()).with_context(|| format!("cannot remove {}", e.path().display()))?;
+                std::fs::remove_dir_all(e.path())
+                    .with_context(|| format!("cannot remove {}", e.path().display()))?;
             }
         }
     }
     if let Ok(entries) = std::fs::read_dir(state.runs_dir()) {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
-                std::fs::remove_file(e.path()).with_context(|| format!("cannot remove {}", e.path().display()))?;
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("cannot remove {}", e.path().display()))?;
             }
         }
     }
@@ -522,7 +644,10 @@ fn collect_rejects(
         lines_at(&p.found.path, p.name.gzip, &rf.cap.capped_lines, usize::MAX)
             .with_context(|| format!("cannot re-read {}", p.found.path.display()))?
     };
-    let over_reason = format!("over the limit of {} lines per user ID per file", crate::ingest::cap::MAX_LINES_PER_USER);
+    let over_reason = format!(
+        "over the limit of {} lines per user ID per file",
+        crate::ingest::cap::MAX_LINES_PER_USER
+    );
     let mut rows: Vec<(u64, Category, &str, &[u8])> = Vec::new();
     for out in &rf.outs {
         for r in &out.rejected {
@@ -537,7 +662,12 @@ fn collect_rejects(
     for (line, category, reason, text) in rows {
         let list = samples.entry(category).or_default();
         if list.len() < SAMPLES_PER_CATEGORY {
-            list.push(Sample { file: p.found.display.clone(), line, reason: reason.to_string(), text: sample_text(text) });
+            list.push(Sample {
+                file: p.found.display.clone(),
+                line,
+                reason: reason.to_string(),
+                text: sample_text(text),
+            });
         }
         escape_tsv(p.found.display.as_bytes(), tsv);
         tsv.push('\t');
@@ -551,7 +681,12 @@ fn collect_rejects(
     Ok(())
 }
 
-fn fetch_samples(seqs: &[u64], read: &[ReadFile], plan: &Plan, reason: &str) -> anyhow::Result<Vec<Sample>> {
+fn fetch_samples(
+    seqs: &[u64],
+    read: &[ReadFile],
+    plan: &Plan,
+    reason: &str,
+) -> anyhow::Result<Vec<Sample>> {
     let mut by_file: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for &s in seqs {
         by_file.entry(seq_file(s)).or_default().push(seq_line(s));
@@ -559,11 +694,21 @@ fn fetch_samples(seqs: &[u64], read: &[ReadFile], plan: &Plan, reason: &str) -> 
     let mut out = Vec::new();
     for (file, lines) in by_file {
         let p = &plan.trait_files[read[file as usize].plan_idx];
-        let texts = lines_at(&p.found.path, p.name.gzip, &lines, crate::report::receipt::SAMPLE_TEXT_BYTES + 1)
-            .with_context(|| format!("cannot re-read {}", p.found.path.display()))?;
+        let texts = lines_at(
+            &p.found.path,
+            p.name.gzip,
+            &lines,
+            crate::report::receipt::SAMPLE_TEXT_BYTES + 1,
+        )
+        .with_context(|| format!("cannot re-read {}", p.found.path.display()))?;
         for line in lines {
             let text = texts.get(&line).map_or(&b""[..], |t| t.as_slice());
-            out.push(Sample { file: p.found.display.clone(), line, reason: reason.to_string(), text: sample_text(text) });
+            out.push(Sample {
+                file: p.found.display.clone(),
+                line,
+                reason: reason.to_string(),
+                text: sample_text(text),
+            });
         }
     }
     Ok(out)
@@ -582,8 +727,14 @@ fn id_kind(config: &Config, name: &TraitName, job: JobKey) -> IdKind {
     }
     match config.data_sources.get(&job.dpid) {
         Some(ds) if ds.id_type == IdType::AamUuid => IdKind::AamUuid,
-        Some(ds) => IdKind::Customer { dpid: job.dpid, cross_device: ds.cross_device },
-        None => IdKind::Customer { dpid: job.dpid, cross_device: false },
+        Some(ds) => IdKind::Customer {
+            dpid: job.dpid,
+            cross_device: ds.cross_device,
+        },
+        None => IdKind::Customer {
+            dpid: job.dpid,
+            cross_device: false,
+        },
     }
 }
 
@@ -593,7 +744,9 @@ fn id_kind(config: &Config, name: &TraitName, job: JobKey) -> IdKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum PlanStatus {
     New,
-    Duplicate { run_id: String },
+    Duplicate {
+        run_id: String,
+    },
     /// Rejected before, unchanged since: not examined again.
     SkippedRejected,
     Rejected(String),
@@ -649,7 +802,12 @@ fn hash_of(path: &Path) -> anyhow::Result<u128> {
 }
 
 /// Decides what happens to every discovered file, consulting the ledger.
-fn plan_files(discovery: Discovery, ledger: &Ledger, opts: &RunOptions, _config: &Config) -> anyhow::Result<Plan> {
+fn plan_files(
+    discovery: Discovery,
+    ledger: &Ledger,
+    opts: &RunOptions,
+    _config: &Config,
+) -> anyhow::Result<Plan> {
     let mut plan = Plan {
         trait_files: Vec::new(),
         idsync_files: Vec::new(),
@@ -661,19 +819,35 @@ fn plan_files(discovery: Discovery, ledger: &Ledger, opts: &RunOptions, _config:
     let reprocess: BTreeSet<&str> = opts.reprocess.iter().map(String::as_str).collect();
     let check_ledger = !opts.dry_run || opts.files.is_none();
     // Decides duplicates and skips: (status, hash, duplicate_of).
-    let mut decide = |found: &Found, seen_hashes: &mut AHashMap<u128, String>| -> anyhow::Result<(PlanStatus, Option<u128>, Option<String>)> {
+    let decide = |found: &Found,
+                  seen_hashes: &mut AHashMap<u128, String>|
+     -> anyhow::Result<(PlanStatus, Option<u128>, Option<String>)> {
         let key = basename(&found.display);
-        let entry = if check_ledger { ledger.by_name(&key) } else { None };
-        if let Some(e) = entry {
-            if e.outcome == Outcome::Processed && !reprocess.contains(key.as_str()) {
-                return Ok((PlanStatus::Duplicate { run_id: e.run_id.clone() }, None, None));
-            }
+        let entry = if check_ledger {
+            ledger.by_name(&key)
+        } else {
+            None
+        };
+        if let Some(e) = entry
+            && e.outcome == Outcome::Processed
+            && !reprocess.contains(key.as_str())
+        {
+            return Ok((
+                PlanStatus::Duplicate {
+                    run_id: e.run_id.clone(),
+                },
+                None,
+                None,
+            ));
         }
         let hash = hash_of(&found.path)?;
-        if let Some(e) = entry {
-            if e.outcome == Outcome::Rejected && e.size == found.size && e.hash == hash && !reprocess.contains(key.as_str()) {
-                return Ok((PlanStatus::SkippedRejected, Some(hash), None));
-            }
+        if let Some(e) = entry
+            && e.outcome == Outcome::Rejected
+            && e.size == found.size
+            && e.hash == hash
+            && !reprocess.contains(key.as_str())
+        {
+            return Ok((PlanStatus::SkippedRejected, Some(hash), None));
         }
         let duplicate_of = match ledger.by_hash(hash) {
             Some(e) if e.outcome == Outcome::Processed && e.name != key => Some(e.name.clone()),
@@ -684,7 +858,9 @@ fn plan_files(discovery: Discovery, ledger: &Ledger, opts: &RunOptions, _config:
     };
 
     for found in discovery.idsync_files {
-        let Some(name) = found.idsync_name().cloned() else { continue };
+        let Some(name) = found.idsync_name().cloned() else {
+            continue;
+        };
         let (status, hash, _) = decide(&found, &mut seen_hashes)?;
         let table = match name.kind {
             IdSyncKind::Adobe => Table::Adobe,
@@ -692,7 +868,11 @@ fn plan_files(discovery: Discovery, ledger: &Ledger, opts: &RunOptions, _config:
         };
         plan.idsync_files.push(PlannedIdSync {
             key: basename(&found.display),
-            spec: FileSpec { table, dpids: name.dpids.clone(), timestamp: name.timestamp },
+            spec: FileSpec {
+                table,
+                dpids: name.dpids.clone(),
+                timestamp: name.timestamp,
+            },
             gzip: name.gzip,
             found,
             hash,
@@ -700,13 +880,25 @@ fn plan_files(discovery: Discovery, ledger: &Ledger, opts: &RunOptions, _config:
         });
     }
     for found in discovery.trait_files {
-        let Some(name) = found.trait_name().cloned() else { continue };
-        let Ok(job) = check_trait_file(&name, _config) else { continue };
+        let Some(name) = found.trait_name().cloned() else {
+            continue;
+        };
+        let Ok(job) = check_trait_file(&name, _config) else {
+            continue;
+        };
         let (mut status, hash, duplicate_of) = decide(&found, &mut seen_hashes)?;
         if status == PlanStatus::New && name.pgp {
             status = PlanStatus::Rejected("PGP decryption is not supported by this build".into());
         }
-        plan.trait_files.push(PlannedTrait { key: basename(&found.display), found, name, job, hash, status, duplicate_of });
+        plan.trait_files.push(PlannedTrait {
+            key: basename(&found.display),
+            found,
+            name,
+            job,
+            hash,
+            status,
+            duplicate_of,
+        });
     }
     for rejected in discovery.rejected {
         let found = Found {
@@ -718,7 +910,10 @@ fn plan_files(discovery: Discovery, ledger: &Ledger, opts: &RunOptions, _config:
         match &rejected.name {
             Classified::Trait(name) => {
                 let (status, hash, _) = decide(&found, &mut seen_hashes)?;
-                let job = JobKey { dpid: name.dpid, owner: name.owner };
+                let job = JobKey {
+                    dpid: name.dpid,
+                    owner: name.owner,
+                };
                 let status = match status {
                     PlanStatus::New => PlanStatus::Rejected(rejected.reason.clone()),
                     other => other,
@@ -735,14 +930,22 @@ fn plan_files(discovery: Discovery, ledger: &Ledger, opts: &RunOptions, _config:
             }
             Classified::IdSync(name) => {
                 let (status, hash, _) = decide(&found, &mut seen_hashes)?;
-                let table = if name.kind == IdSyncKind::C2c { Table::C2c } else { Table::Adobe };
+                let table = if name.kind == IdSyncKind::C2c {
+                    Table::C2c
+                } else {
+                    Table::Adobe
+                };
                 let status = match status {
                     PlanStatus::New => PlanStatus::Rejected(rejected.reason.clone()),
                     other => other,
                 };
                 plan.idsync_files.push(PlannedIdSync {
                     key: basename(&found.display),
-                    spec: FileSpec { table, dpids: name.dpids.clone(), timestamp: name.timestamp },
+                    spec: FileSpec {
+                        table,
+                        dpids: name.dpids.clone(),
+                        timestamp: name.timestamp,
+                    },
                     gzip: name.gzip,
                     found,
                     hash,
@@ -753,24 +956,34 @@ fn plan_files(discovery: Discovery, ledger: &Ledger, opts: &RunOptions, _config:
                 let key = basename(&rejected.display);
                 let hash = hash_of(&rejected.path)?;
                 let unchanged = check_ledger
-                    && ledger
-                        .by_name(&key)
-                        .is_some_and(|e| e.outcome == Outcome::Rejected && e.size == rejected.size && e.hash == hash);
-                plan.name_rejected.push(((rejected, Some(hash)), !unchanged));
+                    && ledger.by_name(&key).is_some_and(|e| {
+                        e.outcome == Outcome::Rejected && e.size == rejected.size && e.hash == hash
+                    });
+                plan.name_rejected
+                    .push(((rejected, Some(hash)), !unchanged));
             }
         }
     }
     // Application order (CONTRACT §2): trait files by (TIMESTAMP, DPID, OWNER, SPLIT, name).
     plan.trait_files.sort_by(|a, b| {
-        (a.name.timestamp, a.name.dpid, a.name.owner, a.name.split, &a.found.display).cmp(&(
-            b.name.timestamp,
-            b.name.dpid,
-            b.name.owner,
-            b.name.split,
-            &b.found.display,
-        ))
+        (
+            a.name.timestamp,
+            a.name.dpid,
+            a.name.owner,
+            a.name.split,
+            &a.found.display,
+        )
+            .cmp(&(
+                b.name.timestamp,
+                b.name.dpid,
+                b.name.owner,
+                b.name.split,
+                &b.found.display,
+            ))
     });
-    plan.idsync_files.sort_by(|a, b| (a.spec.timestamp, &a.found.display).cmp(&(b.spec.timestamp, &b.found.display)));
+    plan.idsync_files.sort_by(|a, b| {
+        (a.spec.timestamp, &a.found.display).cmp(&(b.spec.timestamp, &b.found.display))
+    });
     for (i, p) in plan.trait_files.iter().enumerate() {
         if p.status != PlanStatus::SkippedRejected {
             plan.jobs.entry(p.job).or_default().push(i);
@@ -783,16 +996,28 @@ impl Plan {
     fn seen(&self, results: &BTreeMap<usize, &TraitFileResult>) -> Vec<SeenFile> {
         let mut out = Vec::new();
         for f in &self.idsync_files {
-            out.push(SeenFile { name: f.found.display.clone(), outcome: outcome_of(&f.status, None), reason: reason_of(&f.status, None) });
+            out.push(SeenFile {
+                name: f.found.display.clone(),
+                outcome: outcome_of(&f.status, None),
+                reason: reason_of(&f.status, None),
+            });
         }
         for (i, f) in self.trait_files.iter().enumerate() {
             let r = results.get(&i).copied();
-            out.push(SeenFile { name: f.found.display.clone(), outcome: outcome_of(&f.status, r), reason: reason_of(&f.status, r) });
+            out.push(SeenFile {
+                name: f.found.display.clone(),
+                outcome: outcome_of(&f.status, r),
+                reason: reason_of(&f.status, r),
+            });
         }
         for ((r, _), new) in &self.name_rejected {
             out.push(SeenFile {
                 name: r.display.clone(),
-                outcome: if *new { FileOutcome::Rejected } else { FileOutcome::PreviouslyRejected },
+                outcome: if *new {
+                    FileOutcome::Rejected
+                } else {
+                    FileOutcome::PreviouslyRejected
+                },
                 reason: Some(r.reason.clone()),
             });
         }
@@ -801,7 +1026,10 @@ impl Plan {
     }
 
     fn rejected_list(&self, results: &BTreeMap<usize, &TraitFileResult>) -> Vec<SeenFile> {
-        self.seen(results).into_iter().filter(|f| f.outcome == FileOutcome::Rejected).collect()
+        self.seen(results)
+            .into_iter()
+            .filter(|f| f.outcome == FileOutcome::Rejected)
+            .collect()
     }
 }
 
@@ -809,7 +1037,9 @@ fn outcome_of(status: &PlanStatus, result: Option<&TraitFileResult>) -> FileOutc
     match (status, result) {
         (PlanStatus::Duplicate { .. }, _) => FileOutcome::Duplicate,
         (PlanStatus::SkippedRejected, _) => FileOutcome::PreviouslyRejected,
-        (PlanStatus::Rejected(_), _) | (_, Some(TraitFileResult::Rejected(_))) => FileOutcome::Rejected,
+        (PlanStatus::Rejected(_), _) | (_, Some(TraitFileResult::Rejected(_))) => {
+            FileOutcome::Rejected
+        }
         _ => FileOutcome::Processed,
     }
 }
@@ -826,13 +1056,28 @@ fn reason_of(status: &PlanStatus, result: Option<&TraitFileResult>) -> Option<St
 fn explicit_files(files: &[PathBuf], config: &Config) -> anyhow::Result<Discovery> {
     let mut d = Discovery::default();
     for path in files {
-        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
         let display = path.to_string_lossy().into_owned();
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let name = classify(&file_name);
-        let found = Found { display: display.clone(), path: path.clone(), size: meta.len(), name: name.clone() };
+        let found = Found {
+            display: display.clone(),
+            path: path.clone(),
+            size: meta.len(),
+            name: name.clone(),
+        };
         let reject = |reason: String, d: &mut Discovery| {
-            d.rejected.push(RejectedFile { display: display.clone(), path: path.clone(), size: meta.len(), name: name.clone(), reason })
+            d.rejected.push(RejectedFile {
+                display: display.clone(),
+                path: path.clone(),
+                size: meta.len(),
+                name: name.clone(),
+                reason,
+            })
         };
         match &name {
             Classified::Trait(t) => match check_trait_file(t, config) {
@@ -846,7 +1091,10 @@ fn explicit_files(files: &[PathBuf], config: &Config) -> anyhow::Result<Discover
                 Ok(()) => d.idsync_files.push(found),
             },
             Classified::Rejected(reason) => reject(reason.clone(), &mut d),
-            Classified::Ignored => reject("not an inbound file name (ftp_dpm_..., adobe_id_..., c2c_id_...)".into(), &mut d),
+            Classified::Ignored => reject(
+                "not an inbound file name (ftp_dpm_..., adobe_id_..., c2c_id_...)".into(),
+                &mut d,
+            ),
         }
     }
     Ok(d)
@@ -871,7 +1119,10 @@ fn apply_idsync(
     let mut ledger = Vec::new();
     let mut read: Vec<(usize, Vec<ChunkRows>)> = Vec::new();
     for (i, f) in plan.idsync_files.iter().enumerate() {
-        let mut file_receipt = IdSyncFileReceipt { name: f.found.display.clone(), ..Default::default() };
+        let mut file_receipt = IdSyncFileReceipt {
+            name: f.found.display.clone(),
+            ..Default::default()
+        };
         match &f.status {
             PlanStatus::Duplicate { run_id } => {
                 file_receipt.status = "duplicate".into();
@@ -896,24 +1147,31 @@ fn apply_idsync(
                         file_receipt.rejected_rows += c.rejected.len() as u64;
                         file_receipt.mappings += c.mappings.len() as u64;
                         for r in &c.rejected {
-                            file_receipt.rejected.push(crate::report::run_report::RejectedRow {
-                                line: r.line,
-                                reason: r.reason.clone(),
-                                text: sample_text(&r.text),
-                            });
+                            file_receipt
+                                .rejected
+                                .push(crate::report::run_report::RejectedRow {
+                                    line: r.line,
+                                    reason: r.reason.clone(),
+                                    text: sample_text(&r.text),
+                                });
                         }
                     }
                     read.push((i, outcome.results));
                 }
                 Err(ReadError::Gzip { reason, .. }) => {
                     file_receipt.status = "rejected".into();
-                    file_receipt.reason = Some(format!("corrupt or truncated gzip stream: {reason}"));
+                    file_receipt.reason =
+                        Some(format!("corrupt or truncated gzip stream: {reason}"));
                 }
                 Err(e) => return Err(e.into()),
             },
         }
         if let (Some(hash), "processed" | "rejected") = (f.hash, file_receipt.status.as_str()) {
-            let outcome = if file_receipt.status == "processed" { Outcome::Processed } else { Outcome::Rejected };
+            let outcome = if file_receipt.status == "processed" {
+                Outcome::Processed
+            } else {
+                Outcome::Rejected
+            };
             ledger.push(LedgerEntry {
                 name: f.key.clone(),
                 size: f.found.size,
@@ -937,7 +1195,12 @@ fn apply_idsync(
                 for m in &c.mappings {
                     incoming.push(Incoming {
                         key_dpid: m.key_dpid,
-                        record: Record { id: c.bytes(m.key), value_dpid: m.value_dpid, value: c.bytes(m.value), timestamp: spec.timestamp },
+                        record: Record {
+                            id: c.bytes(m.key),
+                            value_dpid: m.value_dpid,
+                            value: c.bytes(m.value),
+                            timestamp: spec.timestamp,
+                        },
                         file: *i,
                     });
                 }
@@ -955,7 +1218,11 @@ fn apply_idsync(
             }
         }
     }
-    Ok(IdSyncResult { parts, receipt, ledger })
+    Ok(IdSyncResult {
+        parts,
+        receipt,
+        ledger,
+    })
 }
 
 fn compact_time(ts: Timestamp) -> String {
@@ -974,8 +1241,9 @@ fn jiff_rfc3339(ts: Timestamp) -> String {
 
 /// Parses `--as-of` (RFC 3339, UTC).
 pub fn parse_as_of(text: &str) -> anyhow::Result<Timestamp> {
-    let t: jiff::Timestamp =
-        text.parse().map_err(|e| anyhow!("--as-of {text:?}: expected RFC 3339 in UTC like 2026-11-22T02:00:00Z ({e})"))?;
+    let t: jiff::Timestamp = text.parse().map_err(|e| {
+        anyhow!("--as-of {text:?}: expected RFC 3339 in UTC like 2026-11-22T02:00:00Z ({e})")
+    })?;
     Ok(t.as_second())
 }
 

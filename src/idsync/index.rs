@@ -4,9 +4,9 @@
 //! Keys are 128-bit xxh3 hashes of (DPID, ID) (`model::id_hash`), so the table stores no key
 //! strings at all; at 2^-128 per pair a collision is not a practical concern.
 
-use super::store::{decode, part_name};
 use super::Table;
-use crate::model::{device_format, id_hash, Dpid, Uuid, AAM_UUID_DPID};
+use super::store::{decode, part_name};
+use crate::model::{AAM_UUID_DPID, Dpid, Uuid, device_format, id_hash};
 use ahash::AHashMap;
 use rayon::prelude::*;
 use std::collections::BTreeSet;
@@ -29,16 +29,27 @@ pub struct IdIndex {
     dpids: BTreeSet<Dpid>,
 }
 
+/// One loaded mapping: key hash, master DPID, master ID.
+type Loaded = (u128, Dpid, Vec<u8>);
+
 /// A partition source: the payload of a state file by name, or `None` if it does not exist.
 pub type PartSource<'a> = dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync + 'a;
 
 impl IdIndex {
     /// Loads the `adobe_id_` mappings of `dpids` (and, transitively, of the DPIDs their masters
     /// live in) and resolves every chain to its final profile.
-    pub fn build(dpids: &BTreeSet<Dpid>, partitions: u32, source: &PartSource<'_>) -> anyhow::Result<IdIndex> {
+    pub fn build(
+        dpids: &BTreeSet<Dpid>,
+        partitions: u32,
+        source: &PartSource<'_>,
+    ) -> anyhow::Result<IdIndex> {
         let mut index = IdIndex::default();
         let mut pending: AHashMap<u128, (Dpid, Box<[u8]>)> = AHashMap::new();
-        let mut frontier: BTreeSet<Dpid> = dpids.iter().copied().filter(|&d| d != AAM_UUID_DPID).collect();
+        let mut frontier: BTreeSet<Dpid> = dpids
+            .iter()
+            .copied()
+            .filter(|&d| d != AAM_UUID_DPID)
+            .collect();
         for _round in 0..MAX_CHAIN {
             if frontier.is_empty() {
                 break;
@@ -48,13 +59,18 @@ impl IdIndex {
                 .iter()
                 .flat_map(|&d| (0..partitions).map(move |p| (d, part_name(Table::Adobe, d, p))))
                 .collect();
-            let loaded: Vec<anyhow::Result<Vec<(u128, Dpid, Vec<u8>)>>> = names
+            let loaded: Vec<anyhow::Result<Vec<Loaded>>> = names
                 .par_iter()
                 .map(|(dpid, name)| {
-                    let Some(bytes) = source(name)? else { return Ok(Vec::new()) };
+                    let Some(bytes) = source(name)? else {
+                        return Ok(Vec::new());
+                    };
                     let records =
                         decode(&bytes).map_err(|e| anyhow::anyhow!("ID-sync table {name}: {e}"))?;
-                    Ok(records.iter().map(|r| (id_hash(*dpid, r.id), r.value_dpid, r.value.to_vec())).collect())
+                    Ok(records
+                        .iter()
+                        .map(|r| (id_hash(*dpid, r.id), r.value_dpid, r.value.to_vec()))
+                        .collect())
                 })
                 .collect();
             let mut next = BTreeSet::new();
@@ -127,7 +143,7 @@ impl IdIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::{apply, Incoming, Record};
+    use super::super::store::{Incoming, Record, apply};
     use super::*;
     use std::collections::BTreeMap;
 
@@ -138,35 +154,57 @@ mod tests {
             .iter()
             .map(|&(kd, k, vd, v)| Incoming {
                 key_dpid: kd,
-                record: Record { id: k.as_bytes(), value_dpid: vd, value: v.as_bytes(), timestamp: 1 },
+                record: Record {
+                    id: k.as_bytes(),
+                    value_dpid: vd,
+                    value: v.as_bytes(),
+                    timestamp: 1,
+                },
                 file: 0,
             })
             .collect();
         let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
-        let parts: BTreeMap<String, Vec<u8>> = apply(Table::Adobe, &incoming, 4, &none).unwrap().parts;
-        let source = move |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(parts.get(name).cloned()) };
+        let parts: BTreeMap<String, Vec<u8>> =
+            apply(Table::Adobe, &incoming, 4, &none).unwrap().parts;
+        let source =
+            move |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(parts.get(name).cloned()) };
         IdIndex::build(&dpids.iter().copied().collect(), 4, &source).unwrap()
     }
 
     #[test]
     fn direct_and_transitive_resolution() {
         // AAM-REFERENCE §3.3: 12345 → UUID, then 67890 → 12345 → UUID.
-        let index = build(&[(12345, "XYZ", 0, U1), (67890, "4598060374", 12345, "XYZ")], &[67890]);
+        let index = build(
+            &[(12345, "XYZ", 0, U1), (67890, "4598060374", 12345, "XYZ")],
+            &[67890],
+        );
         let u = Uuid::parse(U1.as_bytes()).unwrap();
         assert_eq!(index.lookup(67890, b"4598060374"), Some(Target::Uuid(u)));
-        assert!(index.covers(12345), "the master's DPID is loaded transitively");
+        assert!(
+            index.covers(12345),
+            "the master's DPID is loaded transitively"
+        );
         assert_eq!(index.lookup(67890, b"4598060375"), None);
         // IDs are case-sensitive.
-        assert_eq!(build(&[(21, "User123", 0, U1)], &[21]).lookup(21, b"USER123"), None);
+        assert_eq!(
+            build(&[(21, "User123", 0, U1)], &[21]).lookup(21, b"USER123"),
+            None
+        );
     }
 
     #[test]
     fn device_master_without_uuid_is_the_device_profile() {
         let gaid = "e4fe9bde-caa0-47b6-908d-ffba3fa184f2";
         let index = build(&[(21, "c1", 20914, gaid)], &[21]);
-        assert_eq!(index.lookup(21, b"c1"), Some(Target::Device(20914, gaid.as_bytes())));
+        assert_eq!(
+            index.lookup(21, b"c1"),
+            Some(Target::Device(20914, gaid.as_bytes()))
+        );
         let index = build(&[(21, "c1", 20914, gaid), (20914, gaid, 0, U1)], &[21]);
-        assert_eq!(index.lookup(21, b"c1"), Some(Target::Uuid(Uuid::parse(U1.as_bytes()).unwrap())));
+        assert_eq!(
+            index.lookup(21, b"c1"),
+            Some(Target::Uuid(Uuid::parse(U1.as_bytes()).unwrap()))
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 pub mod index;
 pub mod store;
 
-use crate::model::{device_format, Dpid, Uuid, AAM_UUID_DPID};
+use crate::model::{AAM_UUID_DPID, Dpid, Uuid, device_format};
 use crate::parse::lines;
 
 /// The longest row segmill reads, as for trait files.
@@ -122,13 +122,21 @@ pub fn parse_chunk(chunk: &[u8], first_line: u64, spec: &FileSpec) -> ChunkRows 
                     }
                 }
             }
-            Err(reason) => out.rejected.push(RejectedRow { line: line_no, reason, text: raw.to_vec() }),
+            Err(reason) => out.rejected.push(RejectedRow {
+                line: line_no,
+                reason,
+                text: raw.to_vec(),
+            }),
         }
     }
     out
 }
 
-fn check_row<'a>(line: &'a [u8], spec: &FileSpec, fields: &mut Vec<&'a [u8]>) -> Result<(), String> {
+fn check_row<'a>(
+    line: &'a [u8],
+    spec: &FileSpec,
+    fields: &mut Vec<&'a [u8]>,
+) -> Result<(), String> {
     fields.clear();
     if line.len() > MAX_ROW_BYTES {
         return Err(format!("row longer than {MAX_ROW_BYTES} bytes"));
@@ -144,26 +152,42 @@ fn check_row<'a>(line: &'a [u8], spec: &FileSpec, fields: &mut Vec<&'a [u8]>) ->
     }
     fields.extend(line.split(|&b| b == b'\t').map(|f| f.trim_ascii()));
     if fields.len() != spec.dpids.len() {
-        return Err(format!("expected {} columns (one per DPID in the name), found {}", spec.dpids.len(), fields.len()));
+        return Err(format!(
+            "expected {} columns (one per DPID in the name), found {}",
+            spec.dpids.len(),
+            fields.len()
+        ));
     }
     for (k, (&field, &dpid)) in fields.iter().zip(&spec.dpids).enumerate() {
         if field.is_empty() {
             return Err(format!("column {} is empty", k + 1));
         }
         if dpid == AAM_UUID_DPID && Uuid::parse(field).is_none() {
-            return Err(format!("column {} (DPID 0) is not a 38-digit AAM UUID", k + 1));
+            return Err(format!(
+                "column {} (DPID 0) is not a 38-digit AAM UUID",
+                k + 1
+            ));
         }
-        if let Some((name, format)) = device_format(dpid) {
-            if !format.accepts(field) {
-                return Err(format!("column {} is not a valid {name} ID ({})", k + 1, format.describe()));
-            }
+        if let Some((name, format)) = device_format(dpid)
+            && !format.accepts(field)
+        {
+            return Err(format!(
+                "column {} is not a valid {name} ID ({})",
+                k + 1,
+                format.describe()
+            ));
         }
     }
     if spec.table == Table::C2c {
         let hash = fields.get(1).copied().unwrap_or_default();
-        let ok = hash.len() == 64 && hash.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+        let ok = hash.len() == 64
+            && hash
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
         if !ok {
-            return Err("column 2 is not a lowercase SHA-256 hex e-mail hash (64 characters)".into());
+            return Err(
+                "column 2 is not a lowercase SHA-256 hex e-mail hash (64 characters)".into(),
+            );
         }
     }
     Ok(())
@@ -176,7 +200,11 @@ mod tests {
     const UUID: &str = "68079982765673198504052656074456196039";
 
     fn adobe(dpids: &[Dpid]) -> FileSpec {
-        FileSpec { table: Table::Adobe, dpids: dpids.to_vec(), timestamp: 1_476_312_152 }
+        FileSpec {
+            table: Table::Adobe,
+            dpids: dpids.to_vec(),
+            timestamp: 1_476_312_152,
+        }
     }
 
     #[test]
@@ -188,7 +216,10 @@ mod tests {
         assert_eq!(out.mappings.len(), 1);
         let m = out.mappings[0];
         assert_eq!((m.key_dpid, m.value_dpid, m.line), (12345, 0, 1));
-        assert_eq!(out.bytes(m.key), b"XYZ3017D_2kzkTOXkFYIAgwbajoqWRcqkXl-TTrj6E4njaMR38");
+        assert_eq!(
+            out.bytes(m.key),
+            b"XYZ3017D_2kzkTOXkFYIAgwbajoqWRcqkXl-TTrj6E4njaMR38"
+        );
         assert_eq!(out.bytes(m.value), UUID.as_bytes());
     }
 
@@ -196,7 +227,11 @@ mod tests {
     fn three_columns_give_two_mappings() {
         let text = format!("{UUID}\ta\tb\r\n");
         let out = parse_chunk(text.as_bytes(), 1, &adobe(&[0, 5, 6]));
-        let keys: Vec<(Dpid, &[u8])> = out.mappings.iter().map(|m| (m.key_dpid, out.bytes(m.key))).collect();
+        let keys: Vec<(Dpid, &[u8])> = out
+            .mappings
+            .iter()
+            .map(|m| (m.key_dpid, out.bytes(m.key)))
+            .collect();
         assert_eq!(keys, vec![(5, &b"a"[..]), (6, &b"b"[..])]);
     }
 
@@ -214,7 +249,11 @@ mod tests {
             let text = row.replace("{U}", UUID);
             let out = parse_chunk(text.as_bytes(), 7, &adobe(&[0, 21]));
             assert_eq!(out.rejected.len(), 1, "{row}");
-            assert!(out.rejected[0].reason.contains(reason), "{row}: {}", out.rejected[0].reason);
+            assert!(
+                out.rejected[0].reason.contains(reason),
+                "{row}: {}",
+                out.rejected[0].reason
+            );
             assert_eq!(out.rejected[0].line, 7);
             assert!(out.mappings.is_empty());
         }
@@ -222,14 +261,22 @@ mod tests {
 
     #[test]
     fn device_master_is_checked() {
-        let out = parse_chunk(b"E4FE9BDE-CAA0-47B6-908D-FFBA3FA184F2\tcust1\n", 1, &adobe(&[20914, 21]));
+        let out = parse_chunk(
+            b"E4FE9BDE-CAA0-47B6-908D-FFBA3FA184F2\tcust1\n",
+            1,
+            &adobe(&[20914, 21]),
+        );
         assert_eq!(out.rejected.len(), 1);
         assert!(out.rejected[0].reason.contains("GAID"));
     }
 
     #[test]
     fn c2c_needs_a_lowercase_sha256() {
-        let spec = FileSpec { table: Table::C2c, dpids: vec![999_999, 987_654], timestamp: 1_560_431_657 };
+        let spec = FileSpec {
+            table: Table::C2c,
+            dpids: vec![999_999, 987_654],
+            timestamp: 1_560_431_657,
+        };
         let good = "cust\t55e79200c1635b37ad31a378c39feb12f120f116625093a19bc32fff15041149\r\n";
         let out = parse_chunk(good.as_bytes(), 1, &spec);
         assert_eq!(out.mappings.len(), 1);

@@ -6,7 +6,7 @@
 
 use super::Table;
 use crate::codec::{Reader, Truncated, Writer};
-use crate::model::{partition_of, Dpid};
+use crate::model::{Dpid, partition_of};
 use std::collections::BTreeMap;
 
 /// One stored mapping, borrowing its partition's bytes.
@@ -35,7 +35,12 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Record<'_>>, Truncated> {
     let mut r = Reader::new(payload);
     let mut out = Vec::new();
     while !r.is_empty() {
-        out.push(Record { id: r.bytes()?, value_dpid: r.u32()?, value: r.bytes()?, timestamp: r.u64()? });
+        out.push(Record {
+            id: r.bytes()?,
+            value_dpid: r.u32()?,
+            value: r.bytes()?,
+            timestamp: r.u64()?,
+        });
     }
     Ok(out)
 }
@@ -77,6 +82,9 @@ pub enum StoreError {
     Read(#[from] anyhow::Error),
 }
 
+/// A rewritten partition: its name, payload and per-file stored counts.
+type MergedPart = (String, Vec<u8>, Vec<(usize, u64)>);
+
 /// Merges `incoming` (in application order) into `table`. `old` returns a partition's
 /// previous payload, if any.
 pub fn apply(
@@ -89,16 +97,22 @@ pub fn apply(
     let mut groups: BTreeMap<String, Vec<(usize, &Incoming<'_>)>> = BTreeMap::new();
     for (order, m) in incoming.iter().enumerate() {
         let part = part_of(m.key_dpid, m.record.id, partitions);
-        groups.entry(part_name(table, m.key_dpid, part)).or_default().push((order, m));
+        groups
+            .entry(part_name(table, m.key_dpid, part))
+            .or_default()
+            .push((order, m));
     }
-    let results: Vec<Result<(String, Vec<u8>, Vec<(usize, u64)>), StoreError>> = {
+    let results: Vec<Result<MergedPart, StoreError>> = {
         use rayon::prelude::*;
         groups
             .into_par_iter()
             .map(|(name, mut group)| {
                 let previous = old(&name)?;
                 let stored = match &previous {
-                    Some(bytes) => decode(bytes).map_err(|source| StoreError::Corrupt { part: name.clone(), source })?,
+                    Some(bytes) => decode(bytes).map_err(|source| StoreError::Corrupt {
+                        part: name.clone(),
+                        source,
+                    })?,
                     None => Vec::new(),
                 };
                 // Sort by ID, then application order; keep the winner per ID.
@@ -167,33 +181,69 @@ mod tests {
     use std::collections::HashMap;
 
     fn rec<'a>(id: &'a str, value: &'a str, ts: u64) -> Record<'a> {
-        Record { id: id.as_bytes(), value_dpid: 0, value: value.as_bytes(), timestamp: ts }
+        Record {
+            id: id.as_bytes(),
+            value_dpid: 0,
+            value: value.as_bytes(),
+            timestamp: ts,
+        }
     }
 
     fn lookup(parts: &BTreeMap<String, Vec<u8>>, id: &str) -> Option<String> {
         parts.values().find_map(|bytes| {
-            decode(bytes).unwrap().into_iter().find(|r| r.id == id.as_bytes()).map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+            decode(bytes)
+                .unwrap()
+                .into_iter()
+                .find(|r| r.id == id.as_bytes())
+                .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
         })
     }
 
     #[test]
     fn latest_timestamp_wins_and_partitions_are_sorted() {
         let first = [
-            Incoming { key_dpid: 21, record: rec("b", "u1", 100), file: 0 },
-            Incoming { key_dpid: 21, record: rec("a", "u2", 100), file: 0 },
-            Incoming { key_dpid: 21, record: rec("b", "u3", 100), file: 1 },
+            Incoming {
+                key_dpid: 21,
+                record: rec("b", "u1", 100),
+                file: 0,
+            },
+            Incoming {
+                key_dpid: 21,
+                record: rec("a", "u2", 100),
+                file: 0,
+            },
+            Incoming {
+                key_dpid: 21,
+                record: rec("b", "u3", 100),
+                file: 1,
+            },
         ];
         let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
         let applied = apply(Table::Adobe, &first, 1, &none).unwrap();
         assert_eq!(lookup(&applied.parts, "b").as_deref(), Some("u3"));
         let all = decode(applied.parts.values().next().unwrap()).unwrap();
-        assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![&b"a"[..], b"b"]);
+        assert_eq!(
+            all.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![&b"a"[..], b"b"]
+        );
         assert_eq!(applied.stored_per_file, BTreeMap::from([(0, 1), (1, 1)]));
 
         // An older file arriving later does not replace a newer stored mapping.
         let store: HashMap<String, Vec<u8>> = applied.parts.clone().into_iter().collect();
-        let old = move |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(store.get(name).cloned()) };
-        let late = [Incoming { key_dpid: 21, record: rec("b", "u9", 50), file: 0 }, Incoming { key_dpid: 21, record: rec("c", "u4", 50), file: 0 }];
+        let old =
+            move |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(store.get(name).cloned()) };
+        let late = [
+            Incoming {
+                key_dpid: 21,
+                record: rec("b", "u9", 50),
+                file: 0,
+            },
+            Incoming {
+                key_dpid: 21,
+                record: rec("c", "u4", 50),
+                file: 0,
+            },
+        ];
         let applied2 = apply(Table::Adobe, &late, 1, &old).unwrap();
         assert_eq!(lookup(&applied2.parts, "b").as_deref(), Some("u3"));
         assert_eq!(lookup(&applied2.parts, "c").as_deref(), Some("u4"));

@@ -11,24 +11,35 @@ use std::path::Path;
 
 /// The physical lines `wanted` (1-based, any order) of `path`, without their LF, each cut to
 /// at most `max_bytes`. Lines past the end are absent from the result.
-pub fn lines_at(path: &Path, gzip: bool, wanted: &[u64], max_bytes: usize) -> std::io::Result<BTreeMap<u64, Vec<u8>>> {
+pub fn lines_at(
+    path: &Path,
+    gzip: bool,
+    wanted: &[u64],
+    max_bytes: usize,
+) -> std::io::Result<BTreeMap<u64, Vec<u8>>> {
     let mut wanted: Vec<u64> = wanted.to_vec();
     wanted.sort_unstable();
     wanted.dedup();
     let mut out = BTreeMap::new();
-    let Some(&last) = wanted.last() else { return Ok(out) };
+    let Some(&last) = wanted.last() else {
+        return Ok(out);
+    };
     let file = File::open(path)?;
     let reader: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(128 * 1024, file)))
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+            128 * 1024,
+            file,
+        )))
     } else {
         Box::new(file)
     };
     let mut reader = BufReader::with_capacity(128 * 1024, reader);
+    if reader.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
+        reader.consume(3);
+    }
     let mut next = wanted.iter().peekable();
-    let mut line = Vec::new();
     let mut number = 0u64;
     while number < last {
-        line.clear();
         // A hostile file may hold one enormous line: read it in bounded steps and keep only
         // the prefix we need.
         let mut kept = Vec::new();
@@ -57,9 +68,6 @@ pub fn lines_at(path: &Path, gzip: bool, wanted: &[u64], max_bytes: usize) -> st
         if kept.last() == Some(&b'\n') {
             kept.pop();
         }
-        if number == 1 && kept.starts_with(b"\xEF\xBB\xBF") {
-            kept.drain(..3);
-        }
         if next.peek() == Some(&&number) {
             next.next();
             out.insert(number, kept);
@@ -80,13 +88,19 @@ mod tests {
         let plain = dir.path().join("a");
         std::fs::write(&plain, text).unwrap();
         let gz = dir.path().join("a.gz");
-        let mut enc = flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        let mut enc =
+            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
         enc.write_all(text).unwrap();
         enc.finish().unwrap();
         for (path, gzip) in [(&plain, false), (&gz, true)] {
             let got = lines_at(path, gzip, &[4, 1, 2, 9], 6).unwrap();
-            let want: BTreeMap<u64, Vec<u8>> =
-                [(1, b"first".to_vec()), (2, b"second".to_vec()), (4, b"fourth".to_vec())].into_iter().collect();
+            let want: BTreeMap<u64, Vec<u8>> = [
+                (1, b"first".to_vec()),
+                (2, b"second".to_vec()),
+                (4, b"fourth".to_vec()),
+            ]
+            .into_iter()
+            .collect();
             assert_eq!(got, want);
         }
     }

@@ -3,7 +3,7 @@
 //! Records processed. Applied in line order across the file's chunks, so the result never
 //! depends on how the file was cut.
 
-use super::{seq, ChunkOut, Status};
+use super::{ChunkOut, Status, seq};
 use crate::report::receipt::Counters;
 use ahash::AHashMap;
 

@@ -8,8 +8,8 @@
 pub mod cap;
 
 use crate::idsync::index::{IdIndex, Target};
-use crate::model::{id_hash, partition_of, DeviceFormat, Dpid, TraitId, Uuid};
-use crate::parse::{items, lines, parse_line, Item, LineKind};
+use crate::model::{DeviceFormat, Dpid, TraitId, Uuid, id_hash, partition_of};
+use crate::parse::{Item, LineKind, items, lines, parse_line};
 use ahash::AHashMap;
 
 /// How a file's ID column is validated and resolved (CONTRACT §3).
@@ -99,7 +99,9 @@ pub enum Status {
     InvalidDeviceId,
     NoMatchingAamId,
     /// Reached trait mapping: an op exists in partition `part`.
-    Op { part: u32 },
+    Op {
+        part: u32,
+    },
 }
 
 /// A record (a non-blank line that is not a Format Error), for the per-user cap.
@@ -161,7 +163,12 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
         let resolved = resolve(ctx, record.id, record.id_type, &mut key_scratch);
         let status = match resolved {
             Err((category, reason)) => {
-                out.rejected.push(Rejected { line: line_no, category, reason, text: raw.to_vec() });
+                out.rejected.push(Rejected {
+                    line: line_no,
+                    category,
+                    reason,
+                    text: raw.to_vec(),
+                });
                 match category {
                     Category::InvalidAamId => Status::InvalidAamId,
                     Category::InvalidDeviceId => Status::InvalidDeviceId,
@@ -175,7 +182,11 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
                 Status::Op { part }
             }
         };
-        out.marks.push(Mark { user, line: line_no, status });
+        out.marks.push(Mark {
+            user,
+            line: line_no,
+            status,
+        });
     }
     out
 }
@@ -196,7 +207,10 @@ fn resolve(
             Ok(())
         } else {
             let name = crate::model::device_format(dpid).map_or("device", |(n, _)| n);
-            Err((Category::InvalidDeviceId, format!("not a valid {name} ID ({})", format.describe())))
+            Err((
+                Category::InvalidDeviceId,
+                format!("not a valid {name} ID ({})", format.describe()),
+            ))
         }
     };
     match ctx.id_kind {
@@ -205,14 +219,20 @@ fn resolve(
                 ProfileKey::Uuid(u).encode_into(key);
                 Ok(())
             }
-            None => Err((Category::InvalidAamId, "AAM UUIDs are exactly 38 digits".to_string())),
+            None => Err((
+                Category::InvalidAamId,
+                "AAM UUIDs are exactly 38 digits".to_string(),
+            )),
         },
         IdKind::Device(dpid, format) => device(dpid, format, key),
         IdKind::Odc => match odc_device(id_type.unwrap_or_default()) {
             Some((dpid, format)) => device(dpid, format, key),
             None => Err((
                 Category::InvalidDeviceId,
-                format!("unknown ODC ID type {:?} (expected IDFA or Android Device ID)", String::from_utf8_lossy(id_type.unwrap_or_default())),
+                format!(
+                    "unknown ODC ID type {:?} (expected IDFA or Android Device ID)",
+                    String::from_utf8_lossy(id_type.unwrap_or_default())
+                ),
             )),
         },
         IdKind::Customer { dpid, cross_device } => match ctx.index.lookup(dpid, id) {
@@ -228,7 +248,10 @@ fn resolve(
                 ProfileKey::encode_customer(dpid, id, key);
                 Ok(())
             }
-            None => Err((Category::NoMatchingAamId, format!("ID not synced for DPID {dpid}"))),
+            None => Err((
+                Category::NoMatchingAamId,
+                format!("ID not synced for DPID {dpid}"),
+            )),
         },
     }
 }
@@ -272,7 +295,11 @@ fn push_op(buf: &mut OpBuf, ctx: &FileCtx<'_>, seq: u64, key: &[u8], raw_items: 
         match ctx.trait_owner.get(&trait_id) {
             None => {}
             Some(&owner) if owner != ctx.target_ds => failed += 1,
-            Some(_) => buf.acts.push(Act { item: index, trait_id, remove }),
+            Some(_) => buf.acts.push(Act {
+                item: index,
+                trait_id,
+                remove,
+            }),
         }
     }
     buf.ops.push(Op {

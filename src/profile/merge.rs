@@ -2,9 +2,9 @@
 //! order — `.sync` realizations and removals as they come, `.overwrite` per user when the file
 //! is done (CONTRACT §3). Produces the new partition and the merge-stage receipt counters.
 
-use super::{decode, encode_into, Entry, Profile};
+use super::{Entry, Profile, decode, encode_into};
 use crate::codec::{Truncated, Writer};
-use crate::ingest::{seq_file, Op, OpBuf};
+use crate::ingest::{Op, OpBuf, seq_file};
 use crate::model::{Dpid, Timestamp, TraitId};
 use crate::report::receipt::{Counters, SAMPLES_PER_CATEGORY};
 use ahash::{AHashMap, AHashSet};
@@ -54,7 +54,11 @@ pub struct PartOut {
 
 fn expiry(entry: &Entry, ttl_days: &AHashMap<TraitId, u32>) -> Option<Timestamp> {
     match ttl_days.get(&entry.trait_id) {
-        Some(&days) if days > 0 => Some(entry.realized_at.saturating_add(i64::from(days) * SECONDS_PER_DAY)),
+        Some(&days) if days > 0 => Some(
+            entry
+                .realized_at
+                .saturating_add(i64::from(days) * SECONDS_PER_DAY),
+        ),
         _ => None,
     }
 }
@@ -75,7 +79,11 @@ struct Scratch {
 }
 
 /// Merges `ops` (this partition's op buffers, in run order) into `old`.
-pub fn merge_partition(old: Option<&[u8]>, ops: &[&OpBuf], ctx: &MergeCtx<'_>) -> Result<PartOut, Truncated> {
+pub fn merge_partition(
+    old: Option<&[u8]>,
+    ops: &[&OpBuf],
+    ctx: &MergeCtx<'_>,
+) -> Result<PartOut, Truncated> {
     let mut refs: Vec<(&[u8], &Op, &OpBuf)> = Vec::new();
     for buf in ops {
         for op in &buf.ops {
@@ -188,7 +196,11 @@ fn apply_ops(
     let mut start = 0;
     while start < group.len() {
         let file = seq_file(group[start].1.seq);
-        let end = start + group[start..].iter().take_while(|r| seq_file(r.1.seq) == file).count();
+        let end = start
+            + group[start..]
+                .iter()
+                .take_while(|r| seq_file(r.1.seq) == file)
+                .count();
         let meta = ctx.files[file as usize];
         s.union.clear();
         for &(_, op, buf) in &group[start..end] {
@@ -217,7 +229,14 @@ fn apply_ops(
                     if meta.overwrite {
                         s.union.push(act.trait_id);
                     } else {
-                        upsert(entries, Entry { trait_id: act.trait_id, data_source: meta.target_ds, realized_at: ctx.as_of });
+                        upsert(
+                            entries,
+                            Entry {
+                                trait_id: act.trait_id,
+                                data_source: meta.target_ds,
+                                realized_at: ctx.as_of,
+                            },
+                        );
                     }
                     true
                 };
@@ -249,18 +268,37 @@ fn apply_ops(
             s.union.sort_unstable();
             s.union.dedup();
             let before = entries.len();
-            entries.retain(|e| e.data_source != meta.target_ds || s.union.binary_search(&e.trait_id).is_ok());
+            entries.retain(|e| {
+                e.data_source != meta.target_ds || s.union.binary_search(&e.trait_id).is_ok()
+            });
             counters.total_removed_traits += (before - entries.len()) as u64;
             for &t in &s.union {
-                upsert(entries, Entry { trait_id: t, data_source: meta.target_ds, realized_at: ctx.as_of });
+                upsert(
+                    entries,
+                    Entry {
+                        trait_id: t,
+                        data_source: meta.target_ds,
+                        realized_at: ctx.as_of,
+                    },
+                );
             }
         }
         start = end;
     }
-    count_distinct(&mut s.stored_files, ctx, &mut out.files, &mut out.job_devices, |c| &mut c.total_devices);
-    count_distinct(&mut s.failed_files, ctx, &mut out.files, &mut out.job_failed_users, |c| {
-        &mut c.total_users_with_failed_traits
-    });
+    count_distinct(
+        &mut s.stored_files,
+        ctx,
+        &mut out.files,
+        &mut out.job_devices,
+        |c| &mut c.total_devices,
+    );
+    count_distinct(
+        &mut s.failed_files,
+        ctx,
+        &mut out.files,
+        &mut out.job_failed_users,
+        |c| &mut c.total_users_with_failed_traits,
+    );
 }
 
 /// Counts one profile once per file and once per job among `files`.

@@ -37,7 +37,11 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Profile<'_>>, Truncated> {
         // Each entry takes 16 bytes: don't trust a count the payload cannot hold.
         let mut entries = Vec::with_capacity(n.min(payload.len() / 16));
         for _ in 0..n {
-            entries.push(Entry { trait_id: r.u32()?, data_source: r.u32()?, realized_at: r.i64()? });
+            entries.push(Entry {
+                trait_id: r.u32()?,
+                data_source: r.u32()?,
+                realized_at: r.i64()?,
+            });
         }
         out.push(Profile { key, entries });
     }
@@ -62,11 +66,27 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut w = Writer::default();
-        let e = Entry { trait_id: 24, data_source: 21, realized_at: 1_700_000_000 };
+        let e = Entry {
+            trait_id: 24,
+            data_source: 21,
+            realized_at: 1_700_000_000,
+        };
         encode_into(&mut w, b"k1", &[e]);
         encode_into(&mut w, b"k2", &[]);
         let profiles = decode(&w.buf).unwrap();
-        assert_eq!(profiles, vec![Profile { key: b"k1", entries: vec![e] }, Profile { key: b"k2", entries: vec![] }]);
+        assert_eq!(
+            profiles,
+            vec![
+                Profile {
+                    key: b"k1",
+                    entries: vec![e]
+                },
+                Profile {
+                    key: b"k2",
+                    entries: vec![]
+                }
+            ]
+        );
         assert!(decode(&w.buf[..w.buf.len() - 2]).is_err());
     }
 }

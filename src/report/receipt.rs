@@ -67,7 +67,11 @@ impl Counters {
 
     /// Whether anything here makes the run exit 1 (CONTRACT §1).
     pub fn has_rejected_lines(&self) -> bool {
-        self.format_errors + self.invalid_aam_id + self.invalid_device_id + self.lines_over_user_limit > 0
+        self.format_errors
+            + self.invalid_aam_id
+            + self.invalid_device_id
+            + self.lines_over_user_limit
+            > 0
     }
 }
 
@@ -171,11 +175,19 @@ impl JobReceipt {
     pub fn to_text(&self) -> String {
         let c = &self.counters;
         let mut s = String::new();
-        let _ = writeln!(s, "Subject: segmill Server-To-Server Processing Result: job {} run {}", self.job, self.run_id);
+        let _ = writeln!(
+            s,
+            "Subject: segmill Server-To-Server Processing Result: job {} run {}",
+            self.job, self.run_id
+        );
         let _ = writeln!(s, "Dear Partner: (ID:{})", self.dpid);
         let _ = writeln!(s, "We have received your Server-To-Server file delivery");
         let _ = writeln!(s, "File name:");
-        for f in self.files.iter().filter(|f| f.status == FileStatus::Processed) {
+        for f in self
+            .files
+            .iter()
+            .filter(|f| f.status == FileStatus::Processed)
+        {
             let _ = writeln!(s, "{}", f.name);
         }
         let rows: [(&str, u64); 17] = [
@@ -192,8 +204,14 @@ impl JobReceipt {
             ("Total unused signals", c.total_unused_signals),
             ("Total realized traits", c.total_realized_traits),
             ("Total removed traits", c.total_removed_traits),
-            ("Total traits failed validation", c.total_traits_failed_validation),
-            ("Total users that have traits which failed validation", c.total_users_with_failed_traits),
+            (
+                "Total traits failed validation",
+                c.total_traits_failed_validation,
+            ),
+            (
+                "Total users that have traits which failed validation",
+                c.total_users_with_failed_traits,
+            ),
             ("Lines over the per-user limit", c.lines_over_user_limit),
             ("Malformed items", c.malformed_items),
         ];
@@ -202,13 +220,19 @@ impl JobReceipt {
         }
         let _ = writeln!(s, "Job start time: {}", self.job_start_time);
         let _ = writeln!(s, "Job end time: {}", self.job_end_time);
-        let skipped: Vec<&FileReceipt> = self.files.iter().filter(|f| f.status != FileStatus::Processed).collect();
+        let skipped: Vec<&FileReceipt> = self
+            .files
+            .iter()
+            .filter(|f| f.status != FileStatus::Processed)
+            .collect();
         if !skipped.is_empty() {
             let _ = writeln!(s, "Files not processed:");
             for f in skipped {
                 let why = match (&f.status, &f.reason, &f.processed_by_run) {
                     (FileStatus::Rejected, Some(r), _) => format!("rejected: {r}"),
-                    (FileStatus::Duplicate, _, Some(run)) => format!("duplicate: already processed by run {run}"),
+                    (FileStatus::Duplicate, _, Some(run)) => {
+                        format!("duplicate: already processed by run {run}")
+                    }
                     (status, _, _) => format!("{status:?}").to_lowercase(),
                 };
                 let _ = writeln!(s, "{} ({why})", f.name);
@@ -284,7 +308,10 @@ mod tests {
             ..Counters::default()
         };
         assert!(c.identity_holds());
-        let broken = Counters { stored_records: 4, ..c };
+        let broken = Counters {
+            stored_records: 4,
+            ..c
+        };
         assert!(!broken.identity_holds());
     }
 

@@ -38,7 +38,7 @@ pub use fsutil::{
 pub use generation::{
     FileEntry, FileWriter, Generation, GenerationWriter, Manifest, VerifiedReader,
 };
-pub use ledger::{Ledger, LedgerEntry, LedgerError, Outcome};
+pub use ledger::{LEDGER_FILE, Ledger, LedgerEntry, LedgerError, Outcome};
 pub use lock::LockGuard;
 
 /// Version of the state layout this build reads and writes. A state written by a newer
