@@ -1,0 +1,4 @@
+//! Destinations: outbound file names, line layouts and templates, `.info` control files.
+
+pub mod names;
+pub mod template;
