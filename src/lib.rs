@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod failpoint;
 pub mod idsync;
 pub mod inbound;
 pub mod ingest;

@@ -183,6 +183,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     };
     let idsync_result = apply_idsync(&plan, partitions, chunk_bytes, &source)?;
     stages.insert("idsync".into(), t.elapsed().as_secs_f64());
+    crate::failpoint::hit("after-idsync").context("after-idsync")?;
 
     // Trait files.
     let t = Instant::now();
@@ -261,6 +262,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         }
     }
     stages.insert("parse".into(), t.elapsed().as_secs_f64());
+    crate::failpoint::hit("after-parse").context("after-parse")?;
 
     // Merge every partition.
     let t = Instant::now();
@@ -321,6 +323,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         parts.push(r?);
     }
     stages.insert("merge".into(), t.elapsed().as_secs_f64());
+    crate::failpoint::hit("after-merge").context("after-merge")?;
 
     // Receipts.
     let t = Instant::now();
@@ -520,6 +523,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     for r in &receipts {
         let stem = receipts_dir.join(&r.job);
         write_atomic(&stem.with_extension("txt"), r.to_text().as_bytes())?;
+        crate::failpoint::hit("mid-receipts").context("mid-receipts")?;
         write_atomic(&stem.with_extension("json"), r.to_json().as_bytes())?;
         let key = JobKey {
             dpid: r.dpid,
@@ -534,6 +538,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         write_atomic(&receipts_dir.join("idsync.json"), idr.to_json().as_bytes())?;
     }
 
+    crate::failpoint::hit("after-receipts").context("after-receipts")?;
     let writer = state.begin(parent.as_ref())?;
     // ID-sync tables: tonight's partitions, the rest carried over.
     let mut written: BTreeSet<String> = BTreeSet::new();
@@ -561,6 +566,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             }
         }
     }
+    crate::failpoint::hit("mid-state-files").context("mid-state-files")?;
     if let Some(g) = &parent {
         let carried: Vec<String> = g
             .files()
@@ -572,6 +578,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         }
     }
     writer.write_ledger(&ledger)?;
+    crate::failpoint::hit("after-state-files").context("after-state-files")?;
     let meta = StateMeta {
         partitions,
         partition_hash: PARTITION_HASH.to_string(),
@@ -591,6 +598,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         &runs_dir.join(format!("{run_id}.json")),
         report.to_json().as_bytes(),
     )?;
+    crate::failpoint::hit("before-commit").context("before-commit")?;
     writer
         .commit(
             serde_json::to_value(&meta).map_err(anyhow::Error::from)?,

@@ -661,6 +661,8 @@ impl GenerationWriter {
             .map_err(|source| StateError::io("rename partial generation to", &dir, source))?;
         self.committed = true;
         fsutil::sync_dir(&self.root)?;
+        crate::failpoint::hit("commit-renamed")
+            .map_err(|source| StateError::io("switch to", &dir, source))?;
         // The switch: until this rename lands, the previous generation is current.
         let current = super::format_current(self.number, fsutil::checksum(&bytes));
         fsutil::write_atomic(&self.root.join(CURRENT), current.as_bytes())?;
