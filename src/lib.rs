@@ -1,7 +1,34 @@
 //! segmill: onboard offline audience data the way Adobe Audience Manager's server-to-server
 //! batch transfer does.
 //!
-//! Architecture notes are filled in as the stages land.
+//! # Architecture
+//!
+//! ```text
+//! segmill run
+//!   config ─► discover (inbound::discover) ─► plan against the ledger (run)
+//!     ─► ID-sync files: parse (idsync::parse_chunk) ─► merge into the partitioned tables
+//!        (idsync::store) ─► in-memory index for tonight's DPIDs (idsync::index)
+//!     ─► trait files in CONTRACT §2 order, each:
+//!          read (inbound::read: mmap, or gzip on its own thread over a bounded channel)
+//!          ─► process_chunk (ingest, rayon, one pure function per chunk: parse, validate,
+//!             resolve, map items to trait instructions, bucket ops by profile partition)
+//!          ─► per-user cap in line order (ingest::cap)
+//!     ─► per partition, in parallel: sort ops by (profile, run position), TTL expiry,
+//!        .sync / .overwrite / d_unsid merge (profile::merge)
+//!     ─► receipts, rejects, run report (report)
+//!     ─► new state generation made current by one atomic rename (state)
+//! ```
+//!
+//! Data flows one way; only [`run`] knows the order of the stages and owns the thread pool.
+//! The hot path ([`ingest::process_chunk`], [`profile::merge::merge_partition`]) is pure and
+//! deterministic: every output is byte-identical whatever the thread count or chunk size.
+//! Data problems (bad lines, unknown IDs, rejected files) are counted and reported; run
+//! problems (config, state, I/O) return errors and commit nothing.
+//!
+//! Every stored structure is partitioned by a stable hash ([`model::partition_of`]: xxh3 with
+//! a fixed seed) so that a partition is the unit another machine can own later.
+
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod codec;
