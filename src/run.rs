@@ -170,6 +170,19 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             }
         },
     };
+    let mut discovery = discovery;
+    if opts.idsync_only {
+        if let Some(f) = discovery.trait_files.first() {
+            return Err(anyhow!(
+                "{}: not an ID-sync file (adobe_id_… or c2c_id_…)",
+                f.display
+            )
+            .into());
+        }
+        discovery
+            .rejected
+            .retain(|r| !matches!(r.name, Classified::Trait(_)));
+    }
     let plan = plan_files(discovery, &ledger, opts, config)?;
     stages.insert("discover".into(), t.elapsed().as_secs_f64());
 

@@ -323,3 +323,199 @@ fn count_distinct(
         per_job[job] += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idsync::index::IdIndex;
+    use crate::ingest::{FileCtx, IdKind, process_chunk};
+    use crate::model::{ProfileKey, Uuid};
+
+    const U: &str = "59767559181262060060278870901087098252";
+    const DAY: i64 = SECONDS_PER_DAY;
+
+    struct World {
+        owners: AHashMap<TraitId, Dpid>,
+        ttl: AHashMap<TraitId, u32>,
+    }
+
+    fn world() -> World {
+        // Traits 24..=27 belong to data source 21 (TTL 1 day for 27), 40 to data source 22.
+        let owners = [(24, 21), (25, 21), (26, 21), (27, 21), (40, 22)]
+            .into_iter()
+            .collect();
+        let ttl = [(24, 120), (25, 120), (26, 0), (27, 1), (40, 120)]
+            .into_iter()
+            .collect();
+        World { owners, ttl }
+    }
+
+    /// Runs `files` ((text, overwrite, target data source)) through the kernel and merges them
+    /// into `old` at `as_of`.
+    fn merge(w: &World, old: Option<&[u8]>, files: &[(&str, bool, Dpid)], as_of: i64) -> PartOut {
+        let index = IdIndex::default();
+        let outs: Vec<_> = files
+            .iter()
+            .enumerate()
+            .map(|(i, (text, overwrite, ds))| {
+                let ctx = FileCtx {
+                    file: i as u32,
+                    target_ds: *ds,
+                    overwrite: *overwrite,
+                    id_kind: IdKind::AamUuid,
+                    trait_owner: &w.owners,
+                    index: &index,
+                    partitions: 1,
+                };
+                process_chunk(text.as_bytes(), 1, &ctx)
+            })
+            .collect();
+        let metas: Vec<FileMeta> = files
+            .iter()
+            .map(|(_, overwrite, ds)| FileMeta {
+                job: 0,
+                overwrite: *overwrite,
+                target_ds: *ds,
+            })
+            .collect();
+        let capped = AHashSet::new();
+        let ctx = MergeCtx {
+            files: &metas,
+            jobs: 1,
+            ttl_days: &w.ttl,
+            as_of,
+            capped: &capped,
+        };
+        let bufs: Vec<&OpBuf> = outs.iter().map(|o| &o.parts[0]).collect();
+        merge_partition(old, &bufs, &ctx).unwrap()
+    }
+
+    fn traits(out: &PartOut) -> Vec<(TraitId, Dpid, i64)> {
+        let payload = out.payload.as_deref().unwrap_or_default();
+        let profiles = decode(payload).unwrap();
+        let key = ProfileKey::Uuid(Uuid::parse(U.as_bytes()).unwrap()).encode();
+        profiles
+            .iter()
+            .find(|p| p.key == key.as_slice())
+            .map(|p| {
+                p.entries
+                    .iter()
+                    .map(|e| (e.trait_id, e.data_source, e.realized_at))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn sync_applies_in_order_and_the_last_instruction_wins() {
+        let w = world();
+        let text = format!(
+            "{U}\td_sid=24,d_unsid=24,d_sid=25\n{U}\td_unsid=26,ic=7\n{U}\t25:0, d_sid=25\n"
+        );
+        let out = merge(&w, None, &[(&text, false, 21)], 1000);
+        assert_eq!(traits(&out), vec![(25, 21, 1000)]);
+        let c = &out.files[0];
+        // Line 2 removes a trait the user does not hold and signals nothing: No Trait Realized.
+        assert_eq!((c.stored_records, c.no_trait_realized), (2, 1));
+        assert_eq!((c.total_signals, c.total_unused_signals), (7, 2));
+        assert_eq!((c.total_realized_traits, c.total_removed_traits), (3, 2));
+        assert_eq!(c.total_devices, 1);
+        assert_eq!(out.ntr_samples[0], vec![crate::ingest::seq(0, 2)]);
+    }
+
+    #[test]
+    fn day1_sync_day2_overwrite_replaces_only_the_target_data_source() {
+        let w = world();
+        let day1 = format!("{U}\td_sid=24,d_sid=25,d_sid=26\n");
+        let out1 = merge(&w, None, &[(&day1, false, 21)], 1000);
+        let other = format!("{U}\td_sid=40\n");
+        let out1b = merge(&w, out1.payload.as_deref(), &[(&other, false, 22)], 1000);
+        let day2 = format!("{U}\td_sid=26\n{U}\td_sid=27, d_unsid=26\n");
+        let out2 = merge(&w, out1b.payload.as_deref(), &[(&day2, true, 21)], 2000);
+        assert_eq!(
+            traits(&out2),
+            vec![(26, 21, 2000), (27, 21, 2000), (40, 22, 1000)]
+        );
+        let c = &out2.files[0];
+        assert_eq!(
+            (
+                c.stored_records,
+                c.total_removed_traits,
+                c.total_realized_traits
+            ),
+            (2, 2, 2)
+        );
+        // The d_unsid item is ignored in an overwrite file: an unused signal.
+        assert_eq!(c.total_unused_signals, 1);
+    }
+
+    #[test]
+    fn overwrite_with_an_empty_line_clears_and_counts_as_stored() {
+        let w = world();
+        let out1 = merge(&w, None, &[(&format!("{U}\td_sid=24\n"), false, 21)], 1000);
+        let out2 = merge(
+            &w,
+            out1.payload.as_deref(),
+            &[(&format!("{U}\n"), true, 21)],
+            2000,
+        );
+        assert_eq!(traits(&out2), vec![]);
+        assert_eq!(out2.profiles, 0);
+        let c = &out2.files[0];
+        assert_eq!(
+            (
+                c.stored_records,
+                c.no_trait_realized,
+                c.total_removed_traits
+            ),
+            (1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn ttl_expires_exactly_at_realization_plus_ttl() {
+        let w = world();
+        let out1 = merge(
+            &w,
+            None,
+            &[(&format!("{U}\td_sid=27,d_sid=26\n"), false, 21)],
+            1000,
+        );
+        assert_eq!(out1.min_expiry, Some(1000 + DAY));
+        let just_before = merge(&w, out1.payload.as_deref(), &[], 1000 + DAY - 1);
+        assert_eq!(just_before.expired, 0);
+        assert!(
+            just_before.payload.is_none(),
+            "nothing changed: the partition is carried over"
+        );
+        let at = merge(&w, out1.payload.as_deref(), &[], 1000 + DAY);
+        assert_eq!(at.expired, 1);
+        assert_eq!(
+            traits(&at),
+            vec![(26, 21, 1000)],
+            "ttl_days = 0 never expires"
+        );
+        assert_eq!(at.min_expiry, None);
+    }
+
+    #[test]
+    fn foreign_traits_fail_validation_and_are_never_touched() {
+        let w = world();
+        let out = merge(
+            &w,
+            None,
+            &[(&format!("{U}\td_sid=40,d_unsid=40,d_sid=99\n"), false, 21)],
+            1000,
+        );
+        let c = &out.files[0];
+        assert_eq!(
+            (
+                c.total_traits_failed_validation,
+                c.total_users_with_failed_traits
+            ),
+            (2, 1)
+        );
+        assert_eq!((c.no_trait_realized, c.total_unused_signals), (1, 3));
+        assert_eq!(out.job_failed_users, vec![1]);
+    }
+}
