@@ -386,7 +386,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                     receipt.status = FileStatus::Rejected;
                     receipt.reason = Some(reason.clone());
                 }
-                (PlanStatus::SkippedRejected, _) => continue,
+                (PlanStatus::SkippedRejected(_), _) => continue,
                 (_, Some(TraitFileResult::Read(r))) => {
                     let rf = &read[*r];
                     receipt.counters = file_counters[*r].clone();
@@ -471,6 +471,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             if let (Some((outcome, reason)), Some(hash)) = (outcome, p.hash) {
                 ledger.record(LedgerEntry {
                     name: p.key.clone(),
+                    path: p.found.display.clone(),
                     size: p.found.size,
                     hash,
                     outcome,
@@ -489,6 +490,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             if *new && let Some(hash) = r.1 {
                 ledger.record(LedgerEntry {
                     name: basename(&r.0.display),
+                    path: r.0.display.clone(),
                     size: r.0.size,
                     hash,
                     outcome: Outcome::Rejected,
@@ -768,8 +770,8 @@ enum PlanStatus {
     Duplicate {
         run_id: String,
     },
-    /// Rejected before, unchanged since: not examined again.
-    SkippedRejected,
+    /// Rejected before (for this reason), unchanged since: not examined again.
+    SkippedRejected(Option<String>),
     Rejected(String),
 }
 
@@ -822,6 +824,34 @@ fn hash_of(path: &Path) -> anyhow::Result<u128> {
     content_hash(path).map_err(anyhow::Error::from)
 }
 
+/// The DPID and OWNER of a name that starts like a trait file but does not match the grammar
+/// (`ftp_dpm_21_1763700001.sync.zip`): the leading numbers after `ftp_dpm_[odc_]`, of which
+/// the last is the timestamp. `None` when they cannot be read.
+fn job_hint(file_name: &str) -> Option<TraitName> {
+    let rest = file_name.strip_prefix("ftp_dpm_")?;
+    let rest = rest.strip_prefix("odc_").unwrap_or(rest);
+    let head = rest.split('.').next()?;
+    let numbers: Vec<u64> = head
+        .split('_')
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let (dpid, owner, timestamp) = match numbers.as_slice() {
+        [dpid, ts] => (*dpid, None, *ts),
+        [dpid, owner, ts] => (*dpid, Some(Dpid::try_from(*owner).ok()?), *ts),
+        _ => return None,
+    };
+    Some(TraitName {
+        odc: false,
+        dpid: Dpid::try_from(dpid).ok()?,
+        owner,
+        timestamp,
+        mode: Mode::Sync,
+        split: None,
+        gzip: false,
+        pgp: false,
+    })
+}
+
 /// Decides what happens to every discovered file, consulting the ledger.
 fn plan_files(
     discovery: Discovery,
@@ -868,10 +898,20 @@ fn plan_files(
             && e.hash == hash
             && !reprocess.contains(key.as_str())
         {
-            return Ok((PlanStatus::SkippedRejected, Some(hash), None));
+            return Ok((
+                PlanStatus::SkippedRejected(e.reason.clone()),
+                Some(hash),
+                None,
+            ));
         }
         let duplicate_of = match ledger.by_hash(hash) {
-            Some(e) if e.outcome == Outcome::Processed && e.name != key => Some(e.name.clone()),
+            Some(e) if e.outcome == Outcome::Processed && e.name != key => {
+                Some(if e.path.is_empty() {
+                    e.name.clone()
+                } else {
+                    e.path.clone()
+                })
+            }
             _ => seen_hashes.get(&hash).cloned(),
         };
         seen_hashes.entry(hash).or_insert(found.display.clone());
@@ -928,8 +968,15 @@ fn plan_files(
             size: rejected.size,
             name: rejected.name.clone(),
         };
-        match &rejected.name {
-            Classified::Trait(name) => {
+        // A trait file rejected for its name (`.zip`, a short timestamp, ...) still belongs to
+        // a job when its DPID and OWNER can be read, so that job's receipt says why.
+        let as_trait = match &rejected.name {
+            Classified::Trait(name) => Some(name.clone()),
+            Classified::Rejected(_) => job_hint(&basename(&rejected.display)),
+            _ => None,
+        };
+        match (&rejected.name, as_trait) {
+            (_, Some(name)) => {
                 let (status, hash, _) = decide(&found, &mut seen_hashes)?;
                 let job = JobKey {
                     dpid: name.dpid,
@@ -949,7 +996,7 @@ fn plan_files(
                     duplicate_of: None,
                 });
             }
-            Classified::IdSync(name) => {
+            (Classified::IdSync(name), None) => {
                 let (status, hash, _) = decide(&found, &mut seen_hashes)?;
                 let table = if name.kind == IdSyncKind::C2c {
                     Table::C2c
@@ -1006,7 +1053,7 @@ fn plan_files(
         (a.spec.timestamp, &a.found.display).cmp(&(b.spec.timestamp, &b.found.display))
     });
     for (i, p) in plan.trait_files.iter().enumerate() {
-        if p.status != PlanStatus::SkippedRejected {
+        if !matches!(p.status, PlanStatus::SkippedRejected(_)) {
             plan.jobs.entry(p.job).or_default().push(i);
         }
     }
@@ -1057,7 +1104,7 @@ impl Plan {
 fn outcome_of(status: &PlanStatus, result: Option<&TraitFileResult>) -> FileOutcome {
     match (status, result) {
         (PlanStatus::Duplicate { .. }, _) => FileOutcome::Duplicate,
-        (PlanStatus::SkippedRejected, _) => FileOutcome::PreviouslyRejected,
+        (PlanStatus::SkippedRejected(_), _) => FileOutcome::PreviouslyRejected,
         (PlanStatus::Rejected(_), _) | (_, Some(TraitFileResult::Rejected(_))) => {
             FileOutcome::Rejected
         }
@@ -1069,6 +1116,7 @@ fn reason_of(status: &PlanStatus, result: Option<&TraitFileResult>) -> Option<St
     match (status, result) {
         (PlanStatus::Rejected(r), _) | (_, Some(TraitFileResult::Rejected(r))) => Some(r.clone()),
         (PlanStatus::Duplicate { run_id }, _) => Some(format!("already processed by run {run_id}")),
+        (PlanStatus::SkippedRejected(reason), _) => reason.clone(),
         _ => None,
     }
 }
@@ -1149,7 +1197,7 @@ fn apply_idsync(
                 file_receipt.status = "duplicate".into();
                 file_receipt.reason = Some(format!("already processed by run {run_id}"));
             }
-            PlanStatus::SkippedRejected => continue,
+            PlanStatus::SkippedRejected(_) => continue,
             PlanStatus::Rejected(reason) => {
                 file_receipt.status = "rejected".into();
                 file_receipt.reason = Some(reason.clone());
@@ -1195,6 +1243,7 @@ fn apply_idsync(
             };
             ledger.push(LedgerEntry {
                 name: f.key.clone(),
+                path: f.found.display.clone(),
                 size: f.found.size,
                 hash,
                 outcome,

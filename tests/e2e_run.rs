@@ -898,7 +898,11 @@ fn ledger_does_not_reexamine_an_unchanged_rejected_file() {
         files(&[
             ("adobe_id_0_21_1763683200.sync", "duplicate", Some(&already)),
             ("ftp_dpm_21_1763700000.sync", "duplicate", Some(&already)),
-            ("ftp_dpm_21_1763700001.sync", "previously_rejected", None),
+            (
+                "ftp_dpm_21_1763700001.sync",
+                "previously_rejected",
+                Some("empty file")
+            ),
             (
                 "ftp_dpm_21_1763700002.sync.zip",
                 "previously_rejected",
@@ -988,6 +992,8 @@ fn validate_changes_nothing_and_idsync_import_feeds_later_runs() {
              Malformed items: 0\n\
              Job start time: 2026-11-23 02:00:00\n\
              Job end time: 2026-11-23 02:00:00\n\
+             Files not processed:\n\
+             {bad_path} (rejected: timestamp must be exactly 10 digits)\n\
              \n\
              rejected: {bad_path} (timestamp must be exactly 10 digits)\n"
         )
@@ -1335,7 +1341,7 @@ fn rerun_after_a_killed_run_matches_a_clean_run() {
 /// CONTRACT §2: "File-level rejections (...; a receipt says why): ..., `.zip`, ...". The job's
 /// receipt should list the `.zip` file as rejected; only the run report mentions it.
 #[test]
-#[ignore = "BUG: a .zip trait file (name-rejected) appears in no receipt, only in the run report"]
+
 fn zip_file_is_listed_in_its_job_receipt() {
     let env = Env::new();
     clean_drop(&env);
@@ -1355,7 +1361,7 @@ fn zip_file_is_listed_in_its_job_receipt() {
 /// `duplicate_of` names the earlier file as receipts name files (with its `date=` folder)
 /// within one run, but by its bare ledger name across runs.
 #[test]
-#[ignore = "BUG: duplicate_of is the bare ledger name across runs but the date=/ path within a run"]
+
 fn duplicate_of_names_the_earlier_file_the_same_way_across_runs() {
     let env = Env::new();
     clean_drop(&env);
@@ -1402,7 +1408,7 @@ fn missing_inbound_folder_is_exit_2() {
 }
 
 #[test]
-#[ignore = "BUG: DiscoverError::ReadDir prints its io::Error twice under {:#} (message and source)"]
+
 fn missing_inbound_folder_message_says_the_os_error_once() {
     let env = Env::new();
     env.config(4, CRM);

@@ -76,7 +76,7 @@ pub struct Applied {
 /// Errors reading the previous table.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("ID-sync table {part}: {source}")]
+    #[error("ID-sync table {part} is corrupt")]
     Corrupt { part: String, source: Truncated },
     #[error(transparent)]
     Read(#[from] anyhow::Error),

@@ -34,8 +34,11 @@ pub enum Outcome {
 /// One inbound file as recorded in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerEntry {
-    /// Display path of the file (relative to the inbound root, e.g. `date=.../ftp_dpm_...`).
+    /// The bare file name: the deduplication key (a name is processed once, whatever folder
+    /// it arrives in).
     pub name: String,
+    /// Where the file was seen, relative to the inbound root (`date=.../ftp_dpm_...`).
+    pub path: String,
     /// Size in bytes as received.
     pub size: u64,
     /// 128-bit content hash of the file as received.
@@ -62,6 +65,7 @@ pub struct LedgerError {
 #[derive(Serialize)]
 struct WireOut<'a> {
     name: &'a str,
+    path: &'a str,
     size: u64,
     hash: &'a str,
     outcome: Outcome,
@@ -76,6 +80,8 @@ struct WireOut<'a> {
 #[serde(deny_unknown_fields)]
 struct WireIn {
     name: String,
+    #[serde(default)]
+    path: String,
     size: u64,
     hash: String,
     outcome: Outcome,
@@ -138,6 +144,7 @@ impl Ledger {
             }
             let entry = LedgerEntry {
                 name: wire.name,
+                path: wire.path,
                 size: wire.size,
                 hash,
                 outcome: wire.outcome,
@@ -159,6 +166,7 @@ impl Ledger {
             let _ = write!(hash, "{:032x}", entry.hash);
             let wire = WireOut {
                 name: &entry.name,
+                path: &entry.path,
                 size: entry.size,
                 hash: &hash,
                 outcome: entry.outcome,
@@ -264,6 +272,7 @@ mod tests {
     fn entry(name: &str, hash: u128, outcome: Outcome, run: &str) -> LedgerEntry {
         LedgerEntry {
             name: name.to_owned(),
+            path: format!("date=2026-11-21/{name}"),
             size: 10,
             hash,
             outcome,
@@ -315,9 +324,9 @@ mod tests {
         let text = String::from_utf8(bytes.clone()).unwrap();
         let big = "00000010000000000000000000000000";
         let expected = [
-            format!(r#"{{"name":"a","size":10,"hash":"{big}","outcome":"processed","run_id":"r2","seq":1}}"#),
-            format!(r#"{{"name":"b","size":10,"hash":"{big}","outcome":"processed","run_id":"r1","seq":0}}"#),
-            r#"{"name":"c","size":10,"hash":"00000000000000000000000000000003","outcome":"rejected","reason":"empty file","run_id":"r2","seq":2}"#.to_owned(),
+            format!(r#"{{"name":"a","path":"date=2026-11-21/a","size":10,"hash":"{big}","outcome":"processed","run_id":"r2","seq":1}}"#),
+            format!(r#"{{"name":"b","path":"date=2026-11-21/b","size":10,"hash":"{big}","outcome":"processed","run_id":"r1","seq":0}}"#),
+            r#"{"name":"c","path":"date=2026-11-21/c","size":10,"hash":"00000000000000000000000000000003","outcome":"rejected","reason":"empty file","run_id":"r2","seq":2}"#.to_owned(),
         ];
         assert_eq!(text, expected.join("\n") + "\n");
         let back = Ledger::from_bytes(&bytes).unwrap();

@@ -52,7 +52,7 @@ const CURRENT: &str = "CURRENT";
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// An I/O operation failed.
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}", path.display())]
     Io {
         /// What was being done, as a verb phrase ("fsync", "create folder").
         op: &'static str,
@@ -834,6 +834,7 @@ mod tests {
         let mut ledger = gen1.ledger().unwrap();
         ledger.record(LedgerEntry {
             name: "ftp_dpm_21_1763683200.sync".to_owned(),
+            path: "ftp_dpm_21_1763683200.sync".to_owned(),
             size: 42,
             hash: 0xabc,
             outcome: Outcome::Processed,
