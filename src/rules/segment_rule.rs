@@ -1,1 +1,0 @@
-//! Segment rules.
