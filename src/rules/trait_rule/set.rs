@@ -812,6 +812,27 @@ mod tests {
     }
 
     #[test]
+    fn shareable_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<TraitRules>();
+        send_sync::<Scratch>();
+    }
+
+    #[test]
+    fn oversized_regex_is_an_error() {
+        let errors =
+            TraitRules::compile([(9, 1, r#"k matchesregex "(a{1000}){1000}""#)]).unwrap_err();
+        let [RuleError::Syntax { trait_id: 9, error }] = errors.as_slice() else {
+            panic!("{errors:?}");
+        };
+        assert_eq!(error.column, 16);
+        assert!(
+            matches!(error.kind, SyntaxErrorKind::BadRegex { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn empty_set() {
         let set = TraitRules::compile([]).unwrap();
         assert!(set.is_empty());
