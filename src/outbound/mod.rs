@@ -1,4 +1,5 @@
 //! Destinations: outbound file names, line layouts and templates, `.info` control files.
 
+pub mod info;
 pub mod names;
 pub mod template;
