@@ -1431,6 +1431,10 @@ mod tests {
             ("2026-02-30", false),
             ("26-11-21", false),
             ("1999-01-01", false),
+            ("2001-09-09", false),
+            ("2001-09-10", true),
+            ("2286-11-19", true),
+            ("2286-11-20", false),
             ("2026-11-21", true),
         ] {
             let result = generate_typed(&GenOptions {
