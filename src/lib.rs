@@ -34,6 +34,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod failpoint;
+pub mod r#gen;
 pub mod idsync;
 pub mod inbound;
 pub mod ingest;
