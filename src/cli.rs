@@ -40,6 +40,9 @@ pub enum Command {
         #[command(subcommand)]
         command: IdsyncCommand,
     },
+    /// Synthetic sample data of any size (a drop folder, ID-sync files and a config) from a
+    /// fixed seed, for benchmarks and demos.
+    Gen(GenArgs),
     /// What segmill knows.
     Inspect {
         #[command(subcommand)]
@@ -85,4 +88,32 @@ pub enum InspectCommand {
     },
     /// Store-wide counts.
     Stats,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenArgs {
+    /// Folder to create (must be missing or empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Synced customer IDs (ID-sync rows).
+    #[arg(long, default_value_t = 100_000)]
+    pub ids: u64,
+    /// Inbound trait-file lines in total.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub lines: u64,
+    /// Random seed: the same options and seed give the same bytes.
+    #[arg(long, default_value_t = crate::generator::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Trait files (default: one per 2 million lines).
+    #[arg(long)]
+    pub files: Option<u32>,
+    /// Onboarded traits in the catalog.
+    #[arg(long, default_value_t = crate::generator::DEFAULT_TRAITS)]
+    pub traits: u32,
+    /// Segments in the catalog.
+    #[arg(long, default_value_t = crate::generator::DEFAULT_SEGMENTS)]
+    pub segments: u32,
+    /// The `date=` folder of the drop.
+    #[arg(long, default_value = crate::generator::DEFAULT_DAY)]
+    pub day: String,
 }

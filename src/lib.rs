@@ -34,7 +34,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod failpoint;
-pub mod r#gen;
+pub mod generator;
 pub mod idsync;
 pub mod inbound;
 pub mod ingest;

@@ -1,6 +1,7 @@
 use clap::Parser;
-use segmill::cli::{Cli, Command, IdsyncCommand, InspectCommand};
+use segmill::cli::{Cli, Command, GenArgs, IdsyncCommand, InspectCommand};
 use segmill::config::Config;
+use segmill::generator::GenOptions;
 use segmill::run::{RunError, RunOptions, RunSummary, parse_as_of, run};
 use std::process::ExitCode;
 
@@ -30,8 +31,9 @@ fn as_of(text: Option<&str>) -> anyhow::Result<i64> {
 }
 
 fn try_main(cli: Cli) -> Result<u8, RunError> {
-    let config = Config::load(&cli.config).map_err(anyhow::Error::from)?;
+    let load = || Config::load(&cli.config).map_err(anyhow::Error::from);
     match cli.command {
+        Command::Gen(ref args) => generate(args, cli.threads),
         Command::Run(args) => {
             let opts = RunOptions {
                 as_of: as_of(args.as_of.as_deref())?,
@@ -40,7 +42,7 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
                 reprocess: args.reprocess,
                 ..RunOptions::default()
             };
-            let summary = run(&config, &opts)?;
+            let summary = run(&load()?, &opts)?;
             print_summary(&summary);
             Ok(summary.exit_code)
         }
@@ -52,7 +54,7 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
                 dry_run: true,
                 ..RunOptions::default()
             };
-            let summary = run(&config, &opts)?;
+            let summary = run(&load()?, &opts)?;
             for r in &summary.receipts {
                 println!("{}", r.to_text());
             }
@@ -78,14 +80,15 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
                 idsync_only: true,
                 ..RunOptions::default()
             };
-            let summary = run(&config, &opts)?;
+            let summary = run(&load()?, &opts)?;
             print_summary(&summary);
             Ok(summary.exit_code)
         }
-        Command::Inspect { command } => {
+        Command::Inspect { ref command } => {
+            let config = load()?;
             let text = match command {
                 InspectCommand::Profile { id, dpid } => {
-                    segmill::inspect::profile(&config, &id, dpid)?
+                    segmill::inspect::profile(&config, id, *dpid)?
                 }
                 InspectCommand::Stats => segmill::inspect::stats(&config)?,
             };
@@ -93,6 +96,31 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
             Ok(0)
         }
     }
+}
+
+fn generate(args: &GenArgs, threads: Option<usize>) -> Result<u8, RunError> {
+    let mut opts = GenOptions::new(args.out.clone(), args.ids, args.lines);
+    opts.seed = args.seed;
+    opts.files = args
+        .files
+        .unwrap_or_else(|| segmill::generator::default_files(args.lines));
+    opts.traits = args.traits;
+    opts.segments = args.segments;
+    opts.day = args.day.clone();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .build()
+        .map_err(anyhow::Error::from)?;
+    let summary = pool.install(|| segmill::generator::generate(&opts))?;
+    let bytes: u64 = summary.files.iter().map(|(_, b)| b).sum();
+    println!(
+        "wrote {} files ({bytes} bytes): {} lines, {} synced IDs; config {}",
+        summary.files.len(),
+        summary.lines,
+        summary.ids,
+        summary.config.display()
+    );
+    Ok(0)
 }
 
 fn print_summary(s: &RunSummary) {
