@@ -30,6 +30,7 @@ fn kernel(c: &mut Criterion) {
     let text = uuid_lines(100_000);
     let owners: ahash::AHashMap<TraitId, u32> = (1000..1500).map(|t| (t, 21)).collect();
     let index = IdIndex::default();
+    let rules = segmill::rules::trait_rule::TraitRules::compile([]).expect("no rules");
     let mut group = c.benchmark_group("process_chunk");
     group.throughput(Throughput::Bytes(text.len() as u64));
     for partitions in [16u32, 64] {
@@ -39,6 +40,7 @@ fn kernel(c: &mut Criterion) {
             overwrite: false,
             id_kind: IdKind::AamUuid,
             trait_owner: &owners,
+            rules: &rules,
             index: &index,
             partitions,
         };

@@ -154,8 +154,11 @@ pub struct Trait {
 pub struct Segment {
     /// The segment ID.
     pub id: u32,
-    /// The code-view rule, unparsed and non-empty.
+    /// The code-view rule, non-empty; validated to parse.
     pub rule: String,
+    /// A paused segment keeps evaluating and retains its members, but sends nothing to
+    /// destinations (AAM-REFERENCE §5.6).
+    pub paused: bool,
 }
 
 /// The transport a destination's file names advertise (name prefix only).
@@ -434,6 +437,9 @@ pub enum Problem {
     /// A string that must not be empty (or all spaces) is.
     #[error("must not be empty")]
     Empty,
+    /// A trait rule, segment rule or template that does not parse.
+    #[error("{0}")]
+    Syntax(String),
     /// A string with characters that would break file names.
     #[error("must not contain '/', '\\' or whitespace")]
     BadName,
@@ -559,6 +565,8 @@ fn default_ttl_days() -> u32 {
 struct RawSegment {
     id: u32,
     rule: String,
+    #[serde(default)]
+    paused: bool,
 }
 
 #[derive(Deserialize)]
@@ -976,8 +984,16 @@ impl Validator<'_> {
                     Problem::UndefinedDataSource(t.data_source),
                 );
             }
-            if t.rule.as_deref().is_some_and(|r| r.trim().is_empty()) {
-                self.push(file, format!("{key}.rule"), Problem::Empty);
+            match t.rule.as_deref() {
+                Some(r) if r.trim().is_empty() => {
+                    self.push(file, format!("{key}.rule"), Problem::Empty)
+                }
+                Some(r) => {
+                    if let Err(e) = crate::rules::trait_rule::Expr::parse(r) {
+                        self.push(file, format!("{key}.rule"), Problem::Syntax(e.to_string()));
+                    }
+                }
+                None => {}
             }
             out.insert(
                 t.id,
@@ -1002,12 +1018,15 @@ impl Validator<'_> {
             }
             if s.rule.trim().is_empty() {
                 self.push(file, format!("{key}.rule"), Problem::Empty);
+            } else if let Err(e) = crate::rules::segment_rule::parse(&s.rule) {
+                self.push(file, format!("{key}.rule"), Problem::Syntax(e.to_string()));
             }
             out.insert(
                 s.id,
                 Segment {
                     id: s.id,
                     rule: s.rule,
+                    paused: s.paused,
                 },
             );
         }
@@ -1059,8 +1078,20 @@ impl Validator<'_> {
                     },
                 );
             }
-            if d.template.as_deref().is_some_and(|t| t.trim().is_empty()) {
-                self.push(file, format!("{key}.template"), Problem::Empty);
+            match d.template.as_deref() {
+                Some(t) if t.trim().is_empty() => {
+                    self.push(file, format!("{key}.template"), Problem::Empty)
+                }
+                Some(t) => {
+                    if let Err(e) = crate::outbound::template::Template::parse(t) {
+                        self.push(
+                            file,
+                            format!("{key}.template"),
+                            Problem::Syntax(e.to_string()),
+                        );
+                    }
+                }
+                None => {}
             }
             out.insert(
                 d.id,
@@ -1227,7 +1258,8 @@ segments = []
             config.segments.get(&1001),
             Some(&Segment {
                 id: 1001,
-                rule: "24T OR 25T".into()
+                rule: "24T OR 25T".into(),
+                paused: false,
             })
         );
         assert_eq!(
@@ -1681,5 +1713,25 @@ segments = []
         );
         assert_eq!(line_column(text, text.rfind("id").unwrap()), (7, 1));
         assert_eq!(line_column(text, 10_000), (8, 1));
+    }
+
+    #[test]
+    fn rules_and_templates_are_checked_and_errors_name_the_key() {
+        let text = format!(
+            "{MINIMAL}\n[[data_source]]\nid = 21\nname = \"CRM\"\n\
+             [[trait]]\nid = 24\ndata_source = 21\nrule = 'tier =='\n\
+             [[segment]]\nid = 1001\nrule = \"24T AND\"\n\
+             [[segment]]\nid = 1002\nrule = \"24T\"\npaused = true\n\
+             [[destination]]\nid = 7\nsync_type = \"s3\"\nlocation = \"out/7\"\nsegments = [1002]\n\
+             template = \"<UUID><if(SEGMENT_LIST)>\"\n"
+        );
+        let msg = message(Config::parse(Path::new("segmill.toml"), &text));
+        assert!(msg.contains("segmill.toml: trait 24.rule: "), "{msg}");
+        assert!(msg.contains("segmill.toml: segment 1001.rule: "), "{msg}");
+        assert!(
+            msg.contains("segmill.toml: destination 7.template: "),
+            "{msg}"
+        );
+        assert!(!msg.contains("segment 1002"), "{msg}");
     }
 }

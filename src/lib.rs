@@ -30,6 +30,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod catalog;
 pub mod cli;
 pub mod codec;
 pub mod config;

@@ -8,6 +8,7 @@
 //!   ─► new state generation made current by one rename
 //! ```
 
+use crate::catalog::Catalog;
 use crate::config::{Config, IdType};
 use crate::idsync::index::IdIndex;
 use crate::idsync::store::{self as idstore, Incoming, Record};
@@ -18,7 +19,7 @@ use crate::inbound::names::{Classified, IdSyncKind, Mode, TraitName, classify};
 use crate::inbound::read::{ReadError, content_hash, read_chunks};
 use crate::ingest::cap::{CapOutcome, apply_cap};
 use crate::ingest::{ChunkOut, FileCtx, IdKind, OpBuf, process_chunk, seq_file, seq_line};
-use crate::model::{AAM_UUID_DPID, Dpid, Timestamp, TraitId, device_format};
+use crate::model::{AAM_UUID_DPID, Dpid, Timestamp, device_format};
 use crate::profile::merge::{FileMeta, MergeCtx, PartOut, merge_partition};
 use crate::report::receipt::{
     Category, Counters, FileReceipt, FileStatus, JobReceipt, SAMPLES_PER_CATEGORY, Sample,
@@ -200,12 +201,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
 
     // Trait files.
     let t = Instant::now();
-    let mut trait_owner: AHashMap<TraitId, Dpid> = AHashMap::new();
-    let mut ttl_days: AHashMap<TraitId, u32> = AHashMap::new();
-    for (id, tr) in &config.traits {
-        trait_owner.insert(*id, tr.data_source);
-        ttl_days.insert(*id, tr.ttl_days);
-    }
+    let catalog = Catalog::compile(config)?;
     let jobs: Vec<JobKey> = plan.jobs.keys().copied().collect();
     let mut to_read: Vec<(usize, &PlannedTrait)> = Vec::new();
     for (i, p) in plan.trait_files.iter().enumerate() {
@@ -240,7 +236,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             target_ds: p.job.target(),
             overwrite: p.name.mode == Mode::Overwrite,
             id_kind: id_kind(config, &p.name, p.job),
-            trait_owner: &trait_owner,
+            trait_owner: &catalog.trait_owner,
+            rules: &catalog.trait_rules,
             index: &index,
             partitions,
         };
@@ -300,7 +297,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     let merge_ctx = MergeCtx {
         files: &metas,
         jobs: jobs.len(),
-        ttl_days: &ttl_days,
+        ttl_days: &catalog.ttl_days,
         as_of: opts.as_of,
         capped: &capped,
     };

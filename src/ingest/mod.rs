@@ -10,7 +10,9 @@ pub mod cap;
 use crate::idsync::index::{IdIndex, Target};
 use crate::model::{DeviceFormat, Dpid, TraitId, Uuid, id_hash, partition_of};
 use crate::parse::{Item, LineKind, items, lines, parse_line};
+use crate::rules::trait_rule::{Scratch, TraitRules};
 use ahash::AHashMap;
+use smallvec::SmallVec;
 
 /// How a file's ID column is validated and resolved (CONTRACT §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub struct FileCtx<'a> {
     pub id_kind: IdKind,
     /// Trait → owning data source.
     pub trait_owner: &'a AHashMap<TraitId, Dpid>,
+    /// Rule-based qualification of key-value and `ic` signals.
+    pub rules: &'a TraitRules,
     pub index: &'a IdIndex,
     pub partitions: u32,
 }
@@ -53,13 +57,27 @@ pub fn seq_line(seq: u64) -> u64 {
     seq & ((1 << 40) - 1)
 }
 
-/// One trait instruction of a line: realize or remove `trait_id`, from item number `item`.
+/// What an item does to a trait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActKind {
+    Realize,
+    Remove,
+    /// The item satisfied part of a rule whose trait another item of the line realizes: it
+    /// is a used signal but changes nothing itself.
+    Touch,
+}
+
+/// One trait instruction of a line, from item number `item` (`NO_ITEM` for a rule that
+/// qualified without any item of its own, e.g. `NOT key == "v"`). A line's acts are sorted by
+/// item: that is the order `.sync` instructions apply in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Act {
     pub item: u32,
     pub trait_id: TraitId,
-    pub remove: bool,
+    pub kind: ActKind,
 }
+
+pub use crate::rules::trait_rule::NO_ITEM;
 
 /// A line that reached trait mapping: its profile, its instructions and its item counts.
 #[derive(Clone, Copy, Debug)]
@@ -142,6 +160,10 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
         parts: (0..ctx.partitions).map(|_| OpBuf::default()).collect(),
     };
     let mut key_scratch = Vec::with_capacity(64);
+    let mut rules = RuleScratch {
+        scratch: Scratch::new(),
+        qualified: Vec::new(),
+    };
     for (line_no, raw) in lines(chunk, first_line) {
         let record = match parse_line(raw, ctx.id_kind == IdKind::Odc) {
             LineKind::Blank => continue,
@@ -178,7 +200,14 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
             Ok(()) => {
                 let part = partition_of(&key_scratch, ctx.partitions);
                 let buf = &mut out.parts[part as usize];
-                push_op(buf, ctx, seq(ctx.file, line_no), &key_scratch, record.items);
+                push_op(
+                    buf,
+                    ctx,
+                    seq(ctx.file, line_no),
+                    &key_scratch,
+                    record.items,
+                    &mut rules,
+                );
                 Status::Op { part }
             }
         };
@@ -271,26 +300,50 @@ fn odc_device(id_type: &[u8]) -> Option<(Dpid, DeviceFormat)> {
     crate::model::device_format(dpid).map(|(_, f)| (dpid, f))
 }
 
-fn push_op(buf: &mut OpBuf, ctx: &FileCtx<'_>, seq: u64, key: &[u8], raw_items: &[u8]) {
+/// A key-value or `ic` signal of a line: (item index, key, value).
+type Signal<'a> = (u32, &'a [u8], &'a [u8]);
+
+/// Reusable buffers for rule qualification, one per chunk.
+struct RuleScratch {
+    scratch: Scratch,
+    qualified: Vec<(TraitId, u32)>,
+}
+
+fn push_op(
+    buf: &mut OpBuf,
+    ctx: &FileCtx<'_>,
+    seq: u64,
+    key: &[u8],
+    raw_items: &[u8],
+    rules: &mut RuleScratch,
+) {
     let key_start = buf.keys.len() as u32;
     buf.keys.extend_from_slice(key);
-    let acts_start = buf.acts.len() as u32;
+    let acts_start = buf.acts.len();
     let (mut n, mut malformed, mut failed) = (0u32, 0u32, 0u32);
+    // Signals borrow the line; a line rarely has more than a few, so the array lives on the
+    // stack and spills to the heap only for long lines.
+    let mut signals: SmallVec<[Signal<'_>; 16]> = SmallVec::new();
     for item in items(raw_items) {
         let index = n;
         n += 1;
-        let (trait_id, remove) = match item {
-            Item::Realize(t) => (t, false),
+        let (trait_id, kind) = match item {
+            Item::Realize(t) => (t, ActKind::Realize),
             // `.overwrite` ignores removals: the item stays an unused signal.
             Item::Remove(_) if ctx.overwrite => continue,
-            Item::Remove(t) => (t, true),
+            Item::Remove(t) => (t, ActKind::Remove),
             Item::Malformed(_) => {
                 malformed += 1;
                 continue;
             }
-            // Key-value and `ic` signals qualify rule-based onboarded traits; trait rules are
-            // not evaluated yet, so they stay unused signals.
-            Item::Signal { .. } | Item::Ic(_) => continue,
+            Item::Signal { key, value } => {
+                signals.push((index, key, value));
+                continue;
+            }
+            Item::Ic(value) => {
+                signals.push((index, b"ic", value));
+                continue;
+            }
         };
         match ctx.trait_owner.get(&trait_id) {
             None => {}
@@ -298,14 +351,52 @@ fn push_op(buf: &mut OpBuf, ctx: &FileCtx<'_>, seq: u64, key: &[u8], raw_items: 
             Some(_) => buf.acts.push(Act {
                 item: index,
                 trait_id,
-                remove,
+                kind,
             }),
         }
+    }
+    if !signals.is_empty() && !ctx.rules.is_empty() {
+        let q = &mut rules.qualified;
+        q.clear();
+        ctx.rules
+            .qualify(ctx.target_ds, &signals, &mut rules.scratch, q);
+        // Per qualified trait: it is realized at its last satisfying item (the rule holds once
+        // all its atoms are seen); earlier satisfying items are touched.
+        let mut i = 0;
+        while i < q.len() {
+            let trait_id = q[i].0;
+            let end = i + q[i..].iter().take_while(|(t, _)| *t == trait_id).count();
+            let items = &q[i..end];
+            let at = items
+                .iter()
+                .rev()
+                .map(|&(_, item)| item)
+                .find(|&item| item != NO_ITEM)
+                .unwrap_or(NO_ITEM);
+            buf.acts.push(Act {
+                item: at,
+                trait_id,
+                kind: ActKind::Realize,
+            });
+            for &(_, item) in items {
+                if item != at && item != NO_ITEM {
+                    buf.acts.push(Act {
+                        item,
+                        trait_id,
+                        kind: ActKind::Touch,
+                    });
+                }
+            }
+            i = end;
+        }
+        // Interleave rule acts with d_sid/d_unsid acts in item order (stable: equal items keep
+        // their order).
+        buf.acts[acts_start..].sort_by_key(|a| a.item);
     }
     buf.ops.push(Op {
         seq,
         key: (key_start, key.len() as u32),
-        acts: (acts_start, buf.acts.len() as u32 - acts_start),
+        acts: (acts_start as u32, (buf.acts.len() - acts_start) as u32),
         items: n,
         malformed,
         failed,

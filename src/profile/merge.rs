@@ -4,7 +4,7 @@
 
 use super::{Entry, Profile, decode, encode_into};
 use crate::codec::{Truncated, Writer};
-use crate::ingest::{Op, OpBuf, seq_file};
+use crate::ingest::{ActKind, NO_ITEM, Op, OpBuf, seq_file};
 use crate::model::{Dpid, Timestamp, TraitId};
 use crate::report::receipt::{Counters, SAMPLES_PER_CATEGORY};
 use ahash::{AHashMap, AHashSet};
@@ -215,32 +215,38 @@ fn apply_ops(
             let mut used_items = 0u64;
             let mut last_used_item = None;
             for act in buf.acts(op) {
-                let used = if act.remove {
-                    match entries.binary_search_by_key(&act.trait_id, |e| e.trait_id) {
-                        Ok(pos) => {
-                            entries.remove(pos);
-                            counters.total_removed_traits += 1;
-                            true
+                let used = match act.kind {
+                    ActKind::Remove => {
+                        match entries.binary_search_by_key(&act.trait_id, |e| e.trait_id) {
+                            Ok(pos) => {
+                                entries.remove(pos);
+                                counters.total_removed_traits += 1;
+                                true
+                            }
+                            Err(_) => false,
                         }
-                        Err(_) => false,
                     }
-                } else {
-                    s.realized.push(act.trait_id);
-                    if meta.overwrite {
-                        s.union.push(act.trait_id);
-                    } else {
-                        upsert(
-                            entries,
-                            Entry {
-                                trait_id: act.trait_id,
-                                data_source: meta.target_ds,
-                                realized_at: ctx.as_of,
-                            },
-                        );
+                    ActKind::Realize => {
+                        s.realized.push(act.trait_id);
+                        if meta.overwrite {
+                            s.union.push(act.trait_id);
+                        } else {
+                            upsert(
+                                entries,
+                                Entry {
+                                    trait_id: act.trait_id,
+                                    data_source: meta.target_ds,
+                                    realized_at: ctx.as_of,
+                                },
+                            );
+                        }
+                        true
                     }
-                    true
+                    ActKind::Touch => true,
                 };
-                if used && last_used_item != Some(act.item) {
+                // Acts are sorted by item: count each used item once. A rule that qualified
+                // without an item of its own (`NO_ITEM`) uses none.
+                if used && act.item != NO_ITEM && last_used_item != Some(act.item) {
                     used_items += 1;
                     last_used_item = Some(act.item);
                 }
@@ -337,6 +343,7 @@ mod tests {
     struct World {
         owners: AHashMap<TraitId, Dpid>,
         ttl: AHashMap<TraitId, u32>,
+        rules: crate::rules::trait_rule::TraitRules,
     }
 
     fn world() -> World {
@@ -347,7 +354,16 @@ mod tests {
         let ttl = [(24, 120), (25, 120), (26, 0), (27, 1), (40, 120)]
             .into_iter()
             .collect();
-        World { owners, ttl }
+        // Trait 28 (data source 21) qualifies by rule.
+        let rules = crate::rules::trait_rule::TraitRules::compile([
+            (28, 21, r#"product == "tablet" AND tier == "gold""#),
+            (29, 22, r#"product == "tablet""#),
+        ])
+        .unwrap();
+        let mut owners: AHashMap<TraitId, Dpid> = owners;
+        owners.insert(28, 21);
+        owners.insert(29, 22);
+        World { owners, ttl, rules }
     }
 
     /// Runs `files` ((text, overwrite, target data source)) through the kernel and merges them
@@ -364,6 +380,7 @@ mod tests {
                     overwrite: *overwrite,
                     id_kind: IdKind::AamUuid,
                     trait_owner: &w.owners,
+                    rules: &w.rules,
                     index: &index,
                     partitions: 1,
                 };
@@ -517,5 +534,38 @@ mod tests {
         );
         assert_eq!((c.no_trait_realized, c.total_unused_signals), (1, 3));
         assert_eq!(out.job_failed_users, vec![1]);
+    }
+
+    #[test]
+    fn signals_realize_rule_traits_of_the_target_data_source_only() {
+        let w = world();
+        let text = format!(
+            "{U}\tproduct=tablet, d_unsid=28, TIER = \"Gold\", x=1\n{U}\ttier=gold\n{U}\tproduct=Tablet,tier=gold,28:0\n"
+        );
+        let out = merge(&w, None, &[(&text, false, 21)], 1000);
+        // Line 1: product (touch) and tier (realize at item 2) — but `TIER` is not the key
+        // `tier` (keys are exact), so nothing qualifies; d_unsid=28 removes nothing.
+        // Line 2: tier alone does not satisfy the AND. Line 3: qualifies at item 1, then 28:0
+        // removes it again (instructions apply in item order).
+        assert_eq!(traits(&out), vec![]);
+        let c = &out.files[0];
+        assert_eq!((c.stored_records, c.no_trait_realized), (1, 2));
+        assert_eq!((c.total_signals, c.total_unused_signals), (8, 5));
+        assert_eq!((c.total_realized_traits, c.total_removed_traits), (1, 1));
+        // Trait 29 belongs to data source 22: never realized by a data source 21 file.
+        let out = merge(
+            &w,
+            None,
+            &[(&format!("{U}\ttier=gold,product=TABLET\n"), false, 21)],
+            1000,
+        );
+        assert_eq!(traits(&out), vec![(28, 21, 1000)]);
+        assert_eq!(
+            (
+                out.files[0].total_signals,
+                out.files[0].total_unused_signals
+            ),
+            (2, 0)
+        );
     }
 }

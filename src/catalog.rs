@@ -1,0 +1,61 @@
+//! The compiled catalog: trait ownership and TTLs, trait rules and segment rules, built once
+//! per run from the validated config.
+
+use crate::config::Config;
+use crate::model::{Dpid, TraitId};
+use crate::rules::segment_rule::SegmentRules;
+use crate::rules::trait_rule::TraitRules;
+use ahash::AHashMap;
+use anyhow::anyhow;
+
+pub struct Catalog {
+    /// Trait → owning data source.
+    pub trait_owner: AHashMap<TraitId, Dpid>,
+    /// Trait → TTL in days (0 = never expires).
+    pub ttl_days: AHashMap<TraitId, u32>,
+    pub trait_rules: TraitRules,
+    pub segments: SegmentRules,
+    /// Changes whenever a segment is added, removed or its rule edited: memberships are then
+    /// evaluated again for every profile.
+    pub segments_fingerprint: u64,
+}
+
+impl Catalog {
+    /// Compiles the config's rules. The config has already checked that each one parses, so an
+    /// error here names the config file and every bad rule.
+    pub fn compile(config: &Config) -> anyhow::Result<Catalog> {
+        let mut trait_owner = AHashMap::with_capacity(config.traits.len());
+        let mut ttl_days = AHashMap::with_capacity(config.traits.len());
+        for (id, t) in &config.traits {
+            trait_owner.insert(*id, t.data_source);
+            ttl_days.insert(*id, t.ttl_days);
+        }
+        let rules = config
+            .traits
+            .values()
+            .filter_map(|t| t.rule.as_deref().map(|r| (t.id, t.data_source, r)));
+        let trait_rules = TraitRules::compile(rules).map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            anyhow!("{}: {}", config.path.display(), list.join("; "))
+        })?;
+        let segments =
+            SegmentRules::compile(config.segments.values().map(|s| (s.id, s.rule.as_str())))
+                .map_err(|errors| {
+                    let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                    anyhow!("{}: {}", config.path.display(), list.join("; "))
+                })?;
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for s in config.segments.values() {
+            h.update(&s.id.to_le_bytes());
+            h.update(s.rule.as_bytes());
+            h.update(&[0]);
+        }
+        Ok(Catalog {
+            trait_owner,
+            ttl_days,
+            trait_rules,
+            segments,
+            segments_fingerprint: h.digest(),
+        })
+    }
+}
