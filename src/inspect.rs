@@ -94,6 +94,16 @@ pub fn profile(config: &Config, id: &str, dpid: Option<Dpid>) -> anyhow::Result<
                     p.entries.len(),
                     time(meta.as_of)
                 );
+                let segments: Vec<String> = p.segments.iter().map(u32::to_string).collect();
+                let _ = writeln!(
+                    out,
+                    "  segments: {}",
+                    if segments.is_empty() {
+                        "none".to_string()
+                    } else {
+                        segments.join(", ")
+                    }
+                );
                 for e in &p.entries {
                     let ttl = config.traits.get(&e.trait_id).map(|t| t.ttl_days);
                     let expiry = match ttl {

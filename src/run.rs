@@ -91,6 +91,8 @@ pub struct StateMeta {
     pub as_of: Timestamp,
     pub run_id: String,
     pub ttl_fingerprint: u64,
+    /// Fingerprint of the segment definitions the stored memberships were computed with.
+    pub segments_fingerprint: u64,
     /// Per profile partition: the earliest expiry of any realization in it.
     pub min_expiry: Vec<Option<Timestamp>>,
 }
@@ -294,12 +296,18 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         .flat_map(|r| r.cap.capped_ops.iter().copied())
         .collect();
     let ttl_fingerprint = config.fingerprint_ttl();
+    // New or edited segment definitions: every stored membership is evaluated again.
+    let reevaluate_all = parent_meta
+        .as_ref()
+        .is_some_and(|m| m.segments_fingerprint != catalog.segments_fingerprint);
     let merge_ctx = MergeCtx {
         files: &metas,
         jobs: jobs.len(),
         ttl_days: &catalog.ttl_days,
         as_of: opts.as_of,
         capped: &capped,
+        segments: &catalog.segments,
+        reevaluate_all,
     };
     let part_results: Vec<anyhow::Result<Option<PartOut>>> = (0..partitions)
         .into_par_iter()
@@ -310,6 +318,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 .filter(|b| !b.ops.is_empty())
                 .collect();
             let quiet = ops.is_empty()
+                && !reevaluate_all
                 && parent_meta.as_ref().is_some_and(|m| {
                     m.ttl_fingerprint == ttl_fingerprint
                         && m.min_expiry
@@ -597,6 +606,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         as_of: opts.as_of,
         run_id: run_id.clone(),
         ttl_fingerprint,
+        segments_fingerprint: catalog.segments_fingerprint,
         min_expiry,
     };
     let runs_dir = state.runs_dir();

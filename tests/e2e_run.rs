@@ -128,7 +128,7 @@ fn aam_incremental_then_full() {
         text,
         format!(
             "customer ID \"visitor123\" of DPID 21 is synced to AAM UUID {u}\n\
-             profile {u}: 3 trait(s) (state as of 2026-11-03T02:00:00Z)\n\
+             profile {u}: 3 trait(s) (state as of 2026-11-03T02:00:00Z)\n  segments: none\n\
              \x20 trait      103  data source       21  realized 2026-11-02T02:00:00Z  expires 2027-03-02T02:00:00Z\n\
              \x20 trait      104  data source       21  realized 2026-11-02T02:00:00Z  expires 2027-03-02T02:00:00Z\n\
              \x20 trait      105  data source       21  realized 2026-11-02T02:00:00Z  expires 2027-03-02T02:00:00Z\n\
@@ -164,7 +164,7 @@ fn aam_incremental_only() {
         env.inspect_profile("visitor123", Some(21)),
         format!(
             "customer ID \"visitor123\" of DPID 21 is synced to AAM UUID {u}\n\
-             profile {u}: 5 trait(s) (state as of 2026-11-03T02:00:00Z)\n\
+             profile {u}: 5 trait(s) (state as of 2026-11-03T02:00:00Z)\n  segments: none\n\
              \x20 trait      101  data source       21  realized 2026-11-01T02:00:00Z  expires 2027-03-01T02:00:00Z\n\
              \x20 trait      102  data source       21  realized 2026-11-01T02:00:00Z  expires 2027-03-01T02:00:00Z\n\
              \x20 trait      103  data source       21  realized 2026-11-02T02:00:00Z  expires 2027-03-02T02:00:00Z\n\
@@ -384,7 +384,7 @@ fn receipt_with_every_counter() {
     assert_eq!(
         env.inspect_profile(&uuid(1), None),
         format!(
-            "profile {}: 1 trait(s) (state as of {at})\n{}",
+            "profile {}: 1 trait(s) (state as of {at})\n  segments: none\n{}",
             uuid(1),
             trait_line(102, 21, at, "expires 2027-03-22T02:00:00Z")
         )
@@ -393,7 +393,7 @@ fn receipt_with_every_counter() {
         env.inspect_profile("AEBE52E7-03EE-455A-B3C4-E57283966239", Some(20915)),
         format!(
             "profile device 20915:AEBE52E7-03EE-455A-B3C4-E57283966239: 1 trait(s) (state as of \
-             {at})\n{}",
+             {at})\n  segments: none\n{}",
             trait_line(104, 21, at, "expires 2027-03-22T02:00:00Z")
         )
     );
@@ -835,7 +835,7 @@ fn ledger_skips_duplicates_and_tracks_resends() {
     assert_eq!(
         env.inspect_profile(&uuid(1), None),
         format!(
-            "profile {}: 1 trait(s) (state as of {day3})\n{}",
+            "profile {}: 1 trait(s) (state as of {day3})\n  segments: none\n{}",
             uuid(1),
             trait_line(101, 21, day3, "expires 2027-03-24T02:00:00Z")
         )
@@ -1036,7 +1036,7 @@ fn validate_changes_nothing_and_idsync_import_feeds_later_runs() {
         env.inspect_profile("y", Some(21)),
         format!(
             "customer ID \"y\" of DPID 21 is synced to AAM UUID {u}\n\
-             profile {u}: 1 trait(s) (state as of 2026-11-24T02:00:00Z)\n{}\
+             profile {u}: 1 trait(s) (state as of 2026-11-24T02:00:00Z)\n  segments: none\n{}\
              profile customer 21:y: no traits\n",
             trait_line(
                 102,
@@ -1165,7 +1165,7 @@ ttl_days = 0
     env.run_ok(t0, 0);
     let both = |at: &str| {
         format!(
-            "profile {}: 2 trait(s) (state as of {at})\n{}{}",
+            "profile {}: 2 trait(s) (state as of {at})\n  segments: none\n{}{}",
             uuid(5),
             trait_line(101, 21, t0, "expires 2026-11-02T00:00:00Z"),
             trait_line(102, 21, t0, "never expires"),
@@ -1173,7 +1173,7 @@ ttl_days = 0
     };
     let only_102 = |at: &str| {
         format!(
-            "profile {}: 1 trait(s) (state as of {at})\n{}",
+            "profile {}: 1 trait(s) (state as of {at})\n  segments: none\n{}",
             uuid(5),
             trait_line(102, 21, t0, "never expires"),
         )
@@ -1266,7 +1266,7 @@ fn unsynced_ids_are_kept_only_for_cross_device_sources() {
         env.inspect_profile("loyal-1", Some(33)),
         format!(
             "customer ID \"loyal-1\" of DPID 33 is not synced\n\
-             profile customer 33:loyal-1: 2 trait(s) (state as of {AS_OF})\n{}{}",
+             profile customer 33:loyal-1: 2 trait(s) (state as of {AS_OF})\n  segments: none\n{}{}",
             trait_line(301, 33, AS_OF, expires),
             trait_line(302, 33, AS_OF, expires),
         )

@@ -7,7 +7,9 @@ use crate::codec::{Truncated, Writer};
 use crate::ingest::{ActKind, NO_ITEM, Op, OpBuf, seq_file};
 use crate::model::{Dpid, Timestamp, TraitId};
 use crate::report::receipt::{Counters, SAMPLES_PER_CATEGORY};
+use crate::rules::segment_rule::SegmentRules;
 use ahash::{AHashMap, AHashSet};
+use std::borrow::Cow;
 use std::collections::BinaryHeap;
 
 pub const SECONDS_PER_DAY: i64 = 86_400;
@@ -29,6 +31,10 @@ pub struct MergeCtx<'a> {
     pub as_of: Timestamp,
     /// Run positions of lines removed by the per-user cap.
     pub capped: &'a AHashSet<u64>,
+    pub segments: &'a SegmentRules,
+    /// The segment definitions changed since the stored memberships were computed: evaluate
+    /// every segment for every profile.
+    pub reevaluate_all: bool,
 }
 
 /// The result of merging one partition.
@@ -48,6 +54,8 @@ pub struct PartOut {
     pub memberships: u64,
     /// Profiles whose traits changed or expired.
     pub changed_profiles: u64,
+    /// Profiles whose segment membership changed.
+    pub membership_changes: u64,
     /// The earliest moment an entry of this partition expires.
     pub min_expiry: Option<Timestamp>,
 }
@@ -109,6 +117,7 @@ pub fn merge_partition(
         profiles: 0,
         memberships: 0,
         changed_profiles: 0,
+        membership_changes: 0,
         min_expiry: None,
     };
     let mut scratch = Scratch {
@@ -118,36 +127,37 @@ pub fn merge_partition(
         failed_files: Vec::new(),
         ntr: (0..ctx.jobs).map(|_| BinaryHeap::new()).collect(),
     };
+    let mut seg_scratch = SegScratch::default();
     let mut w = Writer::default();
     let (mut i, mut j) = (0usize, 0usize);
     while i < stored.len() || j < refs.len() {
         let old_key = stored.get(i).map(|p| p.key);
         let new_key = refs.get(j).map(|r| r.0);
-        let (key, mut entries, group) = match (old_key, new_key) {
+        let (key, old, group) = match (old_key, new_key) {
             (Some(o), Some(n)) if o == n => {
                 let k = group_end(&refs, j);
                 let g = &refs[j..k];
-                let entries = stored[i].entries.clone();
                 i += 1;
                 j = k;
-                (o, entries, g)
+                (o, Some(&stored[i - 1]), g)
             }
             (Some(o), Some(n)) if o < n => {
                 i += 1;
-                (o, stored[i - 1].entries.clone(), &refs[0..0])
+                (o, Some(&stored[i - 1]), &refs[0..0])
             }
             (Some(o), None) => {
                 i += 1;
-                (o, stored[i - 1].entries.clone(), &refs[0..0])
+                (o, Some(&stored[i - 1]), &refs[0..0])
             }
             (_, Some(n)) => {
                 let k = group_end(&refs, j);
                 let g = &refs[j..k];
                 j = k;
-                (n, Vec::new(), g)
+                (n, None, g)
             }
             (None, None) => break,
         };
+        let mut entries = old.map(|p| p.entries.clone()).unwrap_or_default();
         let before = entries.len();
         entries.retain(|e| expiry(e, ctx.ttl_days).is_none_or(|t| ctx.as_of < t));
         let expired = (before - entries.len()) as u64;
@@ -155,27 +165,130 @@ pub fn merge_partition(
         if !group.is_empty() {
             apply_ops(&mut entries, group, ctx, &mut out, &mut scratch);
         }
-        if expired > 0 || !group.is_empty() {
+        let changed = expired > 0 || !group.is_empty();
+        if changed {
             out.changed_profiles += 1;
         }
-        if !entries.is_empty() {
-            out.profiles += 1;
-            out.memberships += entries.len() as u64;
-            for e in &entries {
-                if let Some(t) = expiry(e, ctx.ttl_days) {
-                    out.min_expiry = Some(out.min_expiry.map_or(t, |m| m.min(t)));
-                }
+        if entries.is_empty() {
+            // A profile without traits is dropped, with every membership it had.
+            if old.is_some_and(|p| !p.segments.is_empty()) {
+                out.membership_changes += 1;
             }
-            encode_into(&mut w, key, &entries);
+            continue;
         }
+        let old_segments = old.map_or(&[][..], |p| p.segments.as_slice());
+        let segments = if ctx.reevaluate_all || changed {
+            let segs = evaluate_segments(old, &entries, ctx, &mut seg_scratch);
+            if segs != old_segments {
+                out.membership_changes += 1;
+            }
+            Cow::Owned(segs)
+        } else {
+            Cow::Borrowed(old_segments)
+        };
+        out.profiles += 1;
+        out.memberships += entries.len() as u64;
+        for e in &entries {
+            if let Some(t) = expiry(e, ctx.ttl_days) {
+                out.min_expiry = Some(out.min_expiry.map_or(t, |m| m.min(t)));
+            }
+        }
+        encode_into(&mut w, key, &entries, &segments);
     }
-    if out.changed_profiles > 0 {
+    if out.changed_profiles > 0 || (ctx.reevaluate_all && out.membership_changes > 0) {
         out.payload = Some(w.buf);
     }
     for (job, heap) in scratch.ntr.into_iter().enumerate() {
         out.ntr_samples[job] = heap.into_sorted_vec();
     }
     Ok(out)
+}
+
+/// Reusable buffers for segment evaluation.
+#[derive(Default)]
+struct SegScratch {
+    changed: Vec<TraitId>,
+    candidates: Vec<u32>,
+    qualified: Vec<u32>,
+    traits: Vec<(TraitId, Timestamp)>,
+}
+
+/// The profile's segments after a change: segments that cannot have changed keep their old
+/// answer; the candidates (segments mentioning a changed trait, or every segment an empty
+/// profile qualifies for when the profile is new) are evaluated again.
+fn evaluate_segments(
+    old: Option<&Profile<'_>>,
+    entries: &[Entry],
+    ctx: &MergeCtx<'_>,
+    s: &mut SegScratch,
+) -> Vec<u32> {
+    let rules = ctx.segments;
+    s.traits.clear();
+    s.traits
+        .extend(entries.iter().map(|e| (e.trait_id, e.realized_at)));
+    s.qualified.clear();
+    if ctx.reevaluate_all {
+        rules.evaluate(rules.ids(), &s.traits, ctx.as_of, &mut s.qualified);
+        return s.qualified.clone();
+    }
+    // Traits whose presence or realization time changed (recency reads the time).
+    s.changed.clear();
+    let old_entries = old.map_or(&[][..], |p| p.entries.as_slice());
+    let (mut a, mut b) = (0, 0);
+    while a < old_entries.len() || b < entries.len() {
+        match (old_entries.get(a), entries.get(b)) {
+            (Some(x), Some(y)) if x.trait_id == y.trait_id => {
+                if x.realized_at != y.realized_at {
+                    s.changed.push(x.trait_id);
+                }
+                a += 1;
+                b += 1;
+            }
+            (Some(x), Some(y)) if x.trait_id < y.trait_id => {
+                s.changed.push(x.trait_id);
+                a += 1;
+            }
+            (Some(x), None) => {
+                s.changed.push(x.trait_id);
+                a += 1;
+            }
+            (_, Some(y)) => {
+                s.changed.push(y.trait_id);
+                b += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    rules.candidates(&s.changed, old.is_none(), &mut s.candidates);
+    // Recency terms read the clock: while the profile is being looked at anyway, its
+    // time-dependent segments are evaluated again too.
+    let time_dependent = rules.time_dependent();
+    if !time_dependent.is_empty() {
+        let before = s.candidates.len();
+        for e in entries {
+            for &seg in rules.touching(e.trait_id) {
+                if time_dependent.binary_search(&seg).is_ok() {
+                    s.candidates.push(seg);
+                }
+            }
+        }
+        if s.candidates.len() > before {
+            s.candidates.sort_unstable();
+            s.candidates.dedup();
+        }
+    }
+    rules.evaluate(&s.candidates, &s.traits, ctx.as_of, &mut s.qualified);
+    // Old answers for segments not re-evaluated, new answers for the candidates.
+    let old_segments = old.map_or(&[][..], |p| p.segments.as_slice());
+    let mut out: Vec<u32> = old_segments
+        .iter()
+        .copied()
+        .filter(|seg| s.candidates.binary_search(seg).is_err())
+        .chain(s.qualified.iter().copied())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 fn group_end(refs: &[(&[u8], &Op, &OpBuf)], start: usize) -> usize {
@@ -344,6 +457,7 @@ mod tests {
         owners: AHashMap<TraitId, Dpid>,
         ttl: AHashMap<TraitId, u32>,
         rules: crate::rules::trait_rule::TraitRules,
+        segments: SegmentRules,
     }
 
     fn world() -> World {
@@ -363,7 +477,18 @@ mod tests {
         let mut owners: AHashMap<TraitId, Dpid> = owners;
         owners.insert(28, 21);
         owners.insert(29, 22);
-        World { owners, ttl, rules }
+        let segments = SegmentRules::compile([
+            (1001, "24T AND 25T"),
+            (1002, "NOT 27T"),
+            (1003, "FREQUENCY([24T,26T] <= 1D) >= 2"),
+        ])
+        .unwrap();
+        World {
+            owners,
+            ttl,
+            rules,
+            segments,
+        }
     }
 
     /// Runs `files` ((text, overwrite, target data source)) through the kernel and merges them
@@ -402,6 +527,8 @@ mod tests {
             ttl_days: &w.ttl,
             as_of,
             capped: &capped,
+            segments: &w.segments,
+            reevaluate_all: false,
         };
         let bufs: Vec<&OpBuf> = outs.iter().map(|o| &o.parts[0]).collect();
         merge_partition(old, &bufs, &ctx).unwrap()
@@ -567,5 +694,46 @@ mod tests {
             ),
             (2, 0)
         );
+    }
+
+    fn segments(out: &PartOut) -> Vec<u32> {
+        let payload = out.payload.as_deref().unwrap_or_default();
+        let key = ProfileKey::Uuid(Uuid::parse(U.as_bytes()).unwrap()).encode();
+        decode(payload)
+            .unwrap()
+            .into_iter()
+            .find(|p| p.key == key.as_slice())
+            .map(|p| p.segments)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn memberships_follow_trait_changes_and_expiry() {
+        let w = world();
+        // A new profile: 1002 (NOT 27T) qualifies an empty profile, so it is a candidate.
+        let out1 = merge(&w, None, &[(&format!("{U}\td_sid=24\n"), false, 21)], 1000);
+        assert_eq!(segments(&out1), vec![1002]);
+        assert_eq!(out1.membership_changes, 1);
+        let out2 = merge(
+            &w,
+            out1.payload.as_deref(),
+            &[(&format!("{U}\td_sid=25,d_sid=26,d_sid=27\n"), false, 21)],
+            2000,
+        );
+        // 24 (at 1000) and 26 (at 2000) are both within a day of 2000: frequency 2.
+        assert_eq!(segments(&out2), vec![1001, 1003]);
+        // Trait 27 expires after one day: 1002 qualifies again, and 1003's recency window has
+        // moved past trait 24's realization.
+        let out3 = merge(&w, out2.payload.as_deref(), &[], 2000 + DAY);
+        assert_eq!(out3.expired, 1);
+        assert_eq!(segments(&out3), vec![1001, 1002]);
+        // Re-realizing 24 and 26 together brings 1003 back.
+        let out4 = merge(
+            &w,
+            out3.payload.as_deref(),
+            &[(&format!("{U}\td_sid=24,d_sid=26\n"), false, 21)],
+            10 * DAY,
+        );
+        assert_eq!(segments(&out4), vec![1001, 1002, 1003]);
     }
 }

@@ -21,6 +21,8 @@ pub struct Profile<'a> {
     pub key: &'a [u8],
     /// Sorted by trait ID, one entry per trait.
     pub entries: Vec<Entry>,
+    /// The segments the profile qualified for when it last changed, sorted.
+    pub segments: Vec<u32>,
 }
 
 /// The state-relative name of a profile partition.
@@ -43,19 +45,32 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Profile<'_>>, Truncated> {
                 realized_at: r.i64()?,
             });
         }
-        out.push(Profile { key, entries });
+        let m = r.u32()? as usize;
+        let mut segments = Vec::with_capacity(m.min(payload.len() / 4));
+        for _ in 0..m {
+            segments.push(r.u32()?);
+        }
+        out.push(Profile {
+            key,
+            entries,
+            segments,
+        });
     }
     Ok(out)
 }
 
 /// Appends one profile record.
-pub fn encode_into(w: &mut Writer, key: &[u8], entries: &[Entry]) {
+pub fn encode_into(w: &mut Writer, key: &[u8], entries: &[Entry], segments: &[u32]) {
     w.bytes(key);
     w.u32(entries.len() as u32);
     for e in entries {
         w.u32(e.trait_id);
         w.u32(e.data_source);
         w.i64(e.realized_at);
+    }
+    w.u32(segments.len() as u32);
+    for &s in segments {
+        w.u32(s);
     }
 }
 
@@ -71,19 +86,21 @@ mod tests {
             data_source: 21,
             realized_at: 1_700_000_000,
         };
-        encode_into(&mut w, b"k1", &[e]);
-        encode_into(&mut w, b"k2", &[]);
+        encode_into(&mut w, b"k1", &[e], &[1001, 1002]);
+        encode_into(&mut w, b"k2", &[], &[]);
         let profiles = decode(&w.buf).unwrap();
         assert_eq!(
             profiles,
             vec![
                 Profile {
                     key: b"k1",
-                    entries: vec![e]
+                    entries: vec![e],
+                    segments: vec![1001, 1002]
                 },
                 Profile {
                     key: b"k2",
-                    entries: vec![]
+                    entries: vec![],
+                    segments: vec![]
                 }
             ]
         );
