@@ -18,6 +18,8 @@ pub struct Catalog {
     /// Changes whenever a segment is added, removed or its rule edited: memberships are then
     /// evaluated again for every profile.
     pub segments_fingerprint: u64,
+    /// Destination → compiled line template.
+    pub templates: std::collections::BTreeMap<u32, crate::outbound::template::Template>,
 }
 
 impl Catalog {
@@ -50,12 +52,26 @@ impl Catalog {
             h.update(s.rule.as_bytes());
             h.update(&[0]);
         }
+        let mut templates = std::collections::BTreeMap::new();
+        for d in config.destinations.values() {
+            if let Some(text) = &d.template {
+                let t = crate::outbound::template::Template::parse(text).map_err(|e| {
+                    anyhow!(
+                        "{}: destination {}.template: {e}",
+                        config.path.display(),
+                        d.id
+                    )
+                })?;
+                templates.insert(d.id, t);
+            }
+        }
         Ok(Catalog {
             trait_owner,
             ttl_days,
             trait_rules,
             segments,
             segments_fingerprint: h.digest(),
+            templates,
         })
     }
 }

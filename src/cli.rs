@@ -35,6 +35,19 @@ pub enum Command {
         #[arg(long)]
         as_of: Option<String>,
     },
+    /// Write a destination's files now: what changed since its last export (`iter`), or every
+    /// member with `--full`.
+    Export {
+        /// The destination ID.
+        #[arg(long = "destination", value_name = "ID")]
+        destination: u32,
+        /// Send every current member, not only the changes.
+        #[arg(long)]
+        full: bool,
+        /// The export's logical time (file-name timestamp), RFC 3339 in UTC (default: now).
+        #[arg(long)]
+        as_of: Option<String>,
+    },
     /// ID-sync tables.
     Idsync {
         #[command(subcommand)]

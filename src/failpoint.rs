@@ -12,6 +12,8 @@ pub const POINTS: &[&str] = &[
     "after-merge",
     "mid-receipts",
     "after-receipts",
+    "mid-export",
+    "after-exports",
     "mid-state-files",
     "after-state-files",
     "before-commit",

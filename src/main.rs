@@ -70,6 +70,21 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
             }
             Ok(summary.exit_code)
         }
+        Command::Export {
+            destination,
+            full,
+            as_of: ref at,
+        } => {
+            let opts = RunOptions {
+                as_of: as_of(at.as_deref())?,
+                threads: cli.threads,
+                export_only: Some((destination, full)),
+                ..RunOptions::default()
+            };
+            let summary = run(&load()?, &opts)?;
+            print_summary(&summary);
+            Ok(summary.exit_code)
+        }
         Command::Idsync {
             command: IdsyncCommand::Import { files, as_of: at },
         } => {
@@ -153,6 +168,16 @@ fn print_summary(s: &RunSummary) {
             "  rejected {}: {}",
             f.name,
             f.reason.as_deref().unwrap_or("")
+        );
+    }
+    for e in &s.exports {
+        println!(
+            "  export {} ({}): {} rows in {} file(s), {}",
+            e.destination,
+            e.mode,
+            e.rows,
+            e.files.len(),
+            e.info
         );
     }
     if let Some(dir) = &s.receipts_dir {

@@ -20,6 +20,7 @@ use crate::inbound::read::{ReadError, content_hash, read_chunks};
 use crate::ingest::cap::{CapOutcome, apply_cap};
 use crate::ingest::{ChunkOut, FileCtx, IdKind, OpBuf, process_chunk, seq_file, seq_line};
 use crate::model::{AAM_UUID_DPID, Dpid, Timestamp, device_format};
+use crate::outbound::export::{self, DestExport, DestMeta, ExportSummary};
 use crate::profile::merge::{FileMeta, MergeCtx, PartOut, merge_partition};
 use crate::report::receipt::{
     Category, Counters, FileReceipt, FileStatus, JobReceipt, SAMPLES_PER_CATEGORY, Sample,
@@ -54,6 +55,9 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Process ID-sync files only (`segmill idsync import`).
     pub idsync_only: bool,
+    /// `segmill export --destination ID [--full]`: no inbound files; export that destination
+    /// only (as a full list when `true`).
+    pub export_only: Option<(u32, bool)>,
 }
 
 /// Why a run stopped without committing.
@@ -81,6 +85,8 @@ pub struct RunSummary {
     pub idsync: Option<IdSyncReceipt>,
     /// Where the receipts were written (`None` for a dry run).
     pub receipts_dir: Option<PathBuf>,
+    /// What each destination was sent.
+    pub exports: Vec<ExportSummary>,
 }
 
 /// Manifest metadata every generation carries.
@@ -95,6 +101,12 @@ pub struct StateMeta {
     pub segments_fingerprint: u64,
     /// Per profile partition: the earliest expiry of any realization in it.
     pub min_expiry: Vec<Option<Timestamp>>,
+    /// Per profile partition: the generation that last rewrote it.
+    #[serde(default)]
+    pub changed_generation: Vec<u64>,
+    /// Per destination: its last export.
+    #[serde(default)]
+    pub destinations: BTreeMap<u32, DestMeta>,
 }
 
 pub const PARTITION_HASH: &str = "xxh3-64, seed 0x5e901112026_0001, multiply-shift";
@@ -161,6 +173,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     // Discover and plan.
     let t = Instant::now();
     let discovery = match &opts.files {
+        _ if opts.export_only.is_some() => Discovery::default(),
         Some(files) => explicit_files(files, config)?,
         None => match config.paths.inbound.as_local() {
             Some(root) => discover::discover_local(root, config).map_err(anyhow::Error::from)?,
@@ -343,6 +356,68 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     }
     stages.insert("merge".into(), t.elapsed().as_secs_f64());
     crate::failpoint::hit("after-merge").context("after-merge")?;
+
+    // Destination exports, against the profiles as this run leaves them.
+    let t = Instant::now();
+    let mut changed_generation: Vec<u64> = (0..partitions as usize)
+        .map(|p| {
+            parent_meta
+                .as_ref()
+                .and_then(|m| m.changed_generation.get(p).copied())
+                .unwrap_or(0)
+        })
+        .collect();
+    for (p, out) in parts.iter().enumerate() {
+        if out.as_ref().is_some_and(|o| o.payload.is_some()) {
+            changed_generation[p] = gen_number;
+        }
+    }
+    let exports: Vec<DestExport> = if opts.idsync_only {
+        Vec::new()
+    } else {
+        let profile_source = |p: u32| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+            match parts
+                .get(p as usize)
+                .and_then(|o| o.as_ref())
+                .and_then(|o| o.payload.as_deref())
+            {
+                Some(bytes) => Ok(Some(std::borrow::Cow::Borrowed(bytes))),
+                None => Ok(source(&crate::profile::part_name(p))?.map(std::borrow::Cow::Owned)),
+            }
+        };
+        let mut out = Vec::new();
+        for dest in config.destinations.values() {
+            let full = match opts.export_only {
+                Some((did, full)) if did == dest.id => full,
+                Some(_) => continue,
+                None => false,
+            };
+            let last = parent_meta
+                .as_ref()
+                .and_then(|m| m.destinations.get(&dest.id).copied());
+            let stale = |p: u32| {
+                last.is_none_or(|m| changed_generation[p as usize] > m.exported_generation)
+            };
+            let sources = export::Sources {
+                partitions,
+                stale: &stale,
+                profiles: &profile_source,
+                members: &source,
+            };
+            out.push(export::compute(config, dest, full, last, &sources)?);
+        }
+        if let Some((did, _)) = opts.export_only
+            && out.is_empty()
+        {
+            return Err(anyhow!(
+                "destination {did} is not defined in {}",
+                config.path.display()
+            )
+            .into());
+        }
+        out
+    };
+    stages.insert("export".into(), t.elapsed().as_secs_f64());
 
     // Receipts.
     let t = Instant::now();
@@ -532,6 +607,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             receipts,
             idsync: idsync_receipt,
             receipts_dir: None,
+            exports: Vec::new(),
         });
     }
 
@@ -560,6 +636,16 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     }
 
     crate::failpoint::hit("after-receipts").context("after-receipts")?;
+    let mut export_summaries = Vec::new();
+    for e in &exports {
+        let dest = &config.destinations[&e.view.did];
+        let template = catalog.templates.get(&dest.id);
+        let dir = export::local_dir(dest)?;
+        export_summaries.push(export::write_export(
+            &dir, dest, &e.view, template, &e.rows, opts.as_of,
+        )?);
+    }
+    crate::failpoint::hit("after-exports").context("after-exports")?;
     let writer = state.begin(parent.as_ref())?;
     // ID-sync tables: tonight's partitions, the rest carried over.
     let mut written: BTreeSet<String> = BTreeSet::new();
@@ -587,12 +673,42 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             }
         }
     }
+    let mut destinations = parent_meta
+        .as_ref()
+        .map(|m| m.destinations.clone())
+        .unwrap_or_default();
+    destinations.retain(|did, _| config.destinations.contains_key(did));
+    for e in &exports {
+        for (p, payload) in &e.members {
+            let name = export::members_part_name(e.view.did, *p);
+            if !payload.is_empty() {
+                writer.write(&name, payload)?;
+            }
+            written.insert(name);
+        }
+        destinations.insert(
+            e.view.did,
+            DestMeta {
+                exported_generation: gen_number,
+                fingerprint: e.view.fingerprint(),
+            },
+        );
+    }
     crate::failpoint::hit("mid-state-files").context("mid-state-files")?;
     if let Some(g) = &parent {
+        // Members of destinations no longer configured are dropped with them.
+        let configured = |name: &str| match name.strip_prefix("members/") {
+            Some(rest) => rest
+                .split('/')
+                .next()
+                .and_then(|d| d.parse::<u32>().ok())
+                .is_some_and(|did| config.destinations.contains_key(&did)),
+            None => true,
+        };
         let carried: Vec<String> = g
             .files()
             .map(|(name, _)| name.to_string())
-            .filter(|name| name != LEDGER_FILE && !written.contains(name))
+            .filter(|name| name != LEDGER_FILE && !written.contains(name) && configured(name))
             .collect();
         for name in carried {
             writer.carry(&name, g)?;
@@ -608,6 +724,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         ttl_fingerprint,
         segments_fingerprint: catalog.segments_fingerprint,
         min_expiry,
+        changed_generation,
+        destinations,
     };
     let runs_dir = state.runs_dir();
     std::fs::create_dir_all(&runs_dir)
@@ -634,6 +752,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         receipts,
         idsync: idsync_receipt,
         receipts_dir: Some(receipts_dir),
+        exports: export_summaries,
     })
 }
 

@@ -29,6 +29,15 @@ data_source = 21
 id = 25
 data_source = 21
 ttl_days = 1
+[[segment]]
+id = 1001
+rule = "24T OR 25T"
+[[destination]]
+id = 9
+sync_type = "s3"
+location = "out/9"
+segments = [1001]
+split_bytes = 60
 "#,
     )
     .unwrap();
@@ -113,6 +122,12 @@ fn every_failpoint_leaves_the_previous_generation_and_a_rerun_matches() {
         "day 2 has a format error"
     );
     let want = tree(&reference.path().join("state"));
+    let want_out = tree(&reference.path().join("out"));
+    assert!(
+        want_out.len() >= 4,
+        "two exports with .info files: {:?}",
+        want_out.keys()
+    );
     assert!(want.keys().any(|k| k.starts_with("gen-000002")));
 
     for point in segmill::failpoint::POINTS {

@@ -1080,6 +1080,17 @@ fn run_sample() -> Env {
             "inbound" => text.push_str(&format!("inbound = {:?}\n", inbound.display().to_string())),
             "state" => text.push_str("state = \"state\"\n"),
             "outbound" => text.push_str("outbound = \"out\"\n"),
+            // Destinations write under the test's folder: out/<destination id>.
+            "location" => {
+                let value = line
+                    .split('=')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .trim_matches('"');
+                let id = value.rsplit('/').next().unwrap_or(value);
+                text.push_str(&format!("location = \"out/{id}\"\n"));
+            }
             _ => {
                 text.push_str(line);
                 text.push('\n');
@@ -1108,11 +1119,16 @@ fn sample_golden_receipts() {
     let mut report_text = serde_json::to_string_pretty(&report).expect("json");
     report_text.push('\n');
 
+    let got_exports = snapshot(&env.root().join("out"), |_| false);
     let receipts_dir = expected_root.join("receipts").join(&run);
     if std::env::var_os("SEGMILL_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
         let _ = std::fs::remove_dir_all(expected_root.join("receipts"));
+        let _ = std::fs::remove_dir_all(expected_root.join("exports"));
         for (name, bytes) in &got_receipts {
             write_file(&receipts_dir.join(name), bytes);
+        }
+        for (name, bytes) in &got_exports {
+            write_file(&expected_root.join("exports").join(name), bytes);
         }
         write_file(
             &expected_root.join("run-report.json"),
@@ -1126,6 +1142,8 @@ fn sample_golden_receipts() {
         "no golden receipts; run with SEGMILL_UPDATE_GOLDEN=1"
     );
     assert_same_tree("sample receipts", &want_receipts, &got_receipts);
+    let want_exports = snapshot(&expected_root.join("exports"), |_| false);
+    assert_same_tree("sample exports", &want_exports, &got_exports);
     assert_eq!(
         read_text(&expected_root.join("run-report.json")),
         report_text

@@ -1,5 +1,6 @@
 //! Destinations: outbound file names, line layouts and templates, `.info` control files.
 
+pub mod export;
 pub mod info;
 pub mod names;
 pub mod template;
