@@ -3,4 +3,5 @@
 pub mod discover;
 pub mod lines_at;
 pub mod names;
+pub mod pgp;
 pub mod read;
