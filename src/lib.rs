@@ -47,3 +47,4 @@ pub mod report;
 pub mod rules;
 pub mod run;
 pub mod state;
+pub mod storage;
