@@ -18,6 +18,9 @@ pub struct Catalog {
     /// Changes whenever a segment is added, removed or its rule edited: memberships are then
     /// evaluated again for every profile.
     pub segments_fingerprint: u64,
+    /// Trait → the day counts of the recency terms that mention it (sorted): a membership can
+    /// change with time alone `days` after the trait's realization.
+    pub recency_days: AHashMap<TraitId, Vec<u32>>,
     /// Destination → compiled line template.
     pub templates: std::collections::BTreeMap<u32, crate::outbound::template::Template>,
 }
@@ -52,6 +55,16 @@ impl Catalog {
             h.update(s.rule.as_bytes());
             h.update(&[0]);
         }
+        let mut recency_days: AHashMap<TraitId, Vec<u32>> = AHashMap::new();
+        for seg in config.segments.values() {
+            if let Ok(expr) = crate::rules::segment_rule::parse(&seg.rule) {
+                collect_recency(&expr, &mut recency_days);
+            }
+        }
+        for days in recency_days.values_mut() {
+            days.sort_unstable();
+            days.dedup();
+        }
         let mut templates = std::collections::BTreeMap::new();
         for d in config.destinations.values() {
             if let Some(text) = &d.template {
@@ -71,7 +84,24 @@ impl Catalog {
             trait_rules,
             segments,
             segments_fingerprint: h.digest(),
+            recency_days,
             templates,
         })
+    }
+}
+
+fn collect_recency(expr: &crate::rules::segment_rule::Expr, out: &mut AHashMap<TraitId, Vec<u32>>) {
+    use crate::rules::segment_rule::Expr;
+    match expr {
+        Expr::Trait(_) => {}
+        Expr::Frequency(f) => {
+            if let Some(r) = f.recency {
+                for t in &f.traits {
+                    out.entry(*t).or_default().push(r.days.get());
+                }
+            }
+        }
+        Expr::Not(e) => collect_recency(e, out),
+        Expr::And(v) | Expr::Or(v) => v.iter().for_each(|e| collect_recency(e, out)),
     }
 }

@@ -48,3 +48,4 @@ pub mod report;
 pub mod rules;
 pub mod run;
 pub mod state;
+pub mod storage;

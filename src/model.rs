@@ -126,9 +126,9 @@ pub enum ProfileKey {
 }
 
 impl ProfileKey {
-    const TAG_UUID: u8 = 0;
-    const TAG_DEVICE: u8 = 1;
-    const TAG_CUSTOMER: u8 = 2;
+    pub const TAG_UUID: u8 = 0;
+    pub const TAG_DEVICE: u8 = 1;
+    pub const TAG_CUSTOMER: u8 = 2;
 
     /// The stable byte encoding used in state files and for partitioning. Byte order equals
     /// the `Ord` order of keys.

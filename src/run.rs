@@ -101,6 +101,12 @@ pub struct StateMeta {
     pub segments_fingerprint: u64,
     /// Per profile partition: the earliest expiry of any realization in it.
     pub min_expiry: Vec<Option<Timestamp>>,
+    /// Per profile partition: the earliest moment a recency term can change a membership.
+    #[serde(default)]
+    pub min_flip: Vec<Option<Timestamp>>,
+    /// Per profile partition: whether it holds cross-device customer-ID profiles.
+    #[serde(default)]
+    pub customer_partitions: Vec<bool>,
     /// Per profile partition: the generation that last rewrote it.
     #[serde(default)]
     pub changed_generation: Vec<u64>,
@@ -321,6 +327,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         capped: &capped,
         segments: &catalog.segments,
         reevaluate_all,
+        recency_days: &catalog.recency_days,
+        previous_as_of: parent_meta.as_ref().map(|m| m.as_of),
     };
     let part_results: Vec<anyhow::Result<Option<PartOut>>> = (0..partitions)
         .into_par_iter()
@@ -335,6 +343,11 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 && parent_meta.as_ref().is_some_and(|m| {
                     m.ttl_fingerprint == ttl_fingerprint
                         && m.min_expiry
+                            .get(p as usize)
+                            .copied()
+                            .flatten()
+                            .is_none_or(|t| opts.as_of < t)
+                        && m.min_flip
                             .get(p as usize)
                             .copied()
                             .flatten()
@@ -357,8 +370,53 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     stages.insert("merge".into(), t.elapsed().as_secs_f64());
     crate::failpoint::hit("after-merge").context("after-merge")?;
 
+    // What the manifest keeps per partition, for the partitions this run did not touch.
+    let mut min_expiry = vec![None; partitions as usize];
+    let mut min_flip = vec![None; partitions as usize];
+    let mut customer_partitions = vec![false; partitions as usize];
+    for (p, out) in parts.iter().enumerate() {
+        let m = parent_meta.as_ref();
+        match out {
+            Some(o) => {
+                min_expiry[p] = o.min_expiry;
+                min_flip[p] = o.min_flip;
+                customer_partitions[p] = o.has_customer;
+            }
+            None => {
+                min_expiry[p] = m.and_then(|m| m.min_expiry.get(p).copied().flatten());
+                min_flip[p] = m.and_then(|m| m.min_flip.get(p).copied().flatten());
+                customer_partitions[p] = m
+                    .and_then(|m| m.customer_partitions.get(p).copied())
+                    .unwrap_or(false);
+            }
+        }
+    }
+
     // Destination exports, against the profiles as this run leaves them.
     let t = Instant::now();
+    // Cross-device customer-ID profiles are exported through their ID-sync mapping; a mapping
+    // that arrived tonight makes their partitions due for every destination.
+    let cross_device: BTreeSet<Dpid> = config
+        .data_sources
+        .values()
+        .filter(|d| d.cross_device)
+        .map(|d| d.id)
+        .collect();
+    let any_customer = customer_partitions.iter().any(|&c| c);
+    let cross_index = if any_customer && !cross_device.is_empty() && !opts.idsync_only {
+        IdIndex::build(&cross_device, partitions, &index_source)?
+    } else {
+        IdIndex::default()
+    };
+    let cross_synced_tonight = idsync_result.parts.keys().any(|name| {
+        cross_device
+            .iter()
+            .any(|d| name.starts_with(&format!("{}/dpid-{d}/", Table::Adobe.dir())))
+    });
+    let resolve = |dpid: Dpid, id: &[u8]| match cross_index.lookup(dpid, id) {
+        Some(crate::idsync::index::Target::Uuid(u)) => Some(u),
+        _ => None,
+    };
     let mut changed_generation: Vec<u64> = (0..partitions as usize)
         .map(|p| {
             parent_meta
@@ -397,12 +455,14 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 .and_then(|m| m.destinations.get(&dest.id).copied());
             let stale = |p: u32| {
                 last.is_none_or(|m| changed_generation[p as usize] > m.exported_generation)
+                    || (cross_synced_tonight && customer_partitions[p as usize])
             };
             let sources = export::Sources {
                 partitions,
                 stale: &stale,
                 profiles: &profile_source,
                 members: &source,
+                resolve: &resolve,
             };
             out.push(export::compute(config, dest, full, last, &sources)?);
         }
@@ -637,12 +697,18 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
 
     crate::failpoint::hit("after-receipts").context("after-receipts")?;
     let mut export_summaries = Vec::new();
+    let mut batch_ms = BTreeMap::new();
     for e in &exports {
         let dest = &config.destinations[&e.view.did];
         let template = catalog.templates.get(&dest.id);
         let dir = export::local_dir(dest)?;
+        let last = parent_meta
+            .as_ref()
+            .and_then(|m| m.destinations.get(&dest.id).copied());
+        let ms = export::batch_timestamp_ms(opts.as_of, last);
+        batch_ms.insert(dest.id, ms);
         export_summaries.push(export::write_export(
-            &dir, dest, &e.view, template, &e.rows, opts.as_of,
+            &dir, dest, &e.view, template, &e.rows, opts.as_of, ms,
         )?);
     }
     crate::failpoint::hit("after-exports").context("after-exports")?;
@@ -653,24 +719,13 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         writer.write(name, bytes)?;
         written.insert(name.clone());
     }
-    let mut min_expiry = vec![None; partitions as usize];
     for (p, out) in parts.iter().enumerate() {
-        let name = crate::profile::part_name(p as u32);
-        match out {
-            Some(o) => {
-                min_expiry[p] = o.min_expiry;
-                if let Some(payload) = &o.payload {
-                    if !payload.is_empty() {
-                        writer.write(&name, payload)?;
-                    }
-                    written.insert(name);
-                }
+        if let Some(payload) = out.as_ref().and_then(|o| o.payload.as_ref()) {
+            let name = crate::profile::part_name(p as u32);
+            if !payload.is_empty() {
+                writer.write(&name, payload)?;
             }
-            None => {
-                min_expiry[p] = parent_meta
-                    .as_ref()
-                    .and_then(|m| m.min_expiry.get(p).copied().flatten());
-            }
+            written.insert(name);
         }
     }
     let mut destinations = parent_meta
@@ -691,6 +746,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             DestMeta {
                 exported_generation: gen_number,
                 fingerprint: e.view.fingerprint(),
+                last_timestamp_ms: batch_ms.get(&e.view.did).copied().unwrap_or(0),
             },
         );
     }
@@ -724,6 +780,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         ttl_fingerprint,
         segments_fingerprint: catalog.segments_fingerprint,
         min_expiry,
+        min_flip,
+        customer_partitions,
         changed_generation,
         destinations,
     };

@@ -549,17 +549,24 @@ fn segment_membership_follows_rules_recency_and_ttl() {
         .concat()
     );
 
-    // Day 3: C's 11 and 13 are now two days old: C leaves the recency segment 2004.
+    // Day 3: C's 11 and 13 are now two days old: C leaves the recency segment 2004. A's 11
+    // (realized on day 1) left the window too, with no new data for A: the recency window
+    // closing is itself a change, and A's exit is sent.
     env.put(
         &uuid_file(21, TS3, "sync"),
         format!("{c}\td_sid=14\n").as_bytes(),
     );
     env.run_ok(DAY3, 0);
+    assert_eq!(segments_of(&env, &a), "2002, 2003");
     assert_eq!(segments_of(&env, &c), "2002, 2005");
     let root3 = format!("s3_7001_iter_{MS3}");
     assert_eq!(
         batch(&env, 7001, &root3),
-        iter_line(&c, "2002,2005", "2004")
+        [
+            iter_line(&a, "2002,2003", "2004"),
+            iter_line(&c, "2002,2005", "2004"),
+        ]
+        .concat()
     );
 }
 
@@ -568,7 +575,7 @@ fn segment_membership_follows_rules_recency_and_ttl() {
 /// keeps its stale recency membership instead: it is only re-evaluated when its traits change
 /// or expire (CONTRACT §5 says as much, so the export never sends the exit).
 #[test]
-#[ignore = "BUG: recency segments are not re-evaluated for profiles without trait changes; B (only trait 13, realized on day 1) stays in FREQUENCY([11T,13T] <= 1D) on day 3 and the iter export never sends its exit"]
+
 fn recency_membership_lapses_without_new_data() {
     let env = Env::new();
     let (a, b, c) = segments_day1(&env);
@@ -1196,7 +1203,7 @@ fn a_gaid_destination_exports_gaid_profiles_only() {
 /// CONTRACT §6: "a cross-device customer-ID profile is exported under the UUID it maps to, and
 /// not while unmapped".
 #[test]
-#[ignore = "BUG: cross-device customer-ID profiles are never exported, not even once their ID is synced to an AAM UUID (export.rs user_id returns None for ProfileKey::Customer)"]
+
 fn cross_device_profiles_are_exported_once_mapped() {
     let env = Env::new();
     let catalog = format!(
@@ -1376,7 +1383,7 @@ fn exports_do_not_depend_on_threads_or_chunk_size() {
 /// one second) gets the same batch name and replaces the batch the partner has not loaded
 /// yet with an empty one. Its members were updated, so u1's entry is never sent again.
 #[test]
-#[ignore = "BUG: an export with the same as-of as the previous one overwrites that batch (same name s3_7001_iter_<ms>.sync and .info) with an empty one: the earlier rows are lost for good"]
+
 fn a_second_export_at_the_same_time_does_not_overwrite_the_first() {
     let env = Env::new();
     let u1 = uuid(1);

@@ -13,9 +13,14 @@
 //! and every entry left alone (`ignored`) or refused (`rejected`, with the reason), each sorted
 //! by display name so reports are deterministic.
 //!
+//! The same walk runs over a remote listing ([`discover_listing`]): the `(relative path, size)`
+//! pairs of an S3 or FTP root are turned into a virtual folder tree first, so local and remote
+//! roots obey one set of rules.
+//!
 //! Not done here: reading contents (empty-after-gunzip, corrupt gzip, PGP), the ledger's
-//! duplicate checks, S3 and FTP listings.
+//! duplicate checks, talking to S3 or FTP (`storage` does that and hands over its listing).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -149,6 +154,7 @@ pub enum DiscoverError {
 /// its partners' day folders. Other folders are not entered and are listed as ignored.
 pub fn discover_local(root: &Path, config: &Config) -> Result<Discovery, DiscoverError> {
     Walker {
+        tree: &LocalTree,
         config,
         day: None,
         out: Discovery::default(),
@@ -165,8 +171,38 @@ pub fn discover_day(root: &Path, day: &str, config: &Config) -> Result<Discovery
         });
     }
     Walker {
+        tree: &LocalTree,
         config,
         day: Some(day),
+        out: Discovery::default(),
+    }
+    .run(root)
+}
+
+/// Applies the rules of [`discover_local`] (or of [`discover_day`] when `day` is given) to a
+/// remote root's listing: every object as `(path relative to the root, '/'-separated, size)`.
+///
+/// `root` is only a label: each entry's `path` is `root` joined with its relative path (for
+/// example `s3://bucket/in/date=2026-11-21/ftp_dpm_21_1000000001.sync`), for messages; the
+/// relative path to fetch the object by is `display`. Keys ending in `/` (folder markers) only
+/// create their folder. Listings never hold symlinks, so nothing is skipped for being one.
+pub fn discover_listing(
+    root: &Path,
+    listing: &[(String, u64)],
+    day: Option<&str>,
+    config: &Config,
+) -> Result<Discovery, DiscoverError> {
+    if let Some(day) = day
+        && !is_calendar_date(day)
+    {
+        return Err(DiscoverError::BadDay {
+            day: day.to_owned(),
+        });
+    }
+    Walker {
+        tree: &ListingTree::new(root, listing),
+        config,
+        day,
         out: Discovery::default(),
     }
     .run(root)
@@ -251,6 +287,7 @@ fn day_of_folder(name: &str) -> Option<&str> {
 }
 
 /// One listed directory entry.
+#[derive(Clone)]
 struct Entry {
     /// The file name (lossy if not UTF-8).
     name: String,
@@ -269,8 +306,78 @@ enum Kind {
     Other,
 }
 
+/// A folder tree the walker can list: the local file system or a remote listing.
+trait Tree {
+    /// The entries of `dir`, sorted by name so the walk is deterministic.
+    fn list(&self, dir: &Path) -> Result<Vec<Entry>, DiscoverError>;
+}
+
+/// The local file system.
+struct LocalTree;
+
+impl Tree for LocalTree {
+    fn list(&self, dir: &Path) -> Result<Vec<Entry>, DiscoverError> {
+        list_local(dir)
+    }
+}
+
+/// A remote listing arranged as folders: each folder's path (the root joined with its relative
+/// path) maps to its entries, sorted by name.
+struct ListingTree {
+    folders: BTreeMap<PathBuf, Vec<Entry>>,
+}
+
+impl ListingTree {
+    fn new(root: &Path, listing: &[(String, u64)]) -> ListingTree {
+        // (folder, name) -> (kind, size); a name may be both a file and a folder on S3.
+        let mut children: BTreeMap<PathBuf, BTreeMap<(String, bool), u64>> = BTreeMap::new();
+        children.entry(root.to_path_buf()).or_default();
+        for (rel, size) in listing {
+            let mut folder = root.to_path_buf();
+            let mut parts = rel.split('/').peekable();
+            while let Some(part) = parts.next() {
+                let is_last = parts.peek().is_none();
+                if is_last && part.is_empty() {
+                    break; // `a/b/`: a folder marker, the folders exist now.
+                }
+                children
+                    .entry(folder.clone())
+                    .or_default()
+                    .insert((part.to_owned(), !is_last), if is_last { *size } else { 0 });
+                folder.push(part);
+                if !is_last {
+                    children.entry(folder.clone()).or_default();
+                }
+            }
+        }
+        let folders = children
+            .into_iter()
+            .map(|(folder, names)| {
+                let entries = names
+                    .into_iter()
+                    .map(|((name, is_dir), size)| Entry {
+                        path: folder.join(&name),
+                        name,
+                        utf8: true,
+                        kind: if is_dir { Kind::Dir } else { Kind::File },
+                        size,
+                    })
+                    .collect();
+                (folder, entries)
+            })
+            .collect();
+        ListingTree { folders }
+    }
+}
+
+impl Tree for ListingTree {
+    fn list(&self, dir: &Path) -> Result<Vec<Entry>, DiscoverError> {
+        Ok(self.folders.get(dir).cloned().unwrap_or_default())
+    }
+}
+
 /// Lists `dir` without following symlinks, sorted by name so the walk is deterministic.
-fn list(dir: &Path) -> Result<Vec<Entry>, DiscoverError> {
+fn list_local(dir: &Path) -> Result<Vec<Entry>, DiscoverError> {
     let read_dir = fs::read_dir(dir).map_err(|source| DiscoverError::ReadDir {
         path: dir.to_path_buf(),
         source,
@@ -313,6 +420,7 @@ fn list(dir: &Path) -> Result<Vec<Entry>, DiscoverError> {
 }
 
 struct Walker<'a> {
+    tree: &'a dyn Tree,
     config: &'a Config,
     /// `Some` for `discover_day`: only day folders of this day are entered.
     day: Option<&'a str>,
@@ -321,7 +429,7 @@ struct Walker<'a> {
 
 impl Walker<'_> {
     fn run(mut self, root: &Path) -> Result<Discovery, DiscoverError> {
-        for entry in list(root)? {
+        for entry in self.tree.list(root)? {
             let display = entry.name.clone();
             match entry.kind {
                 Kind::Dir => {
@@ -367,7 +475,7 @@ impl Walker<'_> {
     /// A folder at the root that is not a day folder: a partner folder if it holds day
     /// folders; otherwise it is listed as ignored as a whole and not entered further.
     fn partner(&mut self, partner: &Entry) -> Result<(), DiscoverError> {
-        let entries = list(&partner.path)?;
+        let entries = self.tree.list(&partner.path)?;
         let has_days = entries
             .iter()
             .any(|e| e.kind == Kind::Dir && day_of_folder(&e.name).is_some());
@@ -391,7 +499,7 @@ impl Walker<'_> {
 
     /// The files of one day folder; anything else in it is ignored.
     fn day_folder(&mut self, dir: &Path, display: &str) -> Result<(), DiscoverError> {
-        for entry in list(dir)? {
+        for entry in self.tree.list(dir)? {
             let display = format!("{display}/{}", entry.name);
             match entry.kind {
                 Kind::File => self.file(entry, display),
@@ -888,5 +996,115 @@ name = "Partner"
         assert_eq!(day_of_folder("date=2026-11-21"), Some("2026-11-21"));
         assert_eq!(day_of_folder("date=2026-11-31"), None);
         assert_eq!(day_of_folder("day=2026-11-21"), None);
+    }
+
+    /// A local tree and the same tree as a remote listing give the same discovery, paths aside.
+    #[test]
+    fn a_listing_follows_the_local_rules() {
+        let files: [(&str, &str); 14] = [
+            ("ftp_dpm_21_1000000002.sync", "x\n"),
+            ("ftp_dpm_21_1000000002.sync.processed", ""),
+            ("readme.txt", "hi"),
+            ("ftp_dpm_21_1000000003.sync", ""),
+            ("date=2026-11-21/ftp_dpm_21_1000000001.sync", "x\n"),
+            ("date=2026-11-21/nested/ftp_dpm_21_1000000001.sync", "x\n"),
+            ("date=2026-02-30/ftp_dpm_21_1000000001.sync", "x\n"),
+            (
+                "partnerA/date=2026-11-21/ftp_dpm_33_1000000001.sync",
+                "abc\n",
+            ),
+            (
+                "partnerA/date=2026-11-22/ftp_dpm_999_1000000001.sync",
+                "x\n",
+            ),
+            ("partnerA/date=2026-11-22/notes.txt", "x"),
+            ("partnerA/stray.txt", "x"),
+            ("partnerA/old/a/b", "x"),
+            ("archive/old/ftp_dpm_21_1000000001.sync", "x\n"),
+            ("adobe_id_0_21_1000000004.sync.gz", "xx"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut listing = Vec::new();
+        for (rel, content) in files {
+            put(root, rel, content);
+            listing.push((rel.to_owned(), content.len() as u64));
+        }
+        // A folder marker and an empty remote folder, as an S3 console leaves them.
+        listing.push(("date=2026-11-23/".to_owned(), 0));
+        fs::create_dir_all(root.join("date=2026-11-23")).unwrap();
+        let label = Path::new("s3://bucket/in");
+        let config = config();
+
+        let local = discover_local(root, &config).unwrap();
+        let remote = discover_listing(label, &listing, None, &config).unwrap();
+        let strip = |d: &Discovery| {
+            let mut d = d.clone();
+            for f in d.trait_files.iter_mut().chain(d.idsync_files.iter_mut()) {
+                f.path = PathBuf::new();
+            }
+            for r in &mut d.rejected {
+                r.path = PathBuf::new();
+            }
+            d
+        };
+        assert_eq!(strip(&remote), strip(&local));
+        assert_eq!(
+            displays(&remote.trait_files),
+            [
+                "date=2026-11-21/ftp_dpm_21_1000000001.sync",
+                "partnerA/date=2026-11-21/ftp_dpm_33_1000000001.sync",
+                "ftp_dpm_21_1000000002.sync",
+            ]
+        );
+        assert_eq!(
+            remote.ignored,
+            [
+                "archive/",
+                "date=2026-02-30/",
+                "date=2026-11-21/nested/",
+                "ftp_dpm_21_1000000002.sync.processed",
+                "partnerA/date=2026-11-22/notes.txt",
+                "partnerA/old/",
+                "partnerA/stray.txt",
+                "readme.txt",
+            ]
+        );
+        assert_eq!(
+            rejections(&remote),
+            [
+                ("ftp_dpm_21_1000000003.sync", "empty file"),
+                (
+                    "partnerA/date=2026-11-22/ftp_dpm_999_1000000001.sync",
+                    "DPID 999 is not a configured data source"
+                ),
+            ]
+        );
+        let first = &remote.trait_files[1];
+        assert_eq!(
+            first.path,
+            Path::new("s3://bucket/in/partnerA/date=2026-11-21/ftp_dpm_33_1000000001.sync")
+        );
+        assert_eq!(first.size, 4);
+        assert_eq!(
+            displays(&remote.idsync_files),
+            ["adobe_id_0_21_1000000004.sync.gz"]
+        );
+
+        let day = discover_listing(label, &listing, Some("2026-11-22"), &config).unwrap();
+        assert_eq!(
+            strip(&day),
+            strip(&discover_day(root, "2026-11-22", &config).unwrap())
+        );
+        assert_eq!(day.ignored, ["partnerA/date=2026-11-22/notes.txt"]);
+        let err = discover_listing(label, &listing, Some("2026-11-31"), &config).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "day \"2026-11-31\" is not a calendar date YYYY-MM-DD"
+        );
+        assert_eq!(
+            discover_listing(label, &[], None, &config).unwrap(),
+            Discovery::default()
+        );
     }
 }

@@ -98,24 +98,34 @@ impl DestinationView {
         h.digest()
     }
 
-    /// The exported user ID of a profile, if this destination takes its ID space.
-    fn user_id(&self, key: &[u8]) -> Option<String> {
+    /// The export key (for sorting and merging) and user ID of a profile, if this destination
+    /// takes its ID space. Cross-device customer-ID profiles go out under the AAM UUID their ID
+    /// is synced to, and not while unsynced.
+    fn user_id(&self, key: &[u8], resolve: &Resolver<'_>) -> Option<(Vec<u8>, String)> {
         match (ProfileKey::decode(key)?, self.device) {
-            (ProfileKey::Uuid(u), None) => Some(u.to_string()),
+            (ProfileKey::Uuid(u), None) => Some((key.to_vec(), u.to_string())),
             (ProfileKey::Device(d, id), Some(want)) if d == want => {
-                String::from_utf8(id.into_vec()).ok()
+                String::from_utf8(id.into_vec())
+                    .ok()
+                    .map(|user| (key.to_vec(), user))
             }
-            // Cross-device customer-ID profiles are exported through their ID-sync mapping:
-            // not supported yet (see README).
+            (ProfileKey::Customer(d, id), None) => {
+                let u = resolve(d, &id)?;
+                Some((ProfileKey::Uuid(u).encode(), u.to_string()))
+            }
             _ => None,
         }
     }
 }
 
+/// Resolves a cross-device customer ID to the AAM UUID it is synced to.
+pub type Resolver<'a> = dyn Fn(crate::model::Dpid, &[u8]) -> Option<crate::model::Uuid> + Sync + 'a;
+
 /// One row of an export, before rendering.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportRow {
-    /// Sort key: the profile key (AAM UUIDs sort numerically, device IDs by bytes).
+    /// Sort key: the exported user's profile key (AAM UUIDs sort numerically, device IDs by
+    /// bytes).
     pub key: Vec<u8>,
     pub user: String,
     pub segments: Vec<u32>,
@@ -137,6 +147,7 @@ pub fn diff_partition(
     profiles: &[Profile<'_>],
     members: &[Member<'_>],
     view: &DestinationView,
+    resolve: &Resolver<'_>,
 ) -> (Vec<ExportRow>, Vec<u8>) {
     let mut rows = Vec::new();
     let mut w = Writer::default();
@@ -164,7 +175,7 @@ pub fn diff_partition(
             }
             (None, None) => break,
         };
-        let Some(user) = view.user_id(key) else {
+        let Some((export_key, user)) = view.user_id(key, resolve) else {
             continue;
         };
         let current = profile
@@ -195,7 +206,7 @@ pub fn diff_partition(
                 })
                 .unwrap_or_default();
             rows.push(ExportRow {
-                key: key.to_vec(),
+                key: export_key,
                 user,
                 segments: current.clone(),
                 removed,
@@ -336,6 +347,7 @@ pub fn write_export(
     template: Option<&Template>,
     rows: &[ExportRow],
     as_of: Timestamp,
+    timestamp_ms: i64,
 ) -> anyhow::Result<ExportSummary> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create destination folder {}", dir.display()))?;
@@ -359,7 +371,7 @@ pub fn write_export(
         master_dpid,
         pid_alias: dest.pid_alias.as_deref(),
         mode: view.mode,
-        timestamp_ms: as_of.saturating_mul(1000),
+        timestamp_ms,
         part,
         gzip: dest.gzip,
     };
@@ -379,7 +391,7 @@ pub fn write_export(
     let mut segs: Vec<SegmentRef> = Vec::new();
     let mut removed: Vec<SegmentRef> = Vec::new();
     let mut traits: Vec<TraitRef> = Vec::new();
-    let ms = as_of.saturating_mul(1000);
+    let ms = timestamp_ms;
     let temp = |index: usize| dir.join(format!(".segmill-export-{}-{ms}-{index}.partial", dest.id));
     for row in rows {
         line.clear();
@@ -480,6 +492,20 @@ pub struct DestMeta {
     pub exported_generation: u64,
     /// [`DestinationView::fingerprint`] at that export.
     pub fingerprint: u64,
+    /// The batch timestamp (Unix ms) of that export; the next batch's is later, so names never
+    /// repeat even when two exports share an as-of time.
+    #[serde(default)]
+    pub last_timestamp_ms: i64,
+}
+
+/// The timestamp of a destination's next batch: the as-of time in milliseconds, moved past the
+/// previous batch's if needed.
+pub fn batch_timestamp_ms(as_of: Timestamp, last: Option<DestMeta>) -> i64 {
+    let ms = as_of.saturating_mul(1000);
+    match last {
+        Some(m) if m.last_timestamp_ms >= ms => m.last_timestamp_ms + 1,
+        _ => ms,
+    }
 }
 
 /// A destination's export, computed and not yet written.
@@ -504,6 +530,7 @@ pub struct Sources<'a, 'p> {
     pub profiles: &'a PayloadSource<'p>,
     /// The previous generation's files by name (members of the last export).
     pub members: &'a (dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
+    pub resolve: &'a Resolver<'p>,
 }
 
 /// One diffed partition: its number, rows and new members payload.
@@ -524,6 +551,7 @@ pub fn compute(
         stale,
         profiles,
         members,
+        resolve,
     } = *src;
     let view = DestinationView::new(config, dest, full);
     let everything =
@@ -546,7 +574,7 @@ pub fn compute(
                 Some(bytes) => decode_members(bytes).map_err(|e| anyhow!("{name}: {e}"))?,
                 None => Vec::new(),
             };
-            let (rows, new_members) = diff_partition(&stored, &old_members, &view);
+            let (rows, new_members) = diff_partition(&stored, &old_members, &view, resolve);
             Ok((p, rows, new_members))
         })
         .collect();
@@ -557,13 +585,39 @@ pub fn compute(
         rows.append(&mut part_rows);
         new_members.insert(p, payload);
     }
-    // Partitions interleave users: one sort puts them in user order (keys are unique).
-    rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    // Partitions interleave users: one sort puts them in user order. A UUID can come twice
+    // (its own profile and a cross-device profile synced to it): the rows are joined.
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(DestExport {
         view,
-        rows,
+        rows: merge_same_user(rows),
         members: new_members,
     })
+}
+
+/// Joins rows of one user (an AAM UUID's own profile and a cross-device customer profile
+/// synced to it): the union of segments; removals only for segments neither row holds.
+fn merge_same_user(rows: Vec<ExportRow>) -> Vec<ExportRow> {
+    let mut out: Vec<ExportRow> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match out.last_mut() {
+            Some(last) if last.key == row.key => {
+                last.segments.extend(row.segments);
+                last.segments.sort_unstable();
+                last.segments.dedup();
+                last.removed.extend(row.removed);
+                last.removed.sort_unstable();
+                last.removed.dedup();
+                let segments = &last.segments;
+                last.removed.retain(|s| segments.binary_search(s).is_err());
+                last.traits.extend(row.traits);
+                last.traits.sort_unstable();
+                last.traits.dedup_by_key(|t| t.0);
+            }
+            _ => out.push(row),
+        }
+    }
+    out
 }
 
 /// Where a destination's files go: its `location`, which must be a local folder in this build.

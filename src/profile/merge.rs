@@ -5,7 +5,7 @@
 use super::{Entry, Profile, decode, encode_into};
 use crate::codec::{Truncated, Writer};
 use crate::ingest::{ActKind, NO_ITEM, Op, OpBuf, seq_file};
-use crate::model::{Dpid, Timestamp, TraitId};
+use crate::model::{Dpid, ProfileKey, Timestamp, TraitId};
 use crate::report::receipt::{Counters, SAMPLES_PER_CATEGORY};
 use crate::rules::segment_rule::SegmentRules;
 use ahash::{AHashMap, AHashSet};
@@ -35,6 +35,11 @@ pub struct MergeCtx<'a> {
     /// The segment definitions changed since the stored memberships were computed: evaluate
     /// every segment for every profile.
     pub reevaluate_all: bool,
+    /// Trait → recency day counts that mention it (see `Catalog::recency_days`).
+    pub recency_days: &'a AHashMap<TraitId, Vec<u32>>,
+    /// The as-of time of the state being merged into: recency windows that closed or opened
+    /// in (previous, now] make a profile's memberships due again.
+    pub previous_as_of: Option<Timestamp>,
 }
 
 /// The result of merging one partition.
@@ -58,6 +63,10 @@ pub struct PartOut {
     pub membership_changes: u64,
     /// The earliest moment an entry of this partition expires.
     pub min_expiry: Option<Timestamp>,
+    /// The earliest moment after this run at which a recency term can change a membership.
+    pub min_flip: Option<Timestamp>,
+    /// Whether the partition holds cross-device customer-ID profiles.
+    pub has_customer: bool,
 }
 
 fn expiry(entry: &Entry, ttl_days: &AHashMap<TraitId, u32>) -> Option<Timestamp> {
@@ -119,6 +128,8 @@ pub fn merge_partition(
         changed_profiles: 0,
         membership_changes: 0,
         min_expiry: None,
+        min_flip: None,
+        has_customer: false,
     };
     let mut scratch = Scratch {
         realized: Vec::new(),
@@ -177,7 +188,8 @@ pub fn merge_partition(
             continue;
         }
         let old_segments = old.map_or(&[][..], |p| p.segments.as_slice());
-        let segments = if ctx.reevaluate_all || changed {
+        let flipped = recency_flipped(&entries, ctx);
+        let segments = if ctx.reevaluate_all || changed || flipped {
             let segs = evaluate_segments(old, &entries, ctx, &mut seg_scratch);
             if segs != old_segments {
                 out.membership_changes += 1;
@@ -188,20 +200,51 @@ pub fn merge_partition(
         };
         out.profiles += 1;
         out.memberships += entries.len() as u64;
+        out.has_customer |= key.first() == Some(&ProfileKey::TAG_CUSTOMER);
         for e in &entries {
             if let Some(t) = expiry(e, ctx.ttl_days) {
                 out.min_expiry = Some(out.min_expiry.map_or(t, |m| m.min(t)));
             }
+            for t in flip_times(e, ctx) {
+                if t > ctx.as_of {
+                    out.min_flip = Some(out.min_flip.map_or(t, |m| m.min(t)));
+                }
+            }
         }
         encode_into(&mut w, key, &entries, &segments);
     }
-    if out.changed_profiles > 0 || (ctx.reevaluate_all && out.membership_changes > 0) {
+    if out.changed_profiles > 0 || out.membership_changes > 0 {
         out.payload = Some(w.buf);
     }
     for (job, heap) in scratch.ntr.into_iter().enumerate() {
         out.ntr_samples[job] = heap.into_sorted_vec();
     }
     Ok(out)
+}
+
+/// The moments a recency term over `e`'s trait changes its answer: `<= ND` stops holding
+/// just after realized_at + N days, `>= ND` starts holding at realized_at + N days.
+fn flip_times<'c>(e: &Entry, ctx: &'c MergeCtx<'_>) -> impl Iterator<Item = Timestamp> + 'c {
+    let realized_at = e.realized_at;
+    ctx.recency_days
+        .get(&e.trait_id)
+        .into_iter()
+        .flatten()
+        .flat_map(move |&days| {
+            let t = realized_at.saturating_add(i64::from(days) * SECONDS_PER_DAY);
+            [t, t.saturating_add(1)]
+        })
+}
+
+/// Whether a recency window of one of the profile's traits opened or closed since the state's
+/// previous as-of time.
+fn recency_flipped(entries: &[Entry], ctx: &MergeCtx<'_>) -> bool {
+    let Some(previous) = ctx.previous_as_of else {
+        return false;
+    };
+    entries
+        .iter()
+        .any(|e| flip_times(e, ctx).any(|t| previous < t && t <= ctx.as_of))
 }
 
 /// Reusable buffers for segment evaluation.
@@ -458,6 +501,7 @@ mod tests {
         ttl: AHashMap<TraitId, u32>,
         rules: crate::rules::trait_rule::TraitRules,
         segments: SegmentRules,
+        recency: AHashMap<TraitId, Vec<u32>>,
     }
 
     fn world() -> World {
@@ -483,11 +527,13 @@ mod tests {
             (1003, "FREQUENCY([24T,26T] <= 1D) >= 2"),
         ])
         .unwrap();
+        let recency = [(24, vec![1]), (26, vec![1])].into_iter().collect();
         World {
             owners,
             ttl,
             rules,
             segments,
+            recency,
         }
     }
 
@@ -529,6 +575,8 @@ mod tests {
             capped: &capped,
             segments: &w.segments,
             reevaluate_all: false,
+            recency_days: &w.recency,
+            previous_as_of: None,
         };
         let bufs: Vec<&OpBuf> = outs.iter().map(|o| &o.parts[0]).collect();
         merge_partition(old, &bufs, &ctx).unwrap()
