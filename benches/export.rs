@@ -17,12 +17,15 @@ use std::hint::black_box;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const ROWS: u64 = 1_000_000;
+/// Rows written (a thousandth under `cargo test`, see `common::size`).
+fn row_count() -> u64 {
+    common::size(1_000_000)
+}
 const AS_OF: i64 = 1_795_312_800;
 
 fn rows() -> Vec<ExportRow> {
     let mut rng = common::Rng::new(17);
-    let mut rows: Vec<ExportRow> = (0..ROWS)
+    let mut rows: Vec<ExportRow> = (0..row_count())
         .map(|k| {
             let uuid = Uuid(common::uuid_of(k));
             let mut segments: Vec<u32> = (0..1 + rng.below(5))
@@ -60,6 +63,7 @@ fn destination(dir: &std::path::Path, gzip: bool, template: Option<&str>) -> Des
 
 fn export(c: &mut Criterion) {
     let rows = rows();
+    let n = row_count();
     let view = DestinationView {
         did: 7002,
         active: (500_000..500_200).collect(),
@@ -77,10 +81,10 @@ fn export(c: &mut Criterion) {
         let _ = std::fs::remove_dir_all(&out);
         let dest = destination(&out, false, text);
         let summary = write_export(&out, &dest, &view, tpl, &rows, AS_OF).expect("export");
-        assert_eq!(summary.rows, ROWS);
+        assert_eq!(summary.rows, n);
         let data = out.join(summary.files.first().expect("one data file"));
         let text = std::fs::read(&data).expect("read export");
-        assert_eq!(memchr::memchr_iter(b'\n', &text).count() as u64, ROWS);
+        assert_eq!(memchr::memchr_iter(b'\n', &text).count() as u64, n);
         text.len() as u64
     };
     let default_bytes = text_bytes(None, None);
@@ -106,7 +110,7 @@ fn export(c: &mut Criterion) {
                 b.iter(|| {
                     let summary = write_export(&out, &dest, &view, tpl, black_box(&rows), AS_OF)
                         .expect("export");
-                    assert_eq!(summary.rows, ROWS);
+                    assert_eq!(summary.rows, n);
                     assert_eq!(summary.files.len(), 1);
                     summary
                 })

@@ -16,22 +16,21 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const PROBES: u64 = 1_000_000;
-
 fn keys() -> u64 {
     std::env::var("SEGMILL_BENCH_KEYS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000_000)
+        .unwrap_or_else(|| common::size(20_000_000))
 }
 
 /// Probe IDs in one arena: `ends[i]` closes probe `i`. Returns the expected hit count.
 fn probes(ids: u64) -> (Vec<u8>, Vec<usize>, u64) {
+    let probes = common::size(1_000_000);
     let mut rng = common::Rng::new(99);
-    let mut arena = Vec::with_capacity(PROBES as usize * 31);
-    let mut ends = Vec::with_capacity(PROBES as usize);
+    let mut arena = Vec::with_capacity(probes as usize * 31);
+    let mut ends = Vec::with_capacity(probes as usize);
     let mut hits = 0;
-    for _ in 0..PROBES {
+    for _ in 0..probes {
         let k = if rng.below(10) < 9 {
             hits += 1;
             rng.below(ids)
@@ -87,7 +86,7 @@ fn index(c: &mut Criterion) {
     let (arena, ends, expected) = probes(ids);
 
     let mut group = c.benchmark_group("index");
-    group.throughput(Throughput::Elements(PROBES));
+    group.throughput(Throughput::Elements(ends.len() as u64));
     group.sample_size(20);
     group.bench_function(format!("lookup/{ids}/1_thread"), |b| {
         b.iter(|| {

@@ -19,8 +19,6 @@ use std::hint::black_box;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const STORED: u64 = 1_000_000;
-const NIGHT: u64 = 1_000_000;
 const AS_OF: i64 = 1_795_312_800;
 
 /// The naive model: user → trait set.
@@ -94,17 +92,18 @@ fn segment_rules() -> SegmentRules {
 }
 
 fn merge(c: &mut Criterion) {
+    let (stored_n, night_n) = (common::size(1_000_000), common::size(1_000_000));
     let owners = common::trait_owner();
     let rules = TraitRules::compile([]).expect("no rules");
     let mut model = Model::default();
     let mut rng = common::Rng::new(11);
-    let stored_text = lines(0..STORED, &mut rng, false, &mut model);
-    let night_users: Vec<u64> = (0..NIGHT)
+    let stored_text = lines(0..stored_n, &mut rng, false, &mut model);
+    let night_users: Vec<u64> = (0..night_n)
         .map(|_| {
             if rng.below(2) == 0 {
-                rng.below(STORED)
+                rng.below(stored_n)
             } else {
-                STORED + rng.below(STORED)
+                stored_n + rng.below(stored_n)
             }
         })
         .collect();
@@ -132,18 +131,18 @@ fn merge(c: &mut Criterion) {
     };
 
     let stored_ops = ops_of(&stored_text, &owners, &rules);
-    assert_eq!(stored_ops.ops.len() as u64, STORED);
+    assert_eq!(stored_ops.ops.len() as u64, stored_n);
     let stored = merge_partition(None, &[&stored_ops], &ctx(&no_segments))
         .expect("merge into an empty partition")
         .payload
         .expect("a new partition");
     drop(stored_ops);
     let night_ops = ops_of(&night_text, &owners, &rules);
-    assert_eq!(night_ops.ops.len() as u64, NIGHT);
+    assert_eq!(night_ops.ops.len() as u64, night_n);
 
     let mut group = c.benchmark_group("merge");
     group.sample_size(10);
-    group.throughput(Throughput::Elements(NIGHT));
+    group.throughput(Throughput::Elements(night_n));
     for (label, segments) in [
         ("no_segments", &no_segments),
         ("200_segments", &with_segments),

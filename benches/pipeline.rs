@@ -70,11 +70,10 @@ fn kernel(c: &mut Criterion) {
 
 /// Customer-ID lines through a real index: parse + validate + resolve + bucket, one thread.
 fn customer_kernel(c: &mut Criterion) {
-    const IDS: u64 = 1_000_000;
-    const LINES: u64 = 100_000;
-    let index = common::build_index(&common::idsync_parts(IDS));
-    assert_eq!(index.len(), IDS as usize);
-    let (text, info) = common::customer_lines(LINES, IDS, 7);
+    let (ids, lines) = (common::size(1_000_000), common::size(100_000));
+    let index = common::build_index(&common::idsync_parts(ids));
+    assert_eq!(index.len(), ids as usize);
+    let (text, info) = common::customer_lines(lines, ids, 7);
     let owners = common::trait_owner();
     let rules = segmill::rules::trait_rule::TraitRules::compile([]).expect("no rules");
     let ctx = FileCtx {

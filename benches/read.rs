@@ -17,12 +17,10 @@ use std::io::{Read, Write};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const IDS: u64 = 1_000_000;
-/// About 65 MB of text.
-const LINES: u64 = 800_000;
-
 fn read(c: &mut Criterion) {
-    let (text, info) = common::customer_lines(LINES, IDS, 21);
+    // About 65 MB of text against a 1M-key index.
+    let (ids, lines) = (common::size(1_000_000), common::size(800_000));
+    let (text, info) = common::customer_lines(lines, ids, 21);
     let dir = tempfile::tempdir().expect("temp dir");
     let plain = dir.path().join("ftp_dpm_21_1795226400.sync");
     let gz = dir.path().join("ftp_dpm_21_1795226400.sync.gz");
@@ -40,7 +38,7 @@ fn read(c: &mut Criterion) {
         gz_bytes / 1_000_000
     );
 
-    let index = common::build_index(&common::idsync_parts(IDS));
+    let index = common::build_index(&common::idsync_parts(ids));
     let owners = common::trait_owner();
     let rules = segmill::rules::trait_rule::TraitRules::compile([]).expect("no rules");
     let ctx = FileCtx {

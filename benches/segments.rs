@@ -122,8 +122,8 @@ fn segments(c: &mut Criterion) {
     assert_eq!(rules.ids(), all_ids.as_slice());
 
     // The nightly path: candidates of 3 changed traits, then evaluate.
-    const CHANGED_PROFILES: usize = 10_000;
-    let profiles: Vec<_> = (0..CHANGED_PROFILES).map(|_| profile(&mut rng)).collect();
+    let changed_profiles = common::size(10_000) as usize;
+    let profiles: Vec<_> = (0..changed_profiles).map(|_| profile(&mut rng)).collect();
     let expected_changed: u64 = profiles
         .iter()
         .map(|(traits, changed)| {
@@ -134,7 +134,7 @@ fn segments(c: &mut Criterion) {
         })
         .sum();
     let mut group = c.benchmark_group("segments_20000");
-    group.throughput(Throughput::Elements(CHANGED_PROFILES as u64));
+    group.throughput(Throughput::Elements(changed_profiles as u64));
     group.bench_function("changed_profiles_3_traits", |b| {
         let (mut candidates, mut out) = (Vec::new(), Vec::new());
         b.iter(|| {
@@ -151,19 +151,19 @@ fn segments(c: &mut Criterion) {
     });
 
     // After a definition change: every segment for every profile.
-    const ALL_PROFILES: usize = 100;
-    let expected_all: u64 = profiles[..ALL_PROFILES]
+    let all_profiles = if common::measuring() { 100 } else { 2 };
+    let expected_all: u64 = profiles[..all_profiles]
         .iter()
         .map(|(traits, _)| shapes.iter().filter(|s| s.holds(traits)).count() as u64)
         .sum();
     group.throughput(Throughput::Elements(
-        ALL_PROFILES as u64 * u64::from(SEGMENTS),
+        all_profiles as u64 * u64::from(SEGMENTS),
     ));
     group.bench_function("all_segments_per_profile", |b| {
         let mut out = Vec::new();
         b.iter(|| {
             let mut qualified = 0u64;
-            for (traits, _) in black_box(&profiles[..ALL_PROFILES]) {
+            for (traits, _) in black_box(&profiles[..all_profiles]) {
                 out.clear();
                 rules.evaluate(&all_ids, traits, AS_OF, &mut out);
                 qualified += out.len() as u64;

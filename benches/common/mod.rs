@@ -203,3 +203,19 @@ pub fn build_index(parts: &BTreeMap<String, Vec<u8>>) -> IdIndex {
     let source = |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(parts.get(name).cloned()) };
     IdIndex::build(&BTreeSet::from([DPID]), PARTITIONS, &source).expect("build index")
 }
+
+/// Whether criterion measures (`cargo bench` passes `--bench`). Under `cargo test
+/// --all-targets` (CI) it runs every bench once as a smoke test: sizes then shrink, so CI
+/// neither waits minutes nor needs gigabytes for the 20M-key index.
+pub fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// `full` when measuring, else a thousandth of it (at least 100).
+pub fn size(full: u64) -> u64 {
+    if measuring() {
+        full
+    } else {
+        (full / 1000).max(100)
+    }
+}
