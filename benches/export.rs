@@ -80,7 +80,8 @@ fn export(c: &mut Criterion) {
         let out = dir.path().join("size");
         let _ = std::fs::remove_dir_all(&out);
         let dest = destination(&out, false, text);
-        let summary = write_export(&out, &dest, &view, tpl, &rows, AS_OF).expect("export");
+        let summary =
+            write_export(&out, &dest, &view, tpl, &rows, AS_OF, AS_OF * 1000).expect("export");
         assert_eq!(summary.rows, n);
         let data = out.join(summary.files.first().expect("one data file"));
         let text = std::fs::read(&data).expect("read export");
@@ -108,8 +109,16 @@ fn export(c: &mut Criterion) {
             let name = if gzip { "gzip" } else { "plain" };
             group.bench_function(BenchmarkId::new(layout, name), |b| {
                 b.iter(|| {
-                    let summary = write_export(&out, &dest, &view, tpl, black_box(&rows), AS_OF)
-                        .expect("export");
+                    let summary = write_export(
+                        &out,
+                        &dest,
+                        &view,
+                        tpl,
+                        black_box(&rows),
+                        AS_OF,
+                        AS_OF * 1000,
+                    )
+                    .expect("export");
                     assert_eq!(summary.rows, n);
                     assert_eq!(summary.files.len(), 1);
                     summary

@@ -118,6 +118,7 @@ fn merge(c: &mut Criterion) {
     }];
     let ttl = AHashMap::new();
     let capped = AHashSet::new();
+    let recency = AHashMap::new();
     let no_segments = SegmentRules::default();
     let with_segments = segment_rules();
     let ctx = |segments| MergeCtx {
@@ -128,6 +129,8 @@ fn merge(c: &mut Criterion) {
         capped: &capped,
         segments,
         reevaluate_all: false,
+        recency_days: &recency,
+        previous_as_of: None,
     };
 
     let stored_ops = ops_of(&stored_text, &owners, &rules);

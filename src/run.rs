@@ -855,15 +855,20 @@ fn collect_rejects(
         "over the limit of {} lines per user ID per file",
         crate::ingest::cap::MAX_LINES_PER_USER
     );
-    let mut rows: Vec<(u64, Category, &str, &[u8])> = Vec::new();
+    let mut rows: Vec<(u64, Category, std::borrow::Cow<'_, str>, &[u8])> = Vec::new();
     for out in &rf.outs {
         for r in &out.rejected {
-            rows.push((r.line, r.category, &r.reason, &r.text));
+            rows.push((r.line, r.category, r.reason.text(), &r.text));
         }
     }
     for line in &rf.cap.capped_lines {
         let text = capped_text.get(line).map_or(&b""[..], |t| t.as_slice());
-        rows.push((*line, Category::LinesOverUserLimit, &over_reason, text));
+        rows.push((
+            *line,
+            Category::LinesOverUserLimit,
+            over_reason.as_str().into(),
+            text,
+        ));
     }
     rows.sort_by_key(|r| r.0);
     for (line, category, reason, text) in rows {
@@ -880,7 +885,7 @@ fn collect_rejects(
         tsv.push('\t');
         tsv.push_str(&line.to_string());
         tsv.push('\t');
-        tsv.push_str(reason);
+        tsv.push_str(&reason);
         tsv.push('\t');
         escape_tsv(text, tsv);
         tsv.push('\n');

@@ -25,6 +25,13 @@ pub fn part_name(table: Table, dpid: Dpid, part: u32) -> String {
 
 /// The partition of `(dpid, id)`.
 pub fn part_of(dpid: Dpid, id: &[u8], partitions: u32) -> u32 {
+    // The key is (DPID big-endian, ID); short IDs (nearly all) are assembled on the stack.
+    let mut stack = [0u8; 128];
+    if id.len() + 4 <= stack.len() {
+        stack[..4].copy_from_slice(&dpid.to_be_bytes());
+        stack[4..4 + id.len()].copy_from_slice(id);
+        return partition_of(&stack[..4 + id.len()], partitions);
+    }
     let mut key = Vec::with_capacity(4 + id.len());
     key.extend_from_slice(&dpid.to_be_bytes());
     key.extend_from_slice(id);
@@ -94,11 +101,11 @@ pub fn apply(
     old: &(dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
 ) -> Result<Applied, StoreError> {
     // Group by partition, keeping application order inside each group.
-    let mut groups: BTreeMap<String, Vec<(usize, &Incoming<'_>)>> = BTreeMap::new();
+    let mut groups: BTreeMap<(Dpid, u32), Vec<(usize, &Incoming<'_>)>> = BTreeMap::new();
     for (order, m) in incoming.iter().enumerate() {
         let part = part_of(m.key_dpid, m.record.id, partitions);
         groups
-            .entry(part_name(table, m.key_dpid, part))
+            .entry((m.key_dpid, part))
             .or_default()
             .push((order, m));
     }
@@ -106,7 +113,8 @@ pub fn apply(
         use rayon::prelude::*;
         groups
             .into_par_iter()
-            .map(|(name, mut group)| {
+            .map(|((dpid, part), mut group)| {
+                let name = part_name(table, dpid, part);
                 let previous = old(&name)?;
                 let stored = match &previous {
                     Some(bytes) => decode(bytes).map_err(|source| StoreError::Corrupt {

@@ -135,8 +135,38 @@ pub struct Mark {
 pub struct Rejected {
     pub line: u64,
     pub category: crate::report::receipt::Category,
-    pub reason: String,
+    pub reason: Reason,
     pub text: Vec<u8>,
+}
+
+/// Why a line was rejected before trait mapping; rendered to text only for receipts, so the
+/// hot path allocates nothing for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Format(&'static str),
+    InvalidAamId,
+    InvalidDeviceId(Dpid, DeviceFormat),
+    UnknownOdcType(Box<[u8]>),
+    NotSynced(Dpid),
+}
+
+impl Reason {
+    pub fn text(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Reason::Format(r) => (*r).into(),
+            Reason::InvalidAamId => "AAM UUIDs are exactly 38 digits".into(),
+            Reason::InvalidDeviceId(dpid, format) => {
+                let name = crate::model::device_format(*dpid).map_or("device", |(n, _)| n);
+                format!("not a valid {name} ID ({})", format.describe()).into()
+            }
+            Reason::UnknownOdcType(t) => format!(
+                "unknown ODC ID type {:?} (expected IDFA or Android Device ID)",
+                String::from_utf8_lossy(t)
+            )
+            .into(),
+            Reason::NotSynced(dpid) => format!("ID not synced for DPID {dpid}").into(),
+        }
+    }
 }
 
 /// Everything one chunk yields.
@@ -155,9 +185,20 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
     let mut out = ChunkOut {
         records: 0,
         format_errors: 0,
-        marks: Vec::new(),
+        marks: Vec::with_capacity(chunk.len() / 64 + 4),
         rejected: Vec::new(),
-        parts: (0..ctx.partitions).map(|_| OpBuf::default()).collect(),
+        parts: {
+            // Size the buffers for the chunk up front (lines of ~64 bytes spread evenly over
+            // the partitions): growing them line by line copies every op several times.
+            let per_part = chunk.len() / 64 / ctx.partitions as usize + 4;
+            (0..ctx.partitions)
+                .map(|_| OpBuf {
+                    keys: Vec::with_capacity(per_part * 17),
+                    ops: Vec::with_capacity(per_part),
+                    acts: Vec::with_capacity(per_part * 4),
+                })
+                .collect()
+        },
     };
     let mut key_scratch = Vec::with_capacity(64);
     let mut rules = RuleScratch {
@@ -173,7 +214,7 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
                 out.rejected.push(Rejected {
                     line: line_no,
                     category: Category::FormatErrors,
-                    reason: e.reason().to_string(),
+                    reason: Reason::Format(e.reason()),
                     text: raw.to_vec(),
                 });
                 continue;
@@ -226,7 +267,7 @@ fn resolve(
     id: &[u8],
     id_type: Option<&[u8]>,
     key: &mut Vec<u8>,
-) -> Result<(), (crate::report::receipt::Category, String)> {
+) -> Result<(), (crate::report::receipt::Category, Reason)> {
     use crate::model::ProfileKey;
     use crate::report::receipt::Category;
     key.clear();
@@ -235,10 +276,9 @@ fn resolve(
             ProfileKey::encode_device(dpid, id, key);
             Ok(())
         } else {
-            let name = crate::model::device_format(dpid).map_or("device", |(n, _)| n);
             Err((
                 Category::InvalidDeviceId,
-                format!("not a valid {name} ID ({})", format.describe()),
+                Reason::InvalidDeviceId(dpid, format),
             ))
         }
     };
@@ -248,20 +288,14 @@ fn resolve(
                 ProfileKey::Uuid(u).encode_into(key);
                 Ok(())
             }
-            None => Err((
-                Category::InvalidAamId,
-                "AAM UUIDs are exactly 38 digits".to_string(),
-            )),
+            None => Err((Category::InvalidAamId, Reason::InvalidAamId)),
         },
         IdKind::Device(dpid, format) => device(dpid, format, key),
         IdKind::Odc => match odc_device(id_type.unwrap_or_default()) {
             Some((dpid, format)) => device(dpid, format, key),
             None => Err((
                 Category::InvalidDeviceId,
-                format!(
-                    "unknown ODC ID type {:?} (expected IDFA or Android Device ID)",
-                    String::from_utf8_lossy(id_type.unwrap_or_default())
-                ),
+                Reason::UnknownOdcType(id_type.unwrap_or_default().into()),
             )),
         },
         IdKind::Customer { dpid, cross_device } => match ctx.index.lookup(dpid, id) {
@@ -277,10 +311,7 @@ fn resolve(
                 ProfileKey::encode_customer(dpid, id, key);
                 Ok(())
             }
-            None => Err((
-                Category::NoMatchingAamId,
-                format!("ID not synced for DPID {dpid}"),
-            )),
+            None => Err((Category::NoMatchingAamId, Reason::NotSynced(dpid))),
         },
     }
 }

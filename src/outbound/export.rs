@@ -246,11 +246,15 @@ pub struct ExportSummary {
     pub info: String,
 }
 
+/// Text handed to the (gzip) writer at once.
+const BLOCK_BYTES: usize = 128 * 1024;
+
 /// A data file being written: text in, (optionally gzipped) bytes counted and hashed on the
 /// way to a temporary file.
 struct PartWriter {
     temp: PathBuf,
     sink: Sink,
+    block: Vec<u8>,
     lines: u64,
     text_bytes: u64,
 }
@@ -301,24 +305,36 @@ impl PartWriter {
         Ok(PartWriter {
             temp,
             sink,
+            block: Vec::with_capacity(BLOCK_BYTES + 4096),
             lines: 0,
             text_bytes: 0,
         })
     }
 
     fn write_line(&mut self, line: &[u8]) -> anyhow::Result<()> {
-        let result = match &mut self.sink {
-            Sink::Plain(h) => h.write_all(line),
-            Sink::Gzip(g) => g.write_all(line),
-        };
-        result.with_context(|| format!("cannot write {}", self.temp.display()))?;
+        // Lines go to the encoder in large blocks: one deflate call per block, not per line.
+        self.block.extend_from_slice(line);
         self.text_bytes += line.len() as u64;
         self.lines += 1;
+        if self.block.len() >= BLOCK_BYTES {
+            self.flush_block()?;
+        }
+        Ok(())
+    }
+
+    fn flush_block(&mut self) -> anyhow::Result<()> {
+        let result = match &mut self.sink {
+            Sink::Plain(h) => h.write_all(&self.block),
+            Sink::Gzip(g) => g.write_all(&self.block),
+        };
+        result.with_context(|| format!("cannot write {}", self.temp.display()))?;
+        self.block.clear();
         Ok(())
     }
 
     /// Finishes the stream, makes the file durable, and returns (temp path, bytes, lines, md5).
-    fn finish(self) -> anyhow::Result<(PathBuf, u64, u64, String)> {
+    fn finish(mut self) -> anyhow::Result<(PathBuf, u64, u64, String)> {
+        self.flush_block()?;
         let temp = self.temp;
         let hashing = match self.sink {
             Sink::Plain(h) => h,
