@@ -61,6 +61,7 @@
 mod compiled;
 mod parse;
 
+use crate::rules::display::{write_list, write_operand};
 use std::fmt;
 use std::num::NonZeroU32;
 
@@ -213,29 +214,6 @@ impl fmt::Display for Expr {
             }),
             Expr::Or(operands) => write_list(f, operands, " OR ", |e| matches!(e, Expr::Or(_))),
         }
-    }
-}
-
-fn write_list(
-    f: &mut fmt::Formatter<'_>,
-    operands: &[Expr],
-    separator: &str,
-    needs_parens: impl Fn(&Expr) -> bool,
-) -> fmt::Result {
-    for (i, operand) in operands.iter().enumerate() {
-        if i > 0 {
-            f.write_str(separator)?;
-        }
-        write_operand(f, operand, needs_parens(operand))?;
-    }
-    Ok(())
-}
-
-fn write_operand(f: &mut fmt::Formatter<'_>, operand: &Expr, parens: bool) -> fmt::Result {
-    if parens {
-        write!(f, "({operand})")
-    } else {
-        write!(f, "{operand}")
     }
 }
 

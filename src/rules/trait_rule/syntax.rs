@@ -22,6 +22,7 @@
 //! one past its last character. Nesting of parentheses and `NOT` is capped at [`MAX_DEPTH`] so
 //! that no input can exhaust the stack.
 
+use crate::rules::display::{write_list, write_operand};
 use std::fmt;
 
 use super::value::Decimal;
@@ -615,29 +616,6 @@ impl fmt::Display for Expr {
             }
             Expr::Or(xs) => write_list(f, xs, " OR ", |x| matches!(x, Expr::Or(_))),
         }
-    }
-}
-
-fn write_list(
-    f: &mut fmt::Formatter<'_>,
-    operands: &[Expr],
-    separator: &str,
-    needs_parens: impl Fn(&Expr) -> bool,
-) -> fmt::Result {
-    for (i, x) in operands.iter().enumerate() {
-        if i > 0 {
-            f.write_str(separator)?;
-        }
-        write_operand(f, x, needs_parens(x))?;
-    }
-    Ok(())
-}
-
-fn write_operand(f: &mut fmt::Formatter<'_>, x: &Expr, parens: bool) -> fmt::Result {
-    if parens {
-        write!(f, "({x})")
-    } else {
-        write!(f, "{x}")
     }
 }
 
