@@ -38,7 +38,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod backfill;
 mod ops;
+
+pub use backfill::{BackfillDay, backfill, day_end};
 
 /// How a run was asked for.
 #[derive(Clone, Debug, Default)]
@@ -60,6 +63,10 @@ pub struct RunOptions {
     /// `segmill export --destination ID [--full]`: no inbound files; export that destination
     /// only (as a full list when `true`).
     pub export_only: Option<(u32, bool)>,
+    /// Discover only this day's folders (`date=DAY/`, `PARTNER/date=DAY/`), as a backfill does.
+    pub day: Option<String>,
+    /// Write no destination files; the changes stay due for the next export.
+    pub no_export: bool,
 }
 
 /// Why a run stopped without committing.
@@ -201,8 +208,11 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             let store = ops::open_store(config, &config.paths.inbound)
                 .with_context(|| format!("inbound {}", config.paths.inbound))?;
             // Its errors name the root already.
-            let mut found =
-                crate::storage::discover(&store, config).map_err(anyhow::Error::from)?;
+            let mut found = match &opts.day {
+                Some(day) => crate::storage::discover_day(&store, day, config),
+                None => crate::storage::discover(&store, config),
+            }
+            .map_err(anyhow::Error::from)?;
             if !matches!(store, crate::storage::Store::Local(_)) {
                 // Names the ledger has as processed are duplicates: never fetched.
                 let reprocess: BTreeSet<&str> = opts.reprocess.iter().map(String::as_str).collect();
@@ -471,7 +481,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             changed_generation[p] = gen_number;
         }
     }
-    let exports: Vec<DestExport> = if opts.idsync_only {
+    let exports: Vec<DestExport> = if opts.idsync_only || opts.no_export {
         Vec::new()
     } else {
         let profile_source = |p: u32| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {

@@ -708,3 +708,156 @@ fn metrics_file_is_written_after_the_commit() {
         "{warning}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backfill
+
+const DAYS: [&str; 3] = ["2026-11-01", "2026-11-02", "2026-11-03"];
+
+/// Three days of drops: ID sync and traits on day 1, more traits on day 2 (one line for an ID
+/// synced only on day 2), an overwrite on day 3.
+fn backfill_days() -> Vec<Vec<(String, Vec<u8>)>> {
+    vec![
+        vec![
+            (
+                "date=2026-11-01/adobe_id_0_21_1761955200.sync".into(),
+                format!("{}\tcust1\n{}\tcust2\n", uuid(1), uuid(2)).into_bytes(),
+            ),
+            (
+                "date=2026-11-01/ftp_dpm_21_1761958800.sync".into(),
+                b"cust1\td_sid=101\ncust2\td_sid=102\n".to_vec(),
+            ),
+        ],
+        vec![
+            (
+                "partnerA/date=2026-11-02/adobe_id_0_21_1762041600.sync".into(),
+                format!("{}\tcust3\n", uuid(3)).into_bytes(),
+            ),
+            (
+                "partnerA/date=2026-11-02/ftp_dpm_21_1762045200.sync".into(),
+                b"cust3\td_sid=101\ncust2\td_sid=101\n".to_vec(),
+            ),
+        ],
+        vec![(
+            "date=2026-11-03/ftp_dpm_21_1762131600.overwrite".into(),
+            b"cust1\td_sid=102\n".to_vec(),
+        )],
+    ]
+}
+
+/// The reference: `segmill run --as-of <day end>` each day with only that day's folder present.
+fn nightly_reference() -> World {
+    let w = World::new();
+    w.config("inbound", "", &catalog("out/9", ""));
+    for (i, files) in backfill_days().iter().enumerate() {
+        let _ = std::fs::remove_dir_all(w.root().join("inbound"));
+        w.put_local(files);
+        w.run(&format!("{}T23:59:59Z", DAYS[i]), 0);
+    }
+    w
+}
+
+fn backfill_world() -> World {
+    let w = World::new();
+    w.config("inbound", "", &catalog("out/9", ""));
+    for files in backfill_days() {
+        w.put_local(&files);
+    }
+    w
+}
+
+fn assert_same_result(nightly: &World, backfilled: &World) {
+    assert_same_tree(
+        "state",
+        &nightly.state_snapshot(),
+        &backfilled.state_snapshot(),
+    );
+    let out = |w: &World| snapshot(&w.root().join("out"), |_| false);
+    assert_eq!(out(nightly).len(), 6, "three batches of data + .info");
+    assert_same_tree("destinations", &out(nightly), &out(backfilled));
+}
+
+#[test]
+fn backfill_equals_nightly_runs() {
+    let nightly = nightly_reference();
+    let w = backfill_world();
+    let out = w.segmill(&["backfill", "--from", DAYS[0], "--to", DAYS[2]]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert_same_result(&nightly, &w);
+    let days: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("day "))
+        .collect();
+    assert_eq!(
+        days,
+        ["day 2026-11-01:", "day 2026-11-02:", "day 2026-11-03:"]
+    );
+
+    // Running it again does nothing.
+    let again = w.segmill(&["backfill", "--from", DAYS[0], "--to", DAYS[2]]);
+    assert_eq!(again.code, 0, "{again:#?}");
+    assert_eq!(
+        again.stdout,
+        "day 2026-11-01: skipped, the state is already at 2026-11-03T23:59:59Z\n\
+         day 2026-11-02: skipped, the state is already at 2026-11-03T23:59:59Z\n\
+         day 2026-11-03: skipped, the state is already at 2026-11-03T23:59:59Z\n"
+    );
+    assert_same_result(&nightly, &w);
+}
+
+#[test]
+fn backfill_resumes_after_a_killed_run() {
+    let nightly = nightly_reference();
+    let mut w = backfill_world();
+    let first = w.segmill(&["backfill", "--from", DAYS[0], "--to", DAYS[0]]);
+    assert_eq!(first.code, 0, "{first:#?}");
+    w.envs
+        .push(("SEGMILL_FAILPOINT".into(), "after-receipts:abort".into()));
+    let killed = w.segmill(&["backfill", "--from", DAYS[0], "--to", DAYS[2]]);
+    assert_ne!(killed.code, 0, "{killed:#?}");
+    assert!(
+        killed
+            .stdout
+            .starts_with("day 2026-11-01: skipped, the state is already at 2026-11-01T23:59:59Z\n"),
+        "{killed:#?}"
+    );
+    w.envs.clear();
+    let resumed = w.segmill(&["backfill", "--from", DAYS[0], "--to", DAYS[2]]);
+    assert_eq!(resumed.code, 0, "{resumed:#?}");
+    let days: Vec<&str> = resumed
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("day "))
+        .collect();
+    assert_eq!(
+        days,
+        [
+            "day 2026-11-01: skipped, the state is already at 2026-11-01T23:59:59Z",
+            "day 2026-11-02:",
+            "day 2026-11-03:"
+        ]
+    );
+    assert_same_result(&nightly, &w);
+}
+
+#[test]
+fn backfill_without_export_leaves_the_changes_due() {
+    let w = backfill_world();
+    let out = w.segmill(&[
+        "backfill",
+        "--from",
+        DAYS[0],
+        "--to",
+        DAYS[1],
+        "--no-export",
+    ]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(snapshot(&w.root().join("out"), |_| false).is_empty());
+    let bad = w.segmill(&["backfill", "--from", DAYS[1], "--to", DAYS[0]]);
+    assert_eq!(bad.code, 2);
+    assert_eq!(
+        bad.stderr,
+        "segmill: error: --to 2026-11-01 is before --from 2026-11-02\n"
+    );
+}
