@@ -41,6 +41,10 @@ pub enum Command {
         /// The run's logical time, RFC 3339 in UTC (default: now).
         #[arg(long)]
         as_of: Option<String>,
+        /// Also say why this ID does or does not match, for the data sources of FILES: never
+        /// synced, differs only in case, looks hashed, wrong device-ID format...
+        #[arg(long, value_name = "ID")]
+        explain: Option<String>,
     },
     /// Write a destination's files now: what changed since its last export (`iter`), or every
     /// member with `--full`.

@@ -2,6 +2,7 @@ use clap::Parser;
 use segmill::cli::{Cli, Command, GenArgs, IdsyncCommand, InspectCommand, LogFormat};
 use segmill::config::Config;
 use segmill::generator::GenOptions;
+use segmill::inbound::names::{Classified, classify};
 use segmill::run::{BackfillDay, RunError, RunOptions, RunSummary, backfill, parse_as_of, run};
 use std::process::ExitCode;
 
@@ -70,7 +71,20 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
             print_summary(&summary);
             Ok(summary.exit_code)
         }
-        Command::Validate { files, as_of: at } => {
+        Command::Validate {
+            files,
+            as_of: at,
+            explain,
+        } => {
+            let config = load()?;
+            let dpids: std::collections::BTreeSet<u32> = files
+                .iter()
+                .filter_map(|f| f.file_name())
+                .filter_map(|n| match classify(&n.to_string_lossy()) {
+                    Classified::Trait(t) => Some(t.dpid),
+                    _ => None,
+                })
+                .collect();
             let opts = RunOptions {
                 as_of: as_of(at.as_deref())?,
                 threads: cli.threads,
@@ -78,7 +92,10 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
                 dry_run: true,
                 ..RunOptions::default()
             };
-            let summary = run(&load()?, &opts)?;
+            let summary = run(&config, &opts)?;
+            if let Some(id) = explain {
+                print!("{}", segmill::run::explain(&config, &id, &dpids)?);
+            }
             for r in &summary.receipts {
                 println!("{}", r.to_text());
             }

@@ -39,9 +39,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod backfill;
+mod explain;
 mod ops;
 
 pub use backfill::{BackfillDay, backfill, day_end};
+pub use explain::explain;
 
 /// How a run was asked for.
 #[derive(Clone, Debug, Default)]

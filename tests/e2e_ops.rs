@@ -861,3 +861,85 @@ fn backfill_without_export_leaves_the_changes_due() {
         "segmill: error: --to 2026-11-01 is before --from 2026-11-02\n"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// validate --explain
+
+#[test]
+fn explain_says_why_an_id_did_not_match() {
+    let w = World::new();
+    w.config(
+        "inbound",
+        "",
+        &format!(
+            "{}\n[[data_source]]\nid = 33\nname = \"Loyalty\"\n",
+            catalog("out/9", "")
+        ),
+    );
+    w.put_local(&[
+        (
+            "date=2026-11-21/adobe_id_0_21_1795219200.sync".into(),
+            format!("{}\tCust1\n", uuid(1)).into_bytes(),
+        ),
+        (
+            "date=2026-11-21/adobe_id_0_33_1795219200.sync".into(),
+            format!("{}\tloyal7\n", uuid(7)).into_bytes(),
+        ),
+    ]);
+    w.run(AS_OF, 0);
+    let file = w.root().join("check/ftp_dpm_21_1795230000.sync");
+    common::write_file(&file, b"cust1\td_sid=101\n");
+    let device = w.root().join("check/ftp_dpm_20914_21_1795230000.sync");
+    common::write_file(&device, b"ABC\td_sid=101\n");
+    let explain = |id: &str, f: &Path| {
+        let out = w.segmill(&[
+            "validate",
+            "--as-of",
+            AS_OF,
+            "--explain",
+            id,
+            f.to_str().unwrap(),
+        ]);
+        assert!(out.code == 0 || out.code == 1, "{out:#?}");
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with('"'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        explain("Cust1", &file),
+        format!(
+            "\"Cust1\" for data source 21 (CRM): synced to AAM UUID {}",
+            uuid(1)
+        )
+    );
+    assert_eq!(
+        explain("cust1", &file),
+        "\"cust1\" for data source 21 (CRM): differs only in case from the synced ID \"Cust1\" \
+         (IDs match exactly)"
+    );
+    assert_eq!(
+        explain("loyal7", &file),
+        "\"loyal7\" for data source 21 (CRM): never synced for this data source, but synced \
+         under data source 33 (Loyalty): the file's DPID may be wrong"
+    );
+    let sha1 = "a9993e364706816aba3e25717850c26c9cd0d89d";
+    assert_eq!(
+        explain(sha1, &file),
+        format!(
+            "\"{sha1}\" for data source 21 (CRM): never synced; it looks like a SHA-1 hash: the \
+             ID-sync file must carry the same hashed form"
+        )
+    );
+    assert_eq!(
+        explain("nobody", &file),
+        "\"nobody\" for data source 21 (CRM): never synced: no ID-sync file has mapped it; \
+         counted as No Matching AAM ID"
+    );
+    assert_eq!(
+        explain("ABC", &device),
+        "\"ABC\" for DPID 20914 (GAID (Android)): wrong device-ID format for GAID (Android): \
+         expected 36 characters, lowercase hex 8-4-4-4-12; counted as Invalid device ID"
+    );
+}
