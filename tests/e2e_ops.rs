@@ -943,3 +943,45 @@ fn explain_says_why_an_id_did_not_match() {
          expected 36 characters, lowercase hex 8-4-4-4-12; counted as Invalid device ID"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logging
+
+#[test]
+fn logs_go_to_stderr_as_json_and_a_clean_run_is_silent() {
+    let w = backfill_world();
+    let out = w.segmill(&[
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+        "backfill",
+        "--from",
+        DAYS[0],
+        "--to",
+        DAYS[0],
+    ]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert_eq!(lines[0]["level"], "INFO");
+    assert_eq!(lines[0]["fields"]["message"], "backfill day");
+    assert_eq!(lines[0]["fields"]["day"], "2026-11-01");
+
+    // The default level shows warnings only: a clean run writes nothing on stderr.
+    let quiet = w.segmill(&["backfill", "--from", DAYS[1], "--to", DAYS[1]]);
+    assert_eq!(quiet.code, 0, "{quiet:#?}");
+    assert_eq!(quiet.stderr, "");
+    let bad = w.segmill(&["--log-level", "=[", "inspect", "stats"]);
+    assert_eq!(bad.code, 2);
+    assert!(
+        bad.stderr
+            .starts_with("segmill: error: --log-level \"=[\": "),
+        "{}",
+        bad.stderr
+    );
+}
