@@ -200,6 +200,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         },
     );
     let mut inbound_store: Option<crate::storage::Store> = None;
+    let progress = ops::Progress::new();
+    progress.stage("discovering inbound files");
 
     // Discover and plan.
     let t = Instant::now();
@@ -248,6 +250,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     stages.insert("discover".into(), t.elapsed().as_secs_f64());
 
     // ID sync.
+    progress.stage("applying ID-sync files");
     let t = Instant::now();
     let source = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
         match &parent {
@@ -290,7 +293,10 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     let mut read: Vec<ReadFile> = Vec::new();
     let mut trait_outcomes: Vec<(usize, TraitFileResult)> = Vec::new();
     let mut pgp = ops::PgpKeys::new(config);
+    progress.stage("reading trait files");
+    progress.files(to_read.len());
     for (plan_idx, p) in &to_read {
+        progress.file_done();
         let file = read.len() as u32;
         let (source_path, gzip) = if p.name.pgp {
             match pgp.decrypt(&p.found.path, &p.found.display, &tmp)? {
@@ -349,6 +355,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     crate::failpoint::hit("after-parse").context("after-parse")?;
 
     // Merge every partition.
+    progress.stage("merging profiles");
     let t = Instant::now();
     let job_index: BTreeMap<JobKey, usize> =
         jobs.iter().enumerate().map(|(i, j)| (*j, i)).collect();
@@ -727,6 +734,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     }
 
     // Write: receipts first, then the generation, then the run report; CURRENT switches last.
+    progress.stage("writing receipts, exports and state");
     let t = Instant::now();
     let receipts_dir = state.receipts_dir(&run_id);
     clear_uncommitted(&state, gen_number)?;
@@ -864,6 +872,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         .context("cannot commit the new state generation")?;
 
     // After the commit: nothing here changes the data or the exit code.
+    progress.stage("markers, mail and metrics");
     let mut warnings = Vec::new();
     if config.run.markers
         && let Some(store) = &inbound_store

@@ -273,6 +273,53 @@ pub(super) fn write_report(
     Ok(())
 }
 
+/// A progress bar on stderr when it is a terminal; hidden (free) otherwise, so cron runs stay
+/// silent. Shows the current stage and, while trait files are read, how many are done.
+pub(super) struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    /// A bar for an interactive stderr, a hidden one otherwise.
+    pub(super) fn new() -> Progress {
+        use std::io::IsTerminal as _;
+        let bar = if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} {msg} {pos}/{len} files",
+            ) {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        Progress { bar }
+    }
+
+    /// Names the stage now running.
+    pub(super) fn stage(&self, name: &'static str) {
+        self.bar.set_message(name);
+    }
+
+    /// Sets how many files the reading stage has in all.
+    pub(super) fn files(&self, total: usize) {
+        self.bar.set_length(total as u64);
+    }
+
+    /// One more file read.
+    pub(super) fn file_done(&self) {
+        self.bar.inc(1);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
