@@ -985,3 +985,29 @@ fn logs_go_to_stderr_as_json_and_a_clean_run_is_silent() {
         bad.stderr
     );
 }
+
+#[test]
+fn a_refused_ftp_login_fails_the_run_without_printing_the_password() {
+    let Some(ftp) = common_servers::Ftp::start() else {
+        return;
+    };
+    let mut w = World::new();
+    w.envs.push((
+        "SEGMILL_TEST_FTP_PASSWORD".into(),
+        "wrong-Passw0rd-xyz".into(),
+    ));
+    let url = format!("ftp://{}@127.0.0.1:{}/in", ftp.user, ftp.server.port);
+    w.config(
+        &url,
+        "",
+        &format!(
+            "[ftp]\npassword_env = \"SEGMILL_TEST_FTP_PASSWORD\"\n\n{}",
+            catalog("out/9", "")
+        ),
+    );
+    let out = w.run(AS_OF, 2);
+    assert!(out.stderr.starts_with("segmill: error: "), "{out:#?}");
+    assert!(out.stderr.contains(&url), "{out:#?}");
+    assert!(!w.all_output(&[&out]).contains("wrong-Passw0rd-xyz"));
+    assert!(!w.state().join("CURRENT").exists());
+}
