@@ -17,6 +17,13 @@ pub struct Cli {
     /// Worker threads (default: the config's `run.threads`, 0 = all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Log lines on stderr: `text` for people, `json` (one object a line) for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Which log lines to show, as a `RUST_LOG` filter: `warn`, `info`, `segmill=debug`...
+    /// (default: `RUST_LOG`, else `warn`).
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,6 +41,10 @@ pub enum Command {
         /// The run's logical time, RFC 3339 in UTC (default: now).
         #[arg(long)]
         as_of: Option<String>,
+        /// Also say why this ID does or does not match, for the data sources of FILES: never
+        /// synced, differs only in case, looks hashed, wrong device-ID format...
+        #[arg(long, value_name = "ID")]
+        explain: Option<String>,
     },
     /// Write a destination's files now: what changed since its last export (`iter`), or every
     /// member with `--full`.
@@ -48,6 +59,9 @@ pub enum Command {
         #[arg(long)]
         as_of: Option<String>,
     },
+    /// Replay the inbound `date=` folders day by day, each day one run with as-of at the day's
+    /// last second (UTC). Resumable: days the state already covers are skipped.
+    Backfill(BackfillArgs),
     /// ID-sync tables.
     Idsync {
         #[command(subcommand)]
@@ -75,6 +89,28 @@ pub struct RunArgs {
     /// Parser chunk size in bytes (default: the config's `run.chunk_bytes`).
     #[arg(long, hide = true)]
     pub chunk_bytes: Option<usize>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    /// First day, YYYY-MM-DD.
+    #[arg(long)]
+    pub from: String,
+    /// Last day (inclusive), YYYY-MM-DD.
+    #[arg(long)]
+    pub to: String,
+    /// Write no destination files; the changes are exported by the next run or export.
+    #[arg(long)]
+    pub no_export: bool,
 }
 
 #[derive(Debug, Subcommand)]

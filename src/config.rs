@@ -7,8 +7,8 @@
 //! and outbound stages compile them.
 //!
 //! Errors name the file, the key and the problem. Syntax and type errors carry toml's line and
-//! column; they deliberately do not echo the offending source line, because later versions will
-//! hold secrets (`[s3]`, `[ftp]`) in this file. FTP URLs may carry a password, so [`Location`]
+//! column; they deliberately do not echo the offending source line, because the file may
+//! hold secrets (`[s3]`, `[ftp]`). FTP URLs may carry a password, so [`Location`]
 //! redacts it in `Display` and `Debug`.
 //!
 //! Not done here: resolving `threads = 0` against the machine beyond [`RunSettings::threads`],
@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::model::{AAM_UUID_DPID, Dpid, TraitId, device_format};
+use crate::storage::StorageSettings;
 
 /// Default parser chunk: 4 MiB is large enough to amortise per-chunk work and small enough
 /// that two cores get many chunks from a 200 MB file.
@@ -63,6 +64,64 @@ pub struct Config {
     pub segments: BTreeMap<u32, Segment>,
     /// Destinations by destination ID (AAM's DID / ORDER_ID); each listed segment exists.
     pub destinations: BTreeMap<u32, Destination>,
+    /// S3 and FTP settings from `[s3]` and `[ftp]`, secrets already read from the environment
+    /// variables the config names. Unset fields fall back to the AWS environment when a store
+    /// is opened ([`StorageSettings::with_env`]). `Debug` never shows a secret.
+    pub storage: StorageSettings,
+    /// `[pgp]`: the private key that decrypts `.pgp`/`.gpg` inbound files.
+    pub pgp: Option<PgpSettings>,
+    /// `[smtp]`: where receipt e-mails are sent through.
+    pub smtp: Option<SmtpSettings>,
+    /// `[metrics] path`: the Prometheus text file written after each committed run.
+    pub metrics: Option<PathBuf>,
+}
+
+/// The `[pgp]` table.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgpSettings {
+    /// The OpenPGP secret key file, resolved against the config's folder.
+    pub private_key: PathBuf,
+    /// The key's passphrase, read from the variable `passphrase_env` names. Never printed.
+    pub passphrase: Option<String>,
+}
+
+impl fmt::Debug for PgpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgpSettings")
+            .field("private_key", &self.private_key)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// The `[smtp]` table.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpSettings {
+    /// SMTP server host.
+    pub host: String,
+    /// SMTP server port (default 25).
+    pub port: u16,
+    /// Upgrade the connection with STARTTLS (required when true).
+    pub starttls: bool,
+    /// Login user, if the server needs one.
+    pub username: Option<String>,
+    /// Login password, read from the variable `password_env` names. Never printed.
+    pub password: Option<String>,
+    /// The sender address.
+    pub from: String,
+}
+
+impl fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("starttls", &self.starttls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("from", &self.from)
+            .finish()
+    }
 }
 
 /// The `[paths]` table, resolved against the config file's folder.
@@ -87,6 +146,8 @@ pub struct RunSettings {
     pub partitions: u32,
     /// State generations to keep, at least 1.
     pub keep_generations: u32,
+    /// Write `<name>.processed` beside each processed inbound file, as AAM did.
+    pub markers: bool,
 }
 
 impl Default for RunSettings {
@@ -96,6 +157,7 @@ impl Default for RunSettings {
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             partitions: DEFAULT_PARTITIONS,
             keep_generations: DEFAULT_KEEP_GENERATIONS,
+            markers: false,
         }
     }
 }
@@ -347,16 +409,6 @@ pub enum ConfigError {
         /// toml's description of the problem.
         message: String,
     },
-    /// A top-level table segmill does not support (yet), such as `[s3]`.
-    #[error("{}: [{table}]: {hint}", path.display())]
-    UnsupportedTable {
-        /// The file.
-        path: PathBuf,
-        /// The table's name.
-        table: String,
-        /// What to do instead.
-        hint: &'static str,
-    },
     /// The file parsed but its values break the rules; every problem found is listed.
     #[error("{}", DisplayProblems(.0))]
     Invalid(Vec<Invalid>),
@@ -463,6 +515,12 @@ pub enum Problem {
     /// A remote URL where only a local folder works.
     #[error("must be a local folder, not a URL")]
     NotLocal,
+    /// A secret given both in plain and through an environment variable.
+    #[error("set either the value or its _env variable name, not both")]
+    Conflict,
+    /// An `_env` key names an environment variable that is unset or empty.
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,6 +542,62 @@ struct RawMain {
     segment: Vec<RawSegment>,
     #[serde(default)]
     destination: Vec<RawDestination>,
+    s3: Option<RawS3>,
+    ftp: Option<RawFtp>,
+    pgp: Option<RawPgp>,
+    smtp: Option<RawSmtp>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    region: Option<String>,
+    endpoint: Option<String>,
+    access_key_id: Option<String>,
+    access_key_id_env: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_env: Option<String>,
+    session_token_env: Option<String>,
+    allow_http: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFtp {
+    user: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPgp {
+    private_key: String,
+    passphrase_env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: String,
+    #[serde(default = "default_smtp_port")]
+    port: u16,
+    #[serde(default)]
+    starttls: bool,
+    username: Option<String>,
+    password_env: Option<String>,
+    from: String,
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    path: String,
 }
 
 /// An included catalog: the same arrays as the main file, nothing else.
@@ -515,6 +629,7 @@ struct RawRun {
     chunk_bytes: usize,
     partitions: u32,
     keep_generations: u32,
+    markers: bool,
 }
 
 impl Default for RawRun {
@@ -525,6 +640,7 @@ impl Default for RawRun {
             chunk_bytes: d.chunk_bytes,
             partitions: d.partitions,
             keep_generations: d.keep_generations,
+            markers: d.markers,
         }
     }
 }
@@ -613,9 +729,16 @@ impl Config {
     /// includes are resolved against `path`'s folder, and errors name `path`. Included files
     /// are read from disk.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let main: RawMain = toml::from_str(text).map_err(|err| {
-            unsupported_table(path, text).unwrap_or_else(|| syntax_error(path, text, &err))
-        })?;
+        Config::parse_with_env(path, text, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] reading `*_env` variables through `env` (tests use a map).
+    fn parse_with_env(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let main: RawMain = toml::from_str(text).map_err(|err| syntax_error(path, text, &err))?;
         let base = path.parent().unwrap_or(Path::new(""));
 
         // Files in load order; items remember the index of the file they came from.
@@ -658,6 +781,16 @@ impl Config {
         let traits = v.traits(catalog.traits, &data_sources);
         let segments = v.segments(catalog.segments);
         let destinations = v.destinations(catalog.destinations, &segments, base);
+        let storage = v.storage(
+            main.s3.unwrap_or_default(),
+            main.ftp.unwrap_or_default(),
+            env,
+        );
+        let pgp = main.pgp.map(|raw| v.pgp(raw, base, env));
+        let smtp = main.smtp.map(|raw| v.smtp(raw, env));
+        let metrics = main
+            .metrics
+            .map(|raw| v.local_folder(&raw.path, base, "metrics.path"));
         if !v.problems.is_empty() {
             return Err(ConfigError::Invalid(v.problems));
         }
@@ -669,6 +802,10 @@ impl Config {
             traits,
             segments,
             destinations,
+            storage,
+            pgp,
+            smtp,
+            metrics,
         })
     }
 
@@ -698,26 +835,6 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })
-}
-
-/// A clearer error than serde's "unknown field" for tables planned but not supported yet.
-fn unsupported_table(path: &Path, text: &str) -> Option<ConfigError> {
-    let table: toml::Table = toml::from_str(text).ok()?;
-    let name = table
-        .keys()
-        .find(|name| matches!(name.as_str(), "s3" | "ftp"))?;
-    let hint = if name == "s3" {
-        "not supported yet; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, \
-         AWS_ENDPOINT_URL and AWS_ALLOW_HTTP in the environment instead"
-    } else {
-        "not supported yet; put the FTP user and password in paths.inbound \
-         (ftp://user:password@host/path) instead"
-    };
-    Some(ConfigError::UnsupportedTable {
-        path: path.to_path_buf(),
-        table: name.clone(),
-        hint,
     })
 }
 
@@ -919,6 +1036,92 @@ impl Validator<'_> {
             chunk_bytes: raw.chunk_bytes,
             partitions: raw.partitions,
             keep_generations: raw.keep_generations,
+            markers: raw.markers,
+        }
+    }
+
+    /// A secret given either in plain (`plain`) or through an environment variable (`env_name`
+    /// names it). A named variable that is unset or empty is a problem at `key`.
+    fn secret(
+        &mut self,
+        plain: Option<String>,
+        env_name: Option<String>,
+        key: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<String> {
+        if plain.is_some() && env_name.is_some() {
+            self.push(0, key.into(), Problem::Conflict);
+            return None;
+        }
+        if let Some(name) = env_name {
+            let value = env(&name).filter(|v| !v.is_empty());
+            if value.is_none() {
+                self.push(0, format!("{key}_env"), Problem::MissingEnv(name));
+            }
+            return value;
+        }
+        plain
+    }
+
+    fn storage(
+        &mut self,
+        s3: RawS3,
+        ftp: RawFtp,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> StorageSettings {
+        StorageSettings {
+            access_key_id: self.secret(
+                s3.access_key_id,
+                s3.access_key_id_env,
+                "s3.access_key_id",
+                env,
+            ),
+            secret_access_key: self.secret(
+                s3.secret_access_key,
+                s3.secret_access_key_env,
+                "s3.secret_access_key",
+                env,
+            ),
+            session_token: self.secret(None, s3.session_token_env, "s3.session_token", env),
+            region: s3.region,
+            endpoint: s3.endpoint,
+            allow_http: s3.allow_http,
+            ftp_user: ftp.user,
+            ftp_password: self.secret(ftp.password, ftp.password_env, "ftp.password", env),
+            part_bytes: None,
+            concurrency: None,
+        }
+    }
+
+    fn pgp(
+        &mut self,
+        raw: RawPgp,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> PgpSettings {
+        let private_key = self.local_folder(&raw.private_key, base, "pgp.private_key");
+        let passphrase = self.secret(None, raw.passphrase_env, "pgp.passphrase", env);
+        PgpSettings {
+            private_key,
+            passphrase,
+        }
+    }
+
+    fn smtp(&mut self, raw: RawSmtp, env: &dyn Fn(&str) -> Option<String>) -> SmtpSettings {
+        if raw.host.trim().is_empty() {
+            self.push(0, "smtp.host".into(), Problem::Empty);
+        }
+        if !raw.from.contains('@') {
+            self.push(0, "smtp.from".into(), Problem::BadEmail(raw.from.clone()));
+        }
+        let password = self.secret(None, raw.password_env, "smtp.password", env);
+        SmtpSettings {
+            host: raw.host,
+            port: raw.port,
+            starttls: raw.starttls,
+            username: raw.username,
+            password,
+            from: raw.from,
         }
     }
 
@@ -1212,7 +1415,8 @@ segments = []
                 threads: 2,
                 chunk_bytes: 1,
                 partitions: 8,
-                keep_generations: 1
+                keep_generations: 1,
+                markers: false,
             }
         );
         assert_eq!(
@@ -1566,24 +1770,86 @@ segments = []
         assert!(!text.contains('\n'), "{text}");
     }
 
+    fn with_env(extra: &str) -> Result<Config, ConfigError> {
+        let env = |name: &str| match name {
+            "S3_SECRET" => Some("hunter2".to_string()),
+            "FTP_PASS" => Some("ftppass".to_string()),
+            "PGP_PASS" => Some("pgppass".to_string()),
+            "SMTP_PASS" => Some("smtppass".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let text = format!("{MINIMAL}{extra}");
+        Config::parse_with_env(Path::new("conf/segmill.toml"), &text, &env)
+    }
+
     #[test]
-    fn s3_and_ftp_tables_get_a_clear_message() {
-        let err = with_minimal("[s3]\nsecret_access_key = \"hunter2\"\n");
-        let text = message(err);
-        assert!(
-            text.starts_with("conf/segmill.toml: [s3]: not supported yet; set AWS_ACCESS_KEY_ID"),
-            "{text}"
+    fn ops_tables_parse_and_never_print_secrets() {
+        let config = with_env(
+            "[run]\nmarkers = true\n\
+             [s3]\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+             access_key_id = \"AKIA1\"\nsecret_access_key_env = \"S3_SECRET\"\nallow_http = true\n\
+             [ftp]\nuser = \"bob\"\npassword_env = \"FTP_PASS\"\n\
+             [pgp]\nprivate_key = \"keys/k.asc\"\npassphrase_env = \"PGP_PASS\"\n\
+             [smtp]\nhost = \"127.0.0.1\"\nport = 2525\nstarttls = true\nusername = \"u\"\n\
+             password_env = \"SMTP_PASS\"\nfrom = \"segmill@example.com\"\n\
+             [metrics]\npath = \"m/segmill.prom\"\n",
+        )
+        .unwrap();
+        assert!(config.run.markers);
+        assert_eq!(config.storage.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            config.storage.endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(config.storage.access_key_id.as_deref(), Some("AKIA1"));
+        assert_eq!(config.storage.secret_access_key.as_deref(), Some("hunter2"));
+        assert_eq!(config.storage.allow_http, Some(true));
+        assert_eq!(config.storage.ftp_user.as_deref(), Some("bob"));
+        assert_eq!(config.storage.ftp_password.as_deref(), Some("ftppass"));
+        let pgp = config.pgp.as_ref().unwrap();
+        assert_eq!(pgp.private_key, Path::new("conf/keys/k.asc"));
+        assert_eq!(pgp.passphrase.as_deref(), Some("pgppass"));
+        let smtp = config.smtp.as_ref().unwrap();
+        assert_eq!(
+            (smtp.host.as_str(), smtp.port, smtp.starttls),
+            ("127.0.0.1", 2525, true)
+        );
+        assert_eq!(smtp.username.as_deref(), Some("u"));
+        assert_eq!(smtp.password.as_deref(), Some("smtppass"));
+        assert_eq!(smtp.from, "segmill@example.com");
+        assert_eq!(
+            config.metrics.as_deref(),
+            Some(Path::new("conf/m/segmill.prom"))
+        );
+        let debug = format!("{config:?}");
+        for secret in ["hunter2", "ftppass", "pgppass", "smtppass"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+    }
+
+    #[test]
+    fn ops_tables_report_missing_env_and_conflicts() {
+        let text = message(with_env(
+            "[s3]\nsecret_access_key = \"hunter2\"\nsecret_access_key_env = \"S3_SECRET\"\n\
+             [ftp]\npassword_env = \"NOPE\"\n\
+             [smtp]\nhost = \"h\"\nfrom = \"nobody\"\npassword_env = \"EMPTY\"\n",
+        ));
+        assert_eq!(
+            text,
+            "conf/segmill.toml: s3.secret_access_key: set either the value or its _env variable \
+             name, not both\n\
+             conf/segmill.toml: ftp.password_env: environment variable NOPE is not set\n\
+             conf/segmill.toml: smtp.from: \"nobody\" is not an e-mail address\n\
+             conf/segmill.toml: smtp.password_env: environment variable EMPTY is not set"
         );
         assert!(!text.contains("hunter2"));
-        let text = message(with_minimal("[ftp]\npassword = \"x\"\n"));
-        assert!(
-            text.starts_with("conf/segmill.toml: [ftp]: not supported yet"),
-            "{text}"
-        );
-        let text = message(with_minimal("[metrics]\nx = 1\n[s3]\nregion = \"eu\"\n"));
-        assert!(text.starts_with("conf/segmill.toml: [s3]: "), "{text}");
-        let text = message(with_minimal("[metrics]\nx = 1\n"));
-        assert!(text.contains("unknown field `metrics`"), "{text}");
+        let text = message(with_env("[metrics]\nx = 1\n"));
+        assert!(text.contains("unknown field `x`"), "{text}");
+        let defaults = with_env("").unwrap();
+        assert!(!defaults.run.markers);
+        assert_eq!(defaults.storage, StorageSettings::default());
+        assert!(defaults.pgp.is_none() && defaults.smtp.is_none() && defaults.metrics.is_none());
     }
 
     #[test]

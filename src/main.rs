@@ -1,8 +1,9 @@
 use clap::Parser;
-use segmill::cli::{Cli, Command, GenArgs, IdsyncCommand, InspectCommand};
+use segmill::cli::{Cli, Command, GenArgs, IdsyncCommand, InspectCommand, LogFormat};
 use segmill::config::Config;
 use segmill::generator::GenOptions;
-use segmill::run::{RunError, RunOptions, RunSummary, parse_as_of, run};
+use segmill::inbound::names::{Classified, classify};
+use segmill::run::{BackfillDay, RunError, RunOptions, RunSummary, backfill, parse_as_of, run};
 use std::process::ExitCode;
 
 #[global_allocator]
@@ -10,6 +11,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(err) = init_logging(cli.log_format, cli.log_level.as_deref()) {
+        eprintln!("segmill: error: {err:#}");
+        return ExitCode::from(2);
+    }
     match try_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(RunError::Locked(msg)) => {
@@ -21,6 +26,26 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Log lines go to stderr, filtered by `--log-level`, else `RUST_LOG`, else `warn`.
+fn init_logging(format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(text) => {
+            EnvFilter::try_new(text).map_err(|e| anyhow::anyhow!("--log-level {text:?}: {e}"))?
+        }
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
 }
 
 fn as_of(text: Option<&str>) -> anyhow::Result<i64> {
@@ -46,7 +71,20 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
             print_summary(&summary);
             Ok(summary.exit_code)
         }
-        Command::Validate { files, as_of: at } => {
+        Command::Validate {
+            files,
+            as_of: at,
+            explain,
+        } => {
+            let config = load()?;
+            let dpids: std::collections::BTreeSet<u32> = files
+                .iter()
+                .filter_map(|f| f.file_name())
+                .filter_map(|n| match classify(&n.to_string_lossy()) {
+                    Classified::Trait(t) => Some(t.dpid),
+                    _ => None,
+                })
+                .collect();
             let opts = RunOptions {
                 as_of: as_of(at.as_deref())?,
                 threads: cli.threads,
@@ -54,7 +92,10 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
                 dry_run: true,
                 ..RunOptions::default()
             };
-            let summary = run(&load()?, &opts)?;
+            let summary = run(&config, &opts)?;
+            if let Some(id) = explain {
+                print!("{}", segmill::run::explain(&config, &id, &dpids)?);
+            }
             for r in &summary.receipts {
                 println!("{}", r.to_text());
             }
@@ -84,6 +125,31 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
             let summary = run(&load()?, &opts)?;
             print_summary(&summary);
             Ok(summary.exit_code)
+        }
+        Command::Backfill(args) => {
+            let base = RunOptions {
+                threads: cli.threads,
+                no_export: args.no_export,
+                ..RunOptions::default()
+            };
+            let mut worst = 0u8;
+            backfill(
+                &load()?,
+                &args.from,
+                &args.to,
+                &base,
+                &mut |day| match day {
+                    BackfillDay::Ran { day, summary } => {
+                        println!("day {day}:");
+                        print_summary(summary);
+                        worst = worst.max(summary.exit_code);
+                    }
+                    BackfillDay::Skipped { day, state_as_of } => {
+                        println!("day {day}: skipped, the state is already at {state_as_of}");
+                    }
+                },
+            )?;
+            Ok(worst)
         }
         Command::Idsync {
             command: IdsyncCommand::Import { files, as_of: at },
@@ -179,6 +245,16 @@ fn print_summary(s: &RunSummary) {
             e.files.len(),
             e.info
         );
+    }
+    for m in &s.mail {
+        match &m.last_error {
+            None => println!("  mail {}: sent to {}", m.job, m.recipients.join(", ")),
+            Some(e) if !m.delivered => println!("  mail {}: NOT sent: {e}", m.job),
+            Some(_) => println!("  mail {}: sent after {} attempts", m.job, m.attempts),
+        }
+    }
+    for w in &s.warnings {
+        println!("  warning: {w}");
     }
     if let Some(dir) = &s.receipts_dir {
         println!("  receipts: {}", dir.display());

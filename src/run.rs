@@ -38,6 +38,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod backfill;
+mod explain;
+mod ops;
+
+pub use backfill::{BackfillDay, backfill, day_end};
+pub use explain::explain;
+
 /// How a run was asked for.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -58,6 +65,10 @@ pub struct RunOptions {
     /// `segmill export --destination ID [--full]`: no inbound files; export that destination
     /// only (as a full list when `true`).
     pub export_only: Option<(u32, bool)>,
+    /// Discover only this day's folders (`date=DAY/`, `PARTNER/date=DAY/`), as a backfill does.
+    pub day: Option<String>,
+    /// Write no destination files; the changes stay due for the next export.
+    pub no_export: bool,
 }
 
 /// Why a run stopped without committing.
@@ -87,6 +98,10 @@ pub struct RunSummary {
     pub receipts_dir: Option<PathBuf>,
     /// What each destination was sent.
     pub exports: Vec<ExportSummary>,
+    /// What became of each receipt e-mail (sent after the commit).
+    pub mail: Vec<crate::report::mail::MailOutcome>,
+    /// Problems after the commit that did not fail the run (markers, metrics).
+    pub warnings: Vec<String>,
 }
 
 /// Manifest metadata every generation carries.
@@ -175,22 +190,48 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     };
     let gen_number = parent.as_ref().map_or(1, |g| g.number + 1);
     let run_id = format!("{gen_number:06}-{}", compact_time(opts.as_of));
+    // Fetched inbound copies, PGP plaintexts and staged exports; removed when the run ends.
+    let tmp = ops::TmpDir::new(
+        state.root(),
+        &if opts.dry_run {
+            format!("{run_id}-dry-{}", std::process::id())
+        } else {
+            run_id.clone()
+        },
+    );
+    let mut inbound_store: Option<crate::storage::Store> = None;
+    let progress = ops::Progress::new();
+    progress.stage("discovering inbound files");
 
     // Discover and plan.
     let t = Instant::now();
     let discovery = match &opts.files {
         _ if opts.export_only.is_some() => Discovery::default(),
         Some(files) => explicit_files(files, config)?,
-        None => match config.paths.inbound.as_local() {
-            Some(root) => discover::discover_local(root, config).map_err(anyhow::Error::from)?,
-            None => {
-                return Err(anyhow!(
-                    "inbound {} is not a local folder; S3 and FTP inbound are not supported by this build",
-                    config.paths.inbound
-                )
-                .into())
+        None => {
+            let store = ops::open_store(config, &config.paths.inbound)
+                .with_context(|| format!("inbound {}", config.paths.inbound))?;
+            // Its errors name the root already.
+            let mut found = match &opts.day {
+                Some(day) => crate::storage::discover_day(&store, day, config),
+                None => crate::storage::discover(&store, config),
             }
-        },
+            .map_err(anyhow::Error::from)?;
+            if !matches!(store, crate::storage::Store::Local(_)) {
+                // Names the ledger has as processed are duplicates: never fetched.
+                let reprocess: BTreeSet<&str> = opts.reprocess.iter().map(String::as_str).collect();
+                let skip = |display: &str| {
+                    let key = basename(display);
+                    !reprocess.contains(key.as_str())
+                        && ledger
+                            .by_name(&key)
+                            .is_some_and(|e| e.outcome == Outcome::Processed)
+                };
+                ops::fetch_discovered(&store, &mut found, &skip, &tmp)?;
+            }
+            inbound_store = Some(store);
+            found
+        }
     };
     let mut discovery = discovery;
     if opts.idsync_only {
@@ -209,6 +250,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     stages.insert("discover".into(), t.elapsed().as_secs_f64());
 
     // ID sync.
+    progress.stage("applying ID-sync files");
     let t = Instant::now();
     let source = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
         match &parent {
@@ -250,8 +292,23 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     // Files are numbered in application order; `read` holds what each produced.
     let mut read: Vec<ReadFile> = Vec::new();
     let mut trait_outcomes: Vec<(usize, TraitFileResult)> = Vec::new();
+    let mut pgp = ops::PgpKeys::new(config);
+    progress.stage("reading trait files");
+    progress.files(to_read.len());
     for (plan_idx, p) in &to_read {
+        progress.file_done();
         let file = read.len() as u32;
+        let (source_path, gzip) = if p.name.pgp {
+            match pgp.decrypt(&p.found.path, &p.found.display, &tmp)? {
+                ops::Decrypted::Plain(path) => (path, false),
+                ops::Decrypted::Rejected(reason) => {
+                    trait_outcomes.push((*plan_idx, TraitFileResult::Rejected(reason)));
+                    continue;
+                }
+            }
+        } else {
+            (p.found.path.clone(), p.name.gzip)
+        };
         let ctx = FileCtx {
             file,
             target_ds: p.job.target(),
@@ -262,7 +319,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             index: &index,
             partitions,
         };
-        match read_chunks(&p.found.path, p.name.gzip, chunk_bytes, |c| {
+        match read_chunks(&source_path, gzip, chunk_bytes, |c| {
             process_chunk(c.bytes, c.first_line, &ctx)
         }) {
             Ok(outcome) if outcome.bytes == 0 => {
@@ -277,6 +334,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 trait_outcomes.push((*plan_idx, TraitFileResult::Read(read.len())));
                 read.push(ReadFile {
                     plan_idx: *plan_idx,
+                    source: source_path,
+                    gzip,
                     outs,
                     cap,
                 });
@@ -296,6 +355,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     crate::failpoint::hit("after-parse").context("after-parse")?;
 
     // Merge every partition.
+    progress.stage("merging profiles");
     let t = Instant::now();
     let job_index: BTreeMap<JobKey, usize> =
         jobs.iter().enumerate().map(|(i, j)| (*j, i)).collect();
@@ -430,7 +490,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             changed_generation[p] = gen_number;
         }
     }
-    let exports: Vec<DestExport> = if opts.idsync_only {
+    let exports: Vec<DestExport> = if opts.idsync_only || opts.no_export {
         Vec::new()
     } else {
         let profile_source = |p: u32| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
@@ -668,10 +728,13 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             idsync: idsync_receipt,
             receipts_dir: None,
             exports: Vec::new(),
+            mail: Vec::new(),
+            warnings: Vec::new(),
         });
     }
 
     // Write: receipts first, then the generation, then the run report; CURRENT switches last.
+    progress.stage("writing receipts, exports and state");
     let t = Instant::now();
     let receipts_dir = state.receipts_dir(&run_id);
     clear_uncommitted(&state, gen_number)?;
@@ -701,15 +764,21 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     for e in &exports {
         let dest = &config.destinations[&e.view.did];
         let template = catalog.templates.get(&dest.id);
-        let dir = export::local_dir(dest)?;
+        let local = dest.location.as_local().map(Path::to_path_buf);
+        let dir = match &local {
+            Some(dir) => dir.clone(),
+            None => tmp.dir(&format!("out/{}", dest.id))?,
+        };
         let last = parent_meta
             .as_ref()
             .and_then(|m| m.destinations.get(&dest.id).copied());
         let ms = export::batch_timestamp_ms(opts.as_of, last);
         batch_ms.insert(dest.id, ms);
-        export_summaries.push(export::write_export(
-            &dir, dest, &e.view, template, &e.rows, opts.as_of, ms,
-        )?);
+        let summary = export::write_export(&dir, dest, &e.view, template, &e.rows, opts.as_of, ms)?;
+        if local.is_none() {
+            ops::deliver_export(config, dest, &dir, &summary.files, &summary.info)?;
+        }
+        export_summaries.push(summary);
     }
     crate::failpoint::hit("after-exports").context("after-exports")?;
     let writer = state.begin(parent.as_ref())?;
@@ -792,10 +861,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     report
         .durations_seconds
         .insert("write".into(), t.elapsed().as_secs_f64());
-    write_atomic(
-        &runs_dir.join(format!("{run_id}.json")),
-        report.to_json().as_bytes(),
-    )?;
+    let report_path = runs_dir.join(format!("{run_id}.json"));
+    write_atomic(&report_path, report.to_json().as_bytes())?;
     crate::failpoint::hit("before-commit").context("before-commit")?;
     writer
         .commit(
@@ -803,6 +870,41 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             config.run.keep_generations as usize,
         )
         .context("cannot commit the new state generation")?;
+
+    // After the commit: nothing here changes the data or the exit code.
+    progress.stage("markers, mail and metrics");
+    let mut warnings = Vec::new();
+    if config.run.markers
+        && let Some(store) = &inbound_store
+    {
+        let mut processed: Vec<String> = read
+            .iter()
+            .map(|r| plan.trait_files[r.plan_idx].found.display.clone())
+            .collect();
+        processed.extend(
+            idsync_result
+                .ledger
+                .iter()
+                .filter(|e| e.outcome == Outcome::Processed)
+                .map(|e| e.path.clone()),
+        );
+        processed.sort();
+        warnings.extend(ops::write_markers(store, &processed, &run_id));
+    }
+    let mail = ops::mail_receipts(config, &receipts);
+    if let Some(path) = &config.metrics
+        && let Err(e) = crate::report::metrics::write(path, &report, &receipts)
+    {
+        tracing::warn!(error = %e, "metrics not written");
+        warnings.push(e.to_string());
+    }
+    if (!mail.is_empty() || !warnings.is_empty())
+        && let Err(e) = ops::write_report(&report_path, &report, &mail, &warnings)
+    {
+        let text = format!("{e:#}");
+        tracing::warn!(error = %text, "run report not rewritten");
+        warnings.push(text);
+    }
     Ok(RunSummary {
         run_id,
         exit_code,
@@ -811,6 +913,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         idsync: idsync_receipt,
         receipts_dir: Some(receipts_dir),
         exports: export_summaries,
+        mail,
+        warnings,
     })
 }
 
@@ -848,8 +952,8 @@ fn collect_rejects(
     let capped_text = if rf.cap.capped_lines.is_empty() {
         BTreeMap::new()
     } else {
-        lines_at(&p.found.path, p.name.gzip, &rf.cap.capped_lines, usize::MAX)
-            .with_context(|| format!("cannot re-read {}", p.found.path.display()))?
+        lines_at(&rf.source, rf.gzip, &rf.cap.capped_lines, usize::MAX)
+            .with_context(|| format!("cannot re-read {}", p.found.display))?
     };
     let over_reason = format!(
         "over the limit of {} lines per user ID per file",
@@ -905,14 +1009,15 @@ fn fetch_samples(
     }
     let mut out = Vec::new();
     for (file, lines) in by_file {
-        let p = &plan.trait_files[read[file as usize].plan_idx];
+        let rf = &read[file as usize];
+        let p = &plan.trait_files[rf.plan_idx];
         let texts = lines_at(
-            &p.found.path,
-            p.name.gzip,
+            &rf.source,
+            rf.gzip,
             &lines,
             crate::report::receipt::SAMPLE_TEXT_BYTES + 1,
         )
-        .with_context(|| format!("cannot re-read {}", p.found.path.display()))?;
+        .with_context(|| format!("cannot re-read {}", p.found.display))?;
         for line in lines {
             let text = texts.get(&line).map_or(&b""[..], |t| t.as_slice());
             out.push(Sample {
@@ -1001,6 +1106,10 @@ enum TraitFileResult {
 
 struct ReadFile {
     plan_idx: usize,
+    /// What was read: the inbound file, its fetched copy or its PGP plaintext.
+    source: PathBuf,
+    /// Whether `source` is gzip.
+    gzip: bool,
     outs: Vec<ChunkOut>,
     cap: CapOutcome,
 }
@@ -1136,10 +1245,7 @@ fn plan_files(
         let Ok(job) = check_trait_file(&name, _config) else {
             continue;
         };
-        let (mut status, hash, duplicate_of) = decide(&found, &mut seen_hashes)?;
-        if status == PlanStatus::New && name.pgp {
-            status = PlanStatus::Rejected("PGP decryption is not supported by this build".into());
-        }
+        let (status, hash, duplicate_of) = decide(&found, &mut seen_hashes)?;
         plan.trait_files.push(PlannedTrait {
             key: basename(&found.display),
             found,
