@@ -3,6 +3,7 @@ use segmill::cli::{Cli, Command, GenArgs, IdsyncCommand, InspectCommand, LogForm
 use segmill::config::Config;
 use segmill::generator::GenOptions;
 use segmill::inbound::names::{Classified, classify};
+use segmill::report::receipt::printable;
 use segmill::run::{BackfillDay, RunError, RunOptions, RunSummary, backfill, parse_as_of, run};
 use std::process::ExitCode;
 
@@ -210,7 +211,11 @@ fn print_summary(s: &RunSummary) {
         for f in &idsync.files {
             println!(
                 "  idsync {}: {} rows={} rejected_rows={} mappings_stored={}",
-                f.name, f.status, f.rows, f.rejected_rows, f.mappings_stored
+                printable(&f.name),
+                f.status,
+                f.rows,
+                f.rejected_rows,
+                f.mappings_stored
             );
         }
     }
@@ -232,8 +237,8 @@ fn print_summary(s: &RunSummary) {
     for f in &s.report.rejected_files {
         println!(
             "  rejected {}: {}",
-            f.name,
-            f.reason.as_deref().unwrap_or("")
+            printable(&f.name),
+            printable(f.reason.as_deref().unwrap_or(""))
         );
     }
     for e in &s.exports {
@@ -254,7 +259,7 @@ fn print_summary(s: &RunSummary) {
         }
     }
     for w in &s.warnings {
-        println!("  warning: {w}");
+        println!("  warning: {}", printable(w));
     }
     if let Some(dir) = &s.receipts_dir {
         println!("  receipts: {}", dir.display());

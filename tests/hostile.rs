@@ -244,7 +244,7 @@ fn odd_names_never_lead_outside_the_state_folder() {
 /// stdout prints them raw, so a name with a newline forges summary lines (here a fake
 /// "job 21" line). The run report and receipts are JSON and escape them.
 #[test]
-#[ignore = "BUG: control characters in inbound names are printed raw on stdout (forged summary lines)"]
+
 fn names_with_control_characters_cannot_forge_summary_lines() {
     let env = Env::new();
     env.config(4, CATALOG);

@@ -188,7 +188,7 @@ impl JobReceipt {
             .iter()
             .filter(|f| f.status == FileStatus::Processed)
         {
-            let _ = writeln!(s, "{}", f.name);
+            let _ = writeln!(s, "{}", printable(&f.name));
         }
         let rows: [(&str, u64); 17] = [
             ("Records received", c.records_received),
@@ -235,7 +235,7 @@ impl JobReceipt {
                     }
                     (status, _, _) => format!("{status:?}").to_lowercase(),
                 };
-                let _ = writeln!(s, "{} ({why})", f.name);
+                let _ = writeln!(s, "{} ({})", printable(&f.name), printable(&why));
             }
         }
         s
@@ -266,6 +266,24 @@ pub fn escape_tsv(bytes: &[u8], out: &mut String) {
             let _ = write!(out, "\\x{b:02x}");
         }
     }
+}
+
+/// `text` with control characters (a partner's file name may hold a newline) written as
+/// escapes, so nothing printed for people can be forged into extra lines.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// A line cut to at most `SAMPLE_TEXT_BYTES` bytes (at a byte boundary; invalid UTF-8 shown
@@ -318,5 +336,19 @@ mod tests {
     #[test]
     fn receipt_time_format() {
         assert_eq!(receipt_time(1_368_806_402), "2013-05-17 16:00:02");
+    }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            printable("ftp_dpm_21_1763700000.sync"),
+            "ftp_dpm_21_1763700000.sync"
+        );
+        assert_eq!(printable("a\nb\tc\u{1b}"), "a\\nb\\tc\\u{1b}");
     }
 }
