@@ -71,7 +71,7 @@ pub struct Config {
     /// `[pgp]`: the private key that decrypts `.pgp`/`.gpg` inbound files.
     pub pgp: Option<PgpSettings>,
     /// `[smtp]`: where receipt e-mails are sent through.
-    pub smtp: Option<SmtpSettings>,
+    pub smtp: Option<crate::report::mail::MailSettings>,
     /// `[metrics] path`: the Prometheus text file written after each committed run.
     pub metrics: Option<PathBuf>,
 }
@@ -90,36 +90,6 @@ impl fmt::Debug for PgpSettings {
         f.debug_struct("PgpSettings")
             .field("private_key", &self.private_key)
             .field("passphrase", &self.passphrase.as_ref().map(|_| "***"))
-            .finish()
-    }
-}
-
-/// The `[smtp]` table.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SmtpSettings {
-    /// SMTP server host.
-    pub host: String,
-    /// SMTP server port (default 25).
-    pub port: u16,
-    /// Upgrade the connection with STARTTLS (required when true).
-    pub starttls: bool,
-    /// Login user, if the server needs one.
-    pub username: Option<String>,
-    /// Login password, read from the variable `password_env` names. Never printed.
-    pub password: Option<String>,
-    /// The sender address.
-    pub from: String,
-}
-
-impl fmt::Debug for SmtpSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SmtpSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("starttls", &self.starttls)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("from", &self.from)
             .finish()
     }
 }
@@ -1107,7 +1077,11 @@ impl Validator<'_> {
         }
     }
 
-    fn smtp(&mut self, raw: RawSmtp, env: &dyn Fn(&str) -> Option<String>) -> SmtpSettings {
+    fn smtp(
+        &mut self,
+        raw: RawSmtp,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> crate::report::mail::MailSettings {
         if raw.host.trim().is_empty() {
             self.push(0, "smtp.host".into(), Problem::Empty);
         }
@@ -1115,14 +1089,11 @@ impl Validator<'_> {
             self.push(0, "smtp.from".into(), Problem::BadEmail(raw.from.clone()));
         }
         let password = self.secret(None, raw.password_env, "smtp.password", env);
-        SmtpSettings {
-            host: raw.host,
-            port: raw.port,
-            starttls: raw.starttls,
-            username: raw.username,
-            password,
-            from: raw.from,
-        }
+        let mut settings = crate::report::mail::MailSettings::new(raw.host, raw.port, raw.from);
+        settings.starttls = raw.starttls;
+        settings.username = raw.username;
+        settings.password = password;
+        settings
     }
 
     fn data_sources(&mut self, raw: Vec<(usize, RawDataSource)>) -> BTreeMap<Dpid, DataSource> {

@@ -201,10 +201,7 @@ pub(super) fn mail_receipts(config: &Config, receipts: &[JobReceipt]) -> Vec<Mai
     let Some(smtp) = &config.smtp else {
         return Vec::new();
     };
-    let mut settings = MailSettings::new(smtp.host.clone(), smtp.port, smtp.from.clone());
-    settings.starttls = smtp.starttls;
-    settings.username = smtp.username.clone();
-    settings.password = smtp.password.clone();
+    let mut settings: MailSettings = smtp.clone();
     if let Some(ms) = std::env::var("SEGMILL_SMTP_RETRY_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
