@@ -15,7 +15,7 @@ use crate::idsync::store::{self as idstore, Incoming, Record};
 use crate::idsync::{self, ChunkRows, FileSpec, Table};
 use crate::inbound::discover::{self, Discovery, Found, JobKey, RejectedFile, check_trait_file};
 use crate::inbound::lines_at::lines_at;
-use crate::inbound::names::{Classified, IdSyncKind, Mode, TraitName, classify};
+use crate::inbound::names::{Classified, IdSyncKind, IdSyncName, Mode, TraitName, classify};
 use crate::inbound::read::{ReadError, content_hash, read_chunks};
 use crate::ingest::cap::{CapOutcome, apply_cap};
 use crate::ingest::{ChunkOut, FileCtx, IdKind, OpBuf, process_chunk, seq_file, seq_line};
@@ -1089,6 +1089,32 @@ struct PlannedIdSync {
     status: PlanStatus,
 }
 
+impl PlannedIdSync {
+    fn new(
+        found: Found,
+        name: &IdSyncName,
+        hash: Option<u128>,
+        status: PlanStatus,
+    ) -> PlannedIdSync {
+        let table = match name.kind {
+            IdSyncKind::Adobe => Table::Adobe,
+            IdSyncKind::C2c => Table::C2c,
+        };
+        PlannedIdSync {
+            key: basename(&found.display),
+            spec: FileSpec {
+                table,
+                dpids: name.dpids.clone(),
+                timestamp: name.timestamp,
+            },
+            gzip: name.gzip,
+            found,
+            hash,
+            status,
+        }
+    }
+}
+
 struct Plan {
     trait_files: Vec<PlannedTrait>,
     idsync_files: Vec<PlannedIdSync>,
@@ -1221,22 +1247,8 @@ fn plan_files(
             continue;
         };
         let (status, hash, _) = decide(&found, &mut seen_hashes)?;
-        let table = match name.kind {
-            IdSyncKind::Adobe => Table::Adobe,
-            IdSyncKind::C2c => Table::C2c,
-        };
-        plan.idsync_files.push(PlannedIdSync {
-            key: basename(&found.display),
-            spec: FileSpec {
-                table,
-                dpids: name.dpids.clone(),
-                timestamp: name.timestamp,
-            },
-            gzip: name.gzip,
-            found,
-            hash,
-            status,
-        });
+        plan.idsync_files
+            .push(PlannedIdSync::new(found, &name, hash, status));
     }
     for found in discovery.trait_files {
         let Some(name) = found.trait_name().cloned() else {
@@ -1293,27 +1305,12 @@ fn plan_files(
             }
             (Classified::IdSync(name), None) => {
                 let (status, hash, _) = decide(&found, &mut seen_hashes)?;
-                let table = if name.kind == IdSyncKind::C2c {
-                    Table::C2c
-                } else {
-                    Table::Adobe
-                };
                 let status = match status {
                     PlanStatus::New => PlanStatus::Rejected(rejected.reason.clone()),
                     other => other,
                 };
-                plan.idsync_files.push(PlannedIdSync {
-                    key: basename(&found.display),
-                    spec: FileSpec {
-                        table,
-                        dpids: name.dpids.clone(),
-                        timestamp: name.timestamp,
-                    },
-                    gzip: name.gzip,
-                    found,
-                    hash,
-                    status,
-                });
+                plan.idsync_files
+                    .push(PlannedIdSync::new(found, name, hash, status));
             }
             _ => {
                 let key = basename(&rejected.display);
