@@ -635,15 +635,3 @@ fn merge_same_user(rows: Vec<ExportRow>) -> Vec<ExportRow> {
     }
     out
 }
-
-/// Where a destination's files go: its `location`, which must be a local folder in this build.
-pub fn local_dir(dest: &Destination) -> anyhow::Result<PathBuf> {
-    match dest.location.as_local() {
-        Some(dir) => Ok(dir.to_path_buf()),
-        None => Err(anyhow!(
-            "destination {}: location {} is not a local folder; S3 and FTP destinations are not supported by this build",
-            dest.id,
-            dest.location
-        )),
-    }
-}
