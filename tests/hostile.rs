@@ -633,3 +633,42 @@ fn ftp_table_password_is_not_echoed() {
     assert_eq!(out.code, 2, "{out:#?}");
     assert!(!all_output(&env, &out).contains("secret"), "{out:#?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Regressions from the fuzz targets
+
+/// Found by the `generation` fuzz target: deleting `CURRENT` is the one damage that is not an
+/// error when gen-000001 is the only generation: `StateDir::current` reads it as a first commit
+/// cut short, so the next run starts fresh and processes the same files again (documented
+/// behaviour, kept here so a change is noticed). With two generations the same damage is a
+/// clear error (exit 2) that names `CURRENT` and says how to restore it, and nothing changes.
+#[test]
+fn a_lost_current_file_is_fresh_only_for_a_first_generation() {
+    let env = Env::new();
+    env.config(4, CATALOG);
+    env.put("ftp_dpm_33_1763700000.sync", b"loyal-1\td_sid=50\n");
+    env.run_ok(AS_OF, 0);
+    std::fs::remove_file(env.state().join("CURRENT")).expect("delete CURRENT");
+    env.run_ok(AS_OF, 0);
+    assert_eq!(
+        report_files(&env.run_report(RUN1)),
+        files(&[("ftp_dpm_33_1763700000.sync", "processed", None)]),
+        "the first generation is rebuilt from the same files"
+    );
+
+    env.put("ftp_dpm_33_1763790000.sync", b"loyal-2\td_sid=50\n");
+    env.run_ok("2026-11-23T02:00:00Z", 0);
+    std::fs::remove_file(env.state().join("CURRENT")).expect("delete CURRENT");
+    let before = env.state_snapshot();
+    let out = env.run("2026-11-24T02:00:00Z", &[]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(
+        out.stderr.contains("CURRENT") && out.stderr.contains("gen-000002"),
+        "{out:#?}"
+    );
+    assert_same_tree(
+        "state after the refused run",
+        &before,
+        &env.state_snapshot(),
+    );
+}

@@ -1,0 +1,38 @@
+//! `profile::decode` and `idsync::store::decode` on any payload (a partition file whose
+//! checksum happened to match, or a bug in a writer).
+//!
+//! The first byte picks the decoder. Properties beyond "no panic": an accepted payload
+//! re-encodes to exactly the same bytes (the formats have one encoding), so nothing is silently
+//! dropped or invented; decoding never allocates beyond what the payload can hold (a huge
+//! count in a short payload fails fast, checked by libFuzzer's RSS limit).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use segmill::codec::Writer;
+use segmill::{idsync, profile};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, payload)) = data.split_first() else {
+        return;
+    };
+    let mut w = Writer::default();
+    if which % 2 == 0 {
+        let Ok(profiles) = profile::decode(payload) else {
+            return;
+        };
+        for p in &profiles {
+            profile::encode_into(&mut w, p.key, &p.entries, &p.segments);
+        }
+    } else {
+        let Ok(records) = idsync::store::decode(payload) else {
+            return;
+        };
+        for r in &records {
+            w.bytes(r.id);
+            w.u32(r.value_dpid);
+            w.bytes(r.value);
+            w.u64(r.timestamp);
+        }
+    }
+    assert_eq!(w.buf, payload, "decode → encode changed the payload");
+});
