@@ -53,7 +53,9 @@ pub fn profile(config: &Config, id: &str, dpid: Option<Dpid>) -> anyhow::Result<
             if !config.data_sources.contains_key(&d) {
                 bail!("DPID {d} is not a configured data source");
             }
-            let source = |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(g.read(name)?) };
+            let source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+                Ok(g.read(name)?.map(std::borrow::Cow::Owned))
+            };
             let index = IdIndex::build(&BTreeSet::from([d]), meta.partitions, &source)?;
             match index.lookup(d, id.as_bytes()) {
                 Some(Target::Uuid(u)) => {

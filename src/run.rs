@@ -130,7 +130,9 @@ pub struct StateMeta {
     pub destinations: BTreeMap<u32, DestMeta>,
 }
 
-pub const PARTITION_HASH: &str = "xxh3-64, seed 0x5e901112026_0001, multiply-shift";
+/// How keys are spread over partitions; a state written under another scheme cannot be read.
+pub const PARTITION_HASH: &str = "profiles: xxh3-64 of the key, seed 0x5e901112026_0001, \
+multiply-shift; id-sync: high 64 bits of xxh3-128 of the ID, seed ^ DPID, multiply-shift";
 
 /// Runs the job. Data problems are counted and reported; run problems return `Err` and commit
 /// nothing.
@@ -180,6 +182,19 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         ),
         None => None,
     };
+    if let (Some(g), Some(m)) = (&parent, &parent_meta)
+        && m.partition_hash != PARTITION_HASH
+    {
+        return Err(anyhow!(
+            "state generation {} in {} was written with another partitioning ({:?}); this \
+             segmill uses {:?}: start a new state folder and re-import the ID-sync files",
+            g.number,
+            config.paths.state.display(),
+            m.partition_hash,
+            PARTITION_HASH
+        )
+        .into());
+    }
     let partitions = parent_meta
         .as_ref()
         .map_or(config.run.partitions, |m| m.partitions);
@@ -279,10 +294,10 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             _ => None,
         })
         .collect();
-    let index_source = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
+    let index_source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
         match idsync_result.parts.get(name) {
-            Some(bytes) => Ok(Some(bytes.clone())),
-            None => source(name),
+            Some(bytes) => Ok(Some(std::borrow::Cow::Borrowed(bytes.as_slice()))),
+            None => Ok(source(name)?.map(std::borrow::Cow::Owned)),
         }
     };
     let index = IdIndex::build(&customer_dpids, partitions, &index_source)?;

@@ -200,7 +200,11 @@ pub fn idsync_parts(ids: u64) -> BTreeMap<String, Vec<u8>> {
 
 /// The in-memory index over `parts` for `DPID`, as `segmill run` builds it.
 pub fn build_index(parts: &BTreeMap<String, Vec<u8>>) -> IdIndex {
-    let source = |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(parts.get(name).cloned()) };
+    let source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+        Ok(parts
+            .get(name)
+            .map(|b| std::borrow::Cow::Borrowed(b.as_slice())))
+    };
     IdIndex::build(&BTreeSet::from([DPID]), PARTITIONS, &source).expect("build index")
 }
 

@@ -3,16 +3,29 @@
 //!
 //! Keys are 128-bit xxh3 hashes of (DPID, ID) (`model::id_hash`), so the table stores no key
 //! strings at all; at 2^-128 per pair a collision is not a practical concern.
+//!
+//! Layout: one flat open-addressing table (linear probing, 32-byte slots of hash and UUID) per
+//! (DPID, state partition). A key's state partition comes from the high half of its hash
+//! ([`part_of_hash`]), its home slot from the low half, so each table is built from exactly one
+//! partition file, all of them in parallel, and a lookup costs one hash and usually one cache
+//! line. [`IdIndex::prefetch`] lets the parser issue the loads of a batch of lines before it
+//! needs them. IDs whose chain ends somewhere other than an AAM UUID (rare) live in small maps
+//! beside the tables.
 
 use super::Table;
-use super::store::{decode, part_name};
+use super::store::{for_each, part_name, part_of_hash};
 use crate::model::{AAM_UUID_DPID, Dpid, Uuid, device_format, id_hash};
 use ahash::AHashMap;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 /// Longest master chain followed before giving up (a cycle, or a pathological graph).
 const MAX_CHAIN: usize = 16;
+
+/// Tables are sized for at most 7 keys in 10 slots: short probe runs, ~46 bytes per key.
+const LOAD_NUM: usize = 7;
+const LOAD_DEN: usize = 10;
 
 /// Where a synced ID resolves to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,18 +35,96 @@ pub enum Target<'a> {
     Device(Dpid, &'a [u8]),
 }
 
-#[derive(Default)]
-pub struct IdIndex {
-    uuids: AHashMap<u128, Uuid>,
-    devices: AHashMap<u128, (Dpid, Box<[u8]>)>,
-    dpids: BTreeSet<Dpid>,
+/// One slot: the key's hash (0 = empty) and the UUID it maps to; aligned so a slot never
+/// straddles two cache lines.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+struct Slot {
+    hash: u128,
+    uuid: u128,
 }
 
-/// One loaded mapping: key hash, master DPID, master ID.
-type Loaded = (u128, Dpid, Vec<u8>);
+/// The open-addressing table of one (DPID, partition).
+#[derive(Default)]
+struct Shard {
+    slots: Box<[Slot]>,
+}
+
+/// A hash as stored: 0 marks an empty slot, so the (2^-128) hash 0 is stored as 1.
+#[inline]
+fn stored(hash: u128) -> u128 {
+    hash.max(1)
+}
+
+impl Shard {
+    fn build(keys: &[Slot]) -> Shard {
+        if keys.is_empty() {
+            return Shard::default();
+        }
+        let len = keys.len() * LOAD_DEN / LOAD_NUM + 1;
+        let mut slots = vec![Slot::default(); len].into_boxed_slice();
+        for key in keys {
+            let mut i = home(key.hash, len);
+            loop {
+                let slot = &mut slots[i];
+                if slot.hash == 0 || slot.hash == key.hash {
+                    // A repeated key (the store has one record per ID) keeps its last value.
+                    *slot = *key;
+                    break;
+                }
+                i = if i + 1 == len { 0 } else { i + 1 };
+            }
+        }
+        Shard { slots }
+    }
+
+    #[inline]
+    fn get(&self, hash: u128) -> Option<Uuid> {
+        let len = self.slots.len();
+        if len == 0 {
+            return None;
+        }
+        let mut i = home(hash, len);
+        loop {
+            let slot = self.slots[i];
+            if slot.hash == hash {
+                return Some(Uuid(slot.uuid));
+            }
+            if slot.hash == 0 {
+                return None;
+            }
+            i = if i + 1 == len { 0 } else { i + 1 };
+        }
+    }
+}
+
+/// The home slot of a hash in a table of `len` slots: the low 64 bits, multiply-shifted (the
+/// high 64 bits chose the partition).
+#[inline]
+fn home(hash: u128, len: usize) -> usize {
+    ((u128::from(hash as u64) * len as u128) >> 64) as usize
+}
+
+#[derive(Default)]
+pub struct IdIndex {
+    /// Loaded DPIDs, sorted; `shards[d * partitions + p]` is DPID `dpids[d]`'s partition `p`.
+    dpids: Vec<Dpid>,
+    partitions: u32,
+    shards: Vec<Shard>,
+    /// Keys whose master is not an AAM UUID but whose chain ends at one.
+    chained: AHashMap<u128, Uuid>,
+    devices: AHashMap<u128, (Dpid, Box<[u8]>)>,
+}
 
 /// A partition source: the payload of a state file by name, or `None` if it does not exist.
-pub type PartSource<'a> = dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync + 'a;
+/// Payloads already in memory (tonight's ID-sync partitions) are lent, not copied.
+pub type PartSource<'a> = dyn Fn(&str) -> anyhow::Result<Option<Cow<'a, [u8]>>> + Sync + 'a;
+
+/// A mapping whose master is not an AAM UUID: (key hash, master DPID, master ID).
+type Other = (u128, Dpid, Box<[u8]>);
+
+/// What one partition file yields: its UUID-mapped keys and its other mappings.
+type Loaded = (Vec<Slot>, Vec<Other>);
 
 impl IdIndex {
     /// Loads the `adobe_id_` mappings of `dpids` (and, transitively, of the DPIDs their masters
@@ -43,8 +134,9 @@ impl IdIndex {
         partitions: u32,
         source: &PartSource<'_>,
     ) -> anyhow::Result<IdIndex> {
-        let mut index = IdIndex::default();
+        let mut tables: Vec<(Dpid, Vec<Shard>)> = Vec::new();
         let mut pending: AHashMap<u128, (Dpid, Box<[u8]>)> = AHashMap::new();
+        let mut loaded_dpids: BTreeSet<Dpid> = BTreeSet::new();
         let mut frontier: BTreeSet<Dpid> = dpids
             .iter()
             .copied()
@@ -54,77 +146,128 @@ impl IdIndex {
             if frontier.is_empty() {
                 break;
             }
-            index.dpids.extend(frontier.iter().copied());
+            loaded_dpids.extend(frontier.iter().copied());
             let names: Vec<(Dpid, String)> = frontier
                 .iter()
                 .flat_map(|&d| (0..partitions).map(move |p| (d, part_name(Table::Adobe, d, p))))
                 .collect();
-            let loaded: Vec<anyhow::Result<Vec<Loaded>>> = names
+            let loaded: Vec<anyhow::Result<(Shard, Vec<Other>)>> = names
                 .par_iter()
                 .map(|(dpid, name)| {
                     let Some(bytes) = source(name)? else {
-                        return Ok(Vec::new());
+                        return Ok((Shard::default(), Vec::new()));
                     };
-                    let records =
-                        decode(&bytes).map_err(|e| anyhow::anyhow!("ID-sync table {name}: {e}"))?;
-                    Ok(records
-                        .iter()
-                        .map(|r| (id_hash(*dpid, r.id), r.value_dpid, r.value.to_vec()))
-                        .collect())
+                    let (keys, others) = load_part(*dpid, &bytes)
+                        .map_err(|e| anyhow::anyhow!("ID-sync table {name}: {e}"))?;
+                    Ok((Shard::build(&keys), others))
                 })
                 .collect();
             let mut next = BTreeSet::new();
+            let mut shards = Vec::with_capacity(loaded.len());
             for part in loaded {
-                for (key, value_dpid, value) in part? {
-                    if value_dpid == AAM_UUID_DPID {
-                        if let Some(u) = Uuid::parse(&value) {
-                            index.uuids.insert(key, u);
-                        }
-                    } else {
-                        if !index.dpids.contains(&value_dpid) {
-                            next.insert(value_dpid);
-                        }
-                        pending.insert(key, (value_dpid, value.into_boxed_slice()));
+                let (shard, others) = part?;
+                shards.push(shard);
+                for (key, value_dpid, value) in others {
+                    if !loaded_dpids.contains(&value_dpid) {
+                        next.insert(value_dpid);
                     }
+                    pending.insert(key, (value_dpid, value));
                 }
+            }
+            // `names` went DPID by DPID, partition by partition.
+            let mut shards = shards.into_iter();
+            for &d in &frontier {
+                tables.push((d, shards.by_ref().take(partitions as usize).collect()));
             }
             frontier = next;
         }
+        tables.sort_by_key(|(d, _)| *d);
+        let mut index = IdIndex {
+            dpids: tables.iter().map(|(d, _)| *d).collect(),
+            partitions,
+            shards: tables.into_iter().flat_map(|(_, s)| s).collect(),
+            chained: AHashMap::new(),
+            devices: AHashMap::new(),
+        };
         // Resolve chains whose master is not an AAM UUID.
-        let mut resolved_uuid = Vec::new();
-        let mut resolved_device = Vec::new();
+        let mut chained = AHashMap::new();
+        let mut devices = AHashMap::new();
         for (&key, (dpid, id)) in &pending {
             let (mut dpid, mut id): (Dpid, &[u8]) = (*dpid, id);
             for _ in 0..MAX_CHAIN {
-                let h = id_hash(dpid, id);
-                if let Some(&u) = index.uuids.get(&h) {
-                    resolved_uuid.push((key, u));
+                let h = stored(id_hash(dpid, id));
+                if let Some(u) = index.table_get(dpid, h) {
+                    chained.insert(key, u);
                     break;
                 }
                 match pending.get(&h) {
                     Some((d, next)) if h != key => (dpid, id) = (*d, next),
                     _ => {
                         if device_format(dpid).is_some() {
-                            resolved_device.push((key, (dpid, Box::<[u8]>::from(id))));
+                            devices.insert(key, (dpid, Box::<[u8]>::from(id)));
                         }
                         break;
                     }
                 }
             }
         }
-        index.uuids.extend(resolved_uuid);
-        index.devices.extend(resolved_device);
+        index.chained = chained;
+        index.devices = devices;
         Ok(index)
+    }
+
+    /// The table lookup alone (keys whose master is an AAM UUID), by stored hash.
+    #[inline]
+    fn table_get(&self, dpid: Dpid, hash: u128) -> Option<Uuid> {
+        self.shard(dpid, hash)?.get(hash)
+    }
+
+    #[inline]
+    fn shard(&self, dpid: Dpid, hash: u128) -> Option<&Shard> {
+        // A night uses a handful of DPIDs: a linear scan beats anything cleverer.
+        let d = self.dpids.iter().position(|&x| x == dpid)?;
+        let p = part_of_hash(hash, self.partitions) as usize;
+        self.shards.get(d * self.partitions as usize + p)
+    }
+
+    /// The hash [`lookup_hashed`](Self::lookup_hashed) and [`prefetch`](Self::prefetch) take.
+    #[inline]
+    pub fn hash(dpid: Dpid, id: &[u8]) -> u128 {
+        id_hash(dpid, id)
+    }
+
+    /// Starts loading the cache line a lookup of `hash` will read first. A hint only.
+    #[inline]
+    pub fn prefetch(&self, dpid: Dpid, hash: u128) {
+        if let Some(shard) = self.shard(dpid, hash)
+            && !shard.slots.is_empty()
+        {
+            prefetch_read(&shard.slots[home(stored(hash), shard.slots.len())]);
+        }
     }
 
     /// The profile `(dpid, id)` lands on, if it is synced.
     #[inline]
     pub fn lookup(&self, dpid: Dpid, id: &[u8]) -> Option<Target<'_>> {
-        let h = id_hash(dpid, id);
-        if let Some(&u) = self.uuids.get(&h) {
+        self.lookup_hashed(dpid, id_hash(dpid, id))
+    }
+
+    /// [`lookup`](Self::lookup) with the key's [`hash`](Self::hash) already computed.
+    #[inline]
+    pub fn lookup_hashed(&self, dpid: Dpid, hash: u128) -> Option<Target<'_>> {
+        let hash = stored(hash);
+        if let Some(u) = self.table_get(dpid, hash) {
             return Some(Target::Uuid(u));
         }
-        self.devices.get(&h).map(|(d, id)| Target::Device(*d, id))
+        if self.chained.is_empty() && self.devices.is_empty() {
+            return None;
+        }
+        if let Some(&u) = self.chained.get(&hash) {
+            return Some(Target::Uuid(u));
+        }
+        self.devices
+            .get(&hash)
+            .map(|(d, id)| Target::Device(*d, id))
     }
 
     /// Whether mappings of `dpid` were loaded.
@@ -132,14 +275,52 @@ impl IdIndex {
         self.dpids.contains(&dpid)
     }
 
+    /// Keys that resolve to a profile.
     pub fn len(&self) -> usize {
-        self.uuids.len() + self.devices.len()
+        let in_tables: usize = self
+            .shards
+            .iter()
+            .map(|s| s.slots.iter().filter(|x| x.hash != 0).count())
+            .sum();
+        in_tables + self.chained.len() + self.devices.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
+
+/// Splits one partition file of `dpid` into UUID-mapped keys and other mappings.
+fn load_part(dpid: Dpid, bytes: &[u8]) -> Result<Loaded, crate::codec::Truncated> {
+    // ~80 bytes per record: reserve once instead of growing.
+    let mut keys = Vec::with_capacity(bytes.len() / 72 + 1);
+    let mut others = Vec::new();
+    for_each(bytes, |r| {
+        let hash = stored(id_hash(dpid, r.id));
+        if r.value_dpid == AAM_UUID_DPID {
+            if let Some(u) = Uuid::parse(r.value) {
+                keys.push(Slot { hash, uuid: u.0 });
+            }
+        } else {
+            others.push((hash, r.value_dpid, Box::<[u8]>::from(r.value)));
+        }
+    })?;
+    Ok((keys, others))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[allow(unsafe_code)]
+fn prefetch_read<T>(value: &T) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    // SAFETY: a prefetch is a hint: it never faults and has no effect on memory, and the
+    // pointer comes from a live reference.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>()) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn prefetch_read<T>(_value: &T) {}
 
 #[cfg(test)]
 mod tests {
@@ -166,8 +347,9 @@ mod tests {
         let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
         let parts: BTreeMap<String, Vec<u8>> =
             apply(Table::Adobe, &incoming, 4, &none).unwrap().parts;
-        let source =
-            move |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(parts.get(name).cloned()) };
+        let source = |name: &str| -> anyhow::Result<Option<Cow<'_, [u8]>>> {
+            Ok(parts.get(name).map(|b| Cow::Borrowed(b.as_slice())))
+        };
         IdIndex::build(&dpids.iter().copied().collect(), 4, &source).unwrap()
     }
 
@@ -205,6 +387,37 @@ mod tests {
             index.lookup(21, b"c1"),
             Some(Target::Uuid(Uuid::parse(U1.as_bytes()).unwrap()))
         );
+    }
+
+    #[test]
+    fn every_key_of_a_large_table_is_found_and_no_other() {
+        // Enough keys per partition for long probe runs and wrap-arounds in every table.
+        let uuid = |i: u64| format!("{:038}", u128::from(i) * 7_919 + 11);
+        let ids: Vec<String> = (0..20_000u64).map(|i| format!("cust-{i:x}")).collect();
+        let uuids: Vec<String> = (0..20_000u64).map(uuid).collect();
+        let mappings: Vec<(Dpid, &str, Dpid, &str)> = ids
+            .iter()
+            .zip(&uuids)
+            .map(|(id, u)| (21, id.as_str(), 0, u.as_str()))
+            .collect();
+        let index = build(&mappings, &[21]);
+        assert_eq!(index.len(), ids.len());
+        for (id, u) in ids.iter().zip(&uuids) {
+            let want = Uuid::parse(u.as_bytes()).unwrap();
+            assert_eq!(
+                index.lookup(21, id.as_bytes()),
+                Some(Target::Uuid(want)),
+                "{id}"
+            );
+            let h = IdIndex::hash(21, id.as_bytes());
+            index.prefetch(21, h);
+            assert_eq!(index.lookup_hashed(21, h), Some(Target::Uuid(want)));
+        }
+        for i in 20_000..40_000u64 {
+            assert_eq!(index.lookup(21, format!("cust-{i:x}").as_bytes()), None);
+        }
+        // Same ID, other DPID: not loaded, not found.
+        assert_eq!(index.lookup(22, ids[0].as_bytes()), None);
     }
 
     #[test]

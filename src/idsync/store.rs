@@ -6,7 +6,7 @@
 
 use super::Table;
 use crate::codec::{Reader, Truncated, Writer};
-use crate::model::{Dpid, partition_of};
+use crate::model::{Dpid, id_hash};
 use std::collections::BTreeMap;
 
 /// One stored mapping, borrowing its partition's bytes.
@@ -25,35 +25,55 @@ pub fn part_name(table: Table, dpid: Dpid, part: u32) -> String {
 
 /// The partition of `(dpid, id)`.
 pub fn part_of(dpid: Dpid, id: &[u8], partitions: u32) -> u32 {
-    // The key is (DPID big-endian, ID); short IDs (nearly all) are assembled on the stack.
-    let mut stack = [0u8; 128];
-    if id.len() + 4 <= stack.len() {
-        stack[..4].copy_from_slice(&dpid.to_be_bytes());
-        stack[4..4 + id.len()].copy_from_slice(id);
-        return partition_of(&stack[..4 + id.len()], partitions);
-    }
-    let mut key = Vec::with_capacity(4 + id.len());
-    key.extend_from_slice(&dpid.to_be_bytes());
-    key.extend_from_slice(id);
-    partition_of(&key, partitions)
+    part_of_hash(id_hash(dpid, id), partitions)
 }
 
-pub fn decode(payload: &[u8]) -> Result<Vec<Record<'_>>, Truncated> {
+/// The partition of a key by its [`id_hash`]: the high 64 bits, multiply-shifted onto
+/// `0..partitions`. The in-memory index derives its table from the same hash, so a lookup hashes
+/// the ID once (the low 64 bits place it inside the partition's table).
+#[inline]
+pub fn part_of_hash(hash: u128, partitions: u32) -> u32 {
+    (((hash >> 64) * u128::from(partitions)) >> 64) as u32
+}
+
+/// Calls `f` with every record of a partition, in stored order, without collecting them.
+pub fn for_each<'a>(payload: &'a [u8], mut f: impl FnMut(Record<'a>)) -> Result<(), Truncated> {
     let mut r = Reader::new(payload);
-    let mut out = Vec::new();
     while !r.is_empty() {
-        out.push(Record {
+        f(Record {
             id: r.bytes()?,
             value_dpid: r.u32()?,
             value: r.bytes()?,
             timestamp: r.u64()?,
         });
     }
+    Ok(())
+}
+
+pub fn decode(payload: &[u8]) -> Result<Vec<Record<'_>>, Truncated> {
+    let mut out = Vec::new();
+    for_each(payload, |r| out.push(r))?;
     Ok(out)
+}
+
+/// The first 8 bytes of an ID as a big-endian integer (zero-padded): ordering by it, then by
+/// the whole ID, is the bytewise order.
+#[inline]
+pub fn id_prefix(id: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = id.len().min(8);
+    b[..n].copy_from_slice(&id[..n]);
+    u64::from_be_bytes(b)
 }
 
 fn encode(records: &[Record<'_>]) -> Vec<u8> {
     let mut w = Writer::default();
+    w.buf.reserve(
+        records
+            .iter()
+            .map(|r| r.id.len() + r.value.len() + 24)
+            .sum(),
+    );
     for rec in records {
         w.bytes(rec.id);
         w.u32(rec.value_dpid);
@@ -100,20 +120,51 @@ pub fn apply(
     partitions: u32,
     old: &(dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
 ) -> Result<Applied, StoreError> {
-    // Group by partition, keeping application order inside each group.
-    let mut groups: BTreeMap<(Dpid, u32), Vec<(usize, &Incoming<'_>)>> = BTreeMap::new();
-    for (order, m) in incoming.iter().enumerate() {
-        let part = part_of(m.key_dpid, m.record.id, partitions);
-        groups
-            .entry((m.key_dpid, part))
-            .or_default()
-            .push((order, m));
+    // Group by (DPID, partition), keeping application order inside each group: partitions are
+    // computed in parallel, then one counting pass orders the rows' indices by group.
+    let mut dpids: Vec<Dpid> = incoming.iter().map(|m| m.key_dpid).collect();
+    dpids.sort_unstable();
+    dpids.dedup();
+    let parts = partitions as usize;
+    let group_of: Vec<u32> = {
+        use rayon::prelude::*;
+        incoming
+            .par_iter()
+            .map(|m| {
+                let d = dpids.binary_search(&m.key_dpid).unwrap_or(0);
+                (d * parts) as u32 + part_of(m.key_dpid, m.record.id, partitions)
+            })
+            .collect()
+    };
+    let mut starts = vec![0usize; dpids.len() * parts + 1];
+    for &g in &group_of {
+        starts[g as usize + 1] += 1;
     }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut order = vec![0u32; incoming.len()];
+    let mut next = starts.clone();
+    for (i, &g) in group_of.iter().enumerate() {
+        order[next[g as usize]] = i as u32;
+        next[g as usize] += 1;
+    }
+    drop(group_of);
+    let groups: Vec<(Dpid, u32, &[u32])> = (0..dpids.len() * parts)
+        .filter(|&g| starts[g] < starts[g + 1])
+        .map(|g| {
+            (
+                dpids[g / parts],
+                (g % parts) as u32,
+                &order[starts[g]..starts[g + 1]],
+            )
+        })
+        .collect();
     let results: Vec<Result<MergedPart, StoreError>> = {
         use rayon::prelude::*;
         groups
             .into_par_iter()
-            .map(|((dpid, part), mut group)| {
+            .map(|(dpid, part, group)| {
                 let name = part_name(table, dpid, part);
                 let previous = old(&name)?;
                 let stored = match &previous {
@@ -123,10 +174,25 @@ pub fn apply(
                     })?,
                     None => Vec::new(),
                 };
-                // Sort by ID, then application order; keep the winner per ID.
-                group.sort_by(|a, b| a.1.record.id.cmp(b.1.record.id).then(a.0.cmp(&b.0)));
+                // Sort by ID, then application order; keep the winner per ID. The first 8
+                // bytes as an integer decide nearly every comparison without a memcmp.
+                let mut group: Vec<(u64, u32)> = group
+                    .iter()
+                    .map(|&i| (id_prefix(incoming[i as usize].record.id), i))
+                    .collect();
+                group.sort_unstable_by(|a, b| {
+                    a.0.cmp(&b.0)
+                        .then_with(|| {
+                            incoming[a.1 as usize]
+                                .record
+                                .id
+                                .cmp(incoming[b.1 as usize].record.id)
+                        })
+                        .then(a.1.cmp(&b.1))
+                });
+                let group = group.iter().map(|&(_, i)| (i, &incoming[i as usize]));
                 let mut winners: Vec<(Record<'_>, usize)> = Vec::with_capacity(group.len());
-                for (_, m) in &group {
+                for (_, m) in group {
                     match winners.last_mut() {
                         Some(last) if last.0.id == m.record.id => {
                             if m.record.timestamp >= last.0.timestamp {

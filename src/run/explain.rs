@@ -106,7 +106,8 @@ fn explain_one(
             None => Ok(None),
         }
     };
-    let index = IdIndex::build(&BTreeSet::from([dpid]), partitions, &source)?;
+    let owned = |name: &str| Ok(source(name)?.map(std::borrow::Cow::Owned));
+    let index = IdIndex::build(&BTreeSet::from([dpid]), partitions, &owned)?;
     match index.lookup(dpid, bytes) {
         Some(Target::Uuid(u)) => return Ok(format!("synced to AAM UUID {:038}", u.0)),
         Some(Target::Device(d, device)) => {
