@@ -181,7 +181,6 @@ pub struct ChunkOut {
 /// Parses, validates and resolves every line of `chunk`, and maps items to trait instructions.
 /// Pure: the same bytes and context always give the same output.
 pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkOut {
-    use crate::report::receipt::Category;
     let mut out = ChunkOut {
         records: 0,
         format_errors: 0,
@@ -205,9 +204,62 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
         scratch: Scratch::new(),
         qualified: Vec::new(),
     };
-    for (line_no, raw) in lines(chunk, first_line) {
-        let record = match parse_line(raw, ctx.id_kind == IdKind::Odc) {
-            LineKind::Blank => continue,
+    // Lines go in batches: parse a batch and start loading every ID's index slot, then resolve
+    // the batch, so the cache misses of a batch overlap instead of queueing.
+    let odc = ctx.id_kind == IdKind::Odc;
+    let lookup_dpid = match ctx.id_kind {
+        IdKind::Customer { dpid, .. } => Some(dpid),
+        _ => None,
+    };
+    let mut pending = lines(chunk, first_line);
+    let mut batch: SmallVec<[(u64, &[u8], LineKind<'_>, u128); LOOKUP_BATCH]> = SmallVec::new();
+    loop {
+        batch.clear();
+        for (line_no, raw) in pending.by_ref().take(LOOKUP_BATCH) {
+            let kind = parse_line(raw, odc);
+            // The user's identity for the per-user cap, which is also the index key when the
+            // file's IDs are looked up (one DPID per file, so the two agree on "same ID").
+            let hash = match (&kind, lookup_dpid) {
+                (LineKind::Record(r), Some(dpid)) => {
+                    let h = IdIndex::hash(dpid, r.id);
+                    ctx.index.prefetch(dpid, h);
+                    h
+                }
+                (LineKind::Record(r), None) => id_hash(0, r.id),
+                _ => 0,
+            };
+            batch.push((line_no, raw, kind, hash));
+        }
+        if batch.is_empty() {
+            break;
+        }
+        for &(line_no, raw, kind, user) in &batch {
+            process_line(ctx, &mut out, line_no, raw, kind, user, &mut key_scratch, &mut rules);
+        }
+    }
+    out
+}
+
+/// Lines parsed ahead of their index lookups (see [`process_chunk`]).
+const LOOKUP_BATCH: usize = 16;
+
+/// One line of [`process_chunk`]: `user` is the ID's hash (see there).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn process_line(
+    ctx: &FileCtx<'_>,
+    out: &mut ChunkOut,
+    line_no: u64,
+    raw: &[u8],
+    kind: LineKind<'_>,
+    user: u128,
+    key_scratch: &mut Vec<u8>,
+    rules: &mut RuleScratch,
+) {
+    use crate::report::receipt::Category;
+    {
+        let record = match kind {
+            LineKind::Blank => return,
             LineKind::FormatError(e) => {
                 out.records += 1;
                 out.format_errors += 1;
@@ -217,13 +269,12 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
                     reason: Reason::Format(e.reason()),
                     text: raw.to_vec(),
                 });
-                continue;
+                return;
             }
             LineKind::Record(r) => r,
         };
         out.records += 1;
-        let user = id_hash(0, record.id);
-        let resolved = resolve(ctx, record.id, record.id_type, &mut key_scratch);
+        let resolved = resolve(ctx, record.id, record.id_type, user, key_scratch);
         let status = match resolved {
             Err((category, reason)) => {
                 out.rejected.push(Rejected {
@@ -239,15 +290,15 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
                 }
             }
             Ok(()) => {
-                let part = partition_of(&key_scratch, ctx.partitions);
+                let part = partition_of(key_scratch, ctx.partitions);
                 let buf = &mut out.parts[part as usize];
                 push_op(
                     buf,
                     ctx,
                     seq(ctx.file, line_no),
-                    &key_scratch,
+                    key_scratch,
                     record.items,
-                    &mut rules,
+                    rules,
                 );
                 Status::Op { part }
             }
@@ -258,7 +309,6 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
             status,
         });
     }
-    out
 }
 
 /// Validates the ID and writes the encoded profile key into `key`, or says why not.
@@ -266,6 +316,7 @@ fn resolve(
     ctx: &FileCtx<'_>,
     id: &[u8],
     id_type: Option<&[u8]>,
+    hash: u128,
     key: &mut Vec<u8>,
 ) -> Result<(), (crate::report::receipt::Category, Reason)> {
     use crate::model::ProfileKey;
@@ -298,7 +349,7 @@ fn resolve(
                 Reason::UnknownOdcType(id_type.unwrap_or_default().into()),
             )),
         },
-        IdKind::Customer { dpid, cross_device } => match ctx.index.lookup(dpid, id) {
+        IdKind::Customer { dpid, cross_device } => match ctx.index.lookup_hashed(dpid, hash) {
             Some(Target::Uuid(u)) => {
                 ProfileKey::Uuid(u).encode_into(key);
                 Ok(())
