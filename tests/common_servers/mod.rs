@@ -1,5 +1,6 @@
-//! Real servers on 127.0.0.1 for the storage tests: moto (S3) and pyftpdlib (FTP), run with the
-//! Python that `scripts/test.sh` prepares and exports as `SEGMILL_TEST_PYTHON`.
+//! Real servers on 127.0.0.1 for the storage and mail tests: moto (S3), pyftpdlib (FTP) and
+//! aiosmtpd (SMTP, plain or STARTTLS with a trustme test CA), run with the Python that
+//! `scripts/test.sh` prepares and exports as `SEGMILL_TEST_PYTHON`.
 //!
 //! Each server is a child process on a free port, waited for until its port answers, and
 //! killed by its PID when its guard is dropped (also when the test panics). Without
@@ -271,5 +272,128 @@ impl Ftp {
             "ftp://{}:{}@127.0.0.1:{}/{path}",
             self.user, self.password, self.server.port
         )
+    }
+}
+
+/// aiosmtpd on 127.0.0.1, plain or with STARTTLS required, writing each accepted message to
+/// `<dir>/mail/NNN.json` (to a temp name first, then renamed, so a reader never sees half a
+/// file).
+pub struct Smtp {
+    /// The server process; `server.dir` holds `mail/` and, with STARTTLS, `ca.pem`.
+    pub server: Server,
+    /// The test CA that signed the server's certificate (STARTTLS servers only).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `port out_dir tls_dir|-`. With a TLS folder, trustme makes a CA (written as `ca.pem`) and a
+/// certificate for localhost and 127.0.0.1, and the server requires STARTTLS before MAIL.
+/// Each message records whether its session ran over TLS (`session.ssl`, set by aiosmtpd only
+/// after a completed STARTTLS) and the protocol version. Recipients at `refuse.example.com`
+/// get a permanent 550.
+const SMTP_SERVER: &str = r#"
+import email, email.policy, json, os, ssl, sys, threading
+from aiosmtpd.controller import Controller
+port, out_dir, tls_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+kwargs = {}
+if tls_dir != "-":
+    import trustme
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(os.path.join(tls_dir, "ca.pem"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    kwargs = {"tls_context": context, "require_starttls": True}
+class Handler:
+    count = 0
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.endswith("@refuse.example.com"):
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+    async def handle_DATA(self, server, session, envelope):
+        Handler.count += 1
+        msg = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        ssl_object = (session.ssl or {}).get("ssl_object")
+        record = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "from": str(msg["From"]),
+            "to": str(msg["To"]),
+            "subject": str(msg["Subject"]),
+            "content_type": msg.get_content_type(),
+            "body": msg.get_content(),
+            "tls": session.ssl is not None,
+            "tls_version": ssl_object.version() if ssl_object is not None else None,
+        }
+        tmp = os.path.join(out_dir, "%03d.tmp" % Handler.count)
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        os.rename(tmp, os.path.join(out_dir, "%03d.json" % Handler.count))
+        return "250 Message accepted"
+controller = Controller(Handler(), hostname="127.0.0.1", port=port, **kwargs)
+controller.start()
+threading.Event().wait()
+"#;
+
+impl Smtp {
+    /// A plain SMTP server (no STARTTLS offered), or `None` without a Python.
+    pub fn start() -> Option<Smtp> {
+        Self::start_with(false)
+    }
+
+    /// A server that requires STARTTLS with a certificate from a fresh test CA, or `None`
+    /// without a Python.
+    pub fn start_starttls() -> Option<Smtp> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<Smtp> {
+        let python = python()?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("mail");
+        std::fs::create_dir(&out).expect("create the mail folder");
+        let tls_dir = if tls {
+            dir.path().display().to_string()
+        } else {
+            "-".to_owned()
+        };
+        let port = free_port();
+        let args = [
+            "-c".to_owned(),
+            SMTP_SERVER.to_owned(),
+            port.to_string(),
+            out.display().to_string(),
+            tls_dir,
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start_in(dir, &python, &args, &[], port);
+        let ca_file = tls.then(|| server.dir.path().join("ca.pem"));
+        if let Some(ca) = &ca_file {
+            assert!(ca.is_file(), "no {}:\n{}", ca.display(), server.log());
+        }
+        Some(Smtp { server, ca_file })
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+
+    /// The messages accepted so far, in arrival order.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        let dir = self.server.dir.path().join("mail");
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p)
+                    .unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", p.display()))
+            })
+            .collect()
     }
 }
