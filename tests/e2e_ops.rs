@@ -296,6 +296,87 @@ fn s3_inbound_and_destination_equal_a_local_run() {
     assert!(!all.contains(S3_SECRET), "the S3 secret leaked");
 }
 
+/// An inbound object replaced between two ranged parts of its fetch (default 8 MiB parts) fails
+/// the run with exit 2 and a message naming the object; nothing is committed, no receipt is
+/// written and the scratch folder is gone. The next run reads the new object.
+#[test]
+fn an_s3_object_replaced_while_fetched_fails_the_run_and_commits_nothing() {
+    let Some(moto) = common_servers::Moto::start() else {
+        return;
+    };
+    let Some(proxy) = common_servers::S3Proxy::start(&moto, 0) else {
+        return;
+    };
+    let inbound = s3_store(&moto, "in");
+    let trait_rel = "date=2026-11-21/ftp_dpm_21_1795222800.sync";
+    inbound
+        .put_bytes(
+            "date=2026-11-21/adobe_id_0_21_1795219200.sync",
+            format!("{}\tcust1\n", uuid(1)).as_bytes(),
+        )
+        .expect("upload");
+    // 9 MiB: two ranged parts.
+    inbound
+        .put_bytes(trait_rel, &b"cust1\td_sid=101\n".repeat(9 << 16))
+        .expect("upload");
+    proxy.replace_after_first_part(
+        &moto.bucket,
+        &format!("in/{trait_rel}"),
+        b"cust1\td_sid=102\n",
+    );
+
+    let mut w = World::new();
+    w.envs
+        .push(("SEGMILL_TEST_S3_SECRET".into(), S3_SECRET.into()));
+    w.config(
+        &format!("s3://{}/in", moto.bucket),
+        "",
+        &format!(
+            "[s3]\nendpoint = \"{}\"\naccess_key_id = \"{}\"\n\
+             secret_access_key_env = \"SEGMILL_TEST_S3_SECRET\"\nallow_http = true\n\n{}",
+            proxy.endpoint,
+            moto.access_key_id,
+            catalog("out/9", "")
+        ),
+    );
+    let out = w.run(AS_OF, 2);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "segmill: error: cannot fetch inbound file s3://segmill-drop/in/{trait_rel}: \
+             cannot fetch s3://segmill-drop/in/{trait_rel}: it changed while being read (its \
+             ETag no longer matches); run again\n"
+        )
+    );
+    let statuses: Vec<u16> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == format!("/segmill-drop/in/{trait_rel}"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(
+        statuses.contains(&206) && statuses.contains(&412),
+        "{statuses:?}"
+    );
+    assert!(!w.state().join("CURRENT").exists());
+    assert!(!w.state().join("receipts").exists());
+    assert!(!w.state().join("tmp").join(run_id(1, AS_OF)).exists());
+    assert!(!w.root().join("out").exists());
+
+    // Run again: the new object is read.
+    let again = w.run(AS_OF, 0);
+    assert!(!w.all_output(&[&out, &again]).contains(S3_SECRET));
+    let r = read_json(
+        &w.state()
+            .join("receipts")
+            .join(run_id(1, AS_OF))
+            .join("21.json"),
+    );
+    assert_eq!(common::counters(&r)["records_received"], 1);
+    assert_eq!(common::counters(&r)["total_realized_traits"], 1);
+}
+
 #[test]
 fn ftp_inbound_and_destination_equal_a_local_run() {
     let Some(ftp) = common_servers::Ftp::start() else {
