@@ -13,9 +13,8 @@ use common::{assert_same_tree, read_json, read_text, run_id, snapshot};
 use segmill::config::Location;
 use segmill::storage::{StorageSettings, Store};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 const AS_OF: &str = "2026-11-21T23:59:59Z";
 const S3_SECRET: &str = "s3-Secr3t-Value-xyz";
@@ -578,73 +577,6 @@ fn pgp_files_are_decrypted_with_the_configured_key() {
 // ---------------------------------------------------------------------------------------------
 // SMTP receipts and metrics
 
-/// aiosmtpd writing each accepted message as `NNN.json`.
-const SMTP_SERVER: &str = r#"
-import email, email.policy, json, os, sys
-from aiosmtpd.controller import Controller
-out_dir, port = sys.argv[1], int(sys.argv[2])
-class Handler:
-    count = 0
-    async def handle_DATA(self, server, session, envelope):
-        Handler.count += 1
-        msg = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
-        record = {"rcpt_tos": envelope.rcpt_tos, "subject": str(msg["Subject"]),
-                  "body": msg.get_content()}
-        tmp = os.path.join(out_dir, "%03d.tmp" % Handler.count)
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-        os.rename(tmp, os.path.join(out_dir, "%03d.json" % Handler.count))
-        return "250 Message accepted"
-controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-controller.start()
-print("ready", flush=True)
-sys.stdin.read()
-controller.stop()
-"#;
-
-struct Smtp {
-    child: Child,
-    port: u16,
-    out: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_smtp() -> Option<Smtp> {
-    let python = common_servers::python()?;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("mail");
-    std::fs::create_dir(&out).unwrap();
-    let port = common_servers::free_port();
-    let mut child = Command::new(&python)
-        .args(["-c", SMTP_SERVER])
-        .arg(&out)
-        .arg(port.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start aiosmtpd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let smtp = Smtp {
-        child,
-        port,
-        out,
-        _dir: dir,
-    };
-    assert_eq!(line.trim(), "ready", "aiosmtpd did not start");
-    Some(smtp)
-}
-
 fn smtp_table(port: u16) -> String {
     format!(
         "[smtp]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"segmill\"\n\
@@ -654,7 +586,7 @@ fn smtp_table(port: u16) -> String {
 
 #[test]
 fn receipts_are_mailed_after_the_commit() {
-    let Some(smtp) = start_smtp() else {
+    let Some(smtp) = common_servers::Smtp::start() else {
         return;
     };
     let mut w = World::new();
@@ -662,7 +594,7 @@ fn receipts_are_mailed_after_the_commit() {
         .push(("SEGMILL_TEST_SMTP_PASSWORD".into(), "smtp-Secr3t".into()));
     // aiosmtpd offers no AUTH without TLS: log in only when offered is not lettre's way, so
     // this server runs without a user.
-    let table = smtp_table(smtp.port).replace("username = \"segmill\"\n", "");
+    let table = smtp_table(smtp.port()).replace("username = \"segmill\"\n", "");
     w.config(
         "inbound",
         "",
@@ -674,14 +606,9 @@ fn receipts_are_mailed_after_the_commit() {
     w.put_local(&drop_files());
     let out = w.run(AS_OF, 0);
     let run = run_id(1, AS_OF);
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&smtp.out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 1, "one receipt, one message");
-    let msg = read_json(&names[0]);
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 1, "one receipt, one message");
+    let msg = &messages[0];
     assert_eq!(
         msg["rcpt_tos"],
         serde_json::json!(["ops@example.com", "crm@example.com"])
@@ -689,6 +616,14 @@ fn receipts_are_mailed_after_the_commit() {
     let text = read_text(&w.state().join("receipts").join(&run).join("21.txt"));
     let subject = text.lines().next().unwrap().trim_start_matches("Subject: ");
     assert_eq!(msg["subject"], subject);
+    // The body is the receipt file after its subject line (CRLF on the wire).
+    let body = msg["body"].as_str().unwrap().replace("\r\n", "\n");
+    let expected_body = text.split_once('\n').unwrap().1;
+    assert_eq!(
+        body.trim_end_matches('\n'),
+        expected_body.trim_end_matches('\n')
+    );
+    assert_eq!(msg["tls"], false);
     let report = w.run_report(&run);
     assert_eq!(
         report["mail"],
