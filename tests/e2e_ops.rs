@@ -704,6 +704,31 @@ fn metrics_file_is_written_after_the_commit() {
     ] {
         assert!(lines.contains(&expected), "{expected} missing from\n{text}");
     }
+    // Durations are wall-clock: their series are fixed, their values only well-formed.
+    let durations: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(name, _)| name.contains("_duration_seconds"))
+        .map(|(name, value)| {
+            let seconds: f64 = value.parse().unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert!(seconds >= 0.0, "{name} {value}");
+            name
+        })
+        .collect();
+    assert_eq!(
+        durations,
+        [
+            "segmill_run_duration_seconds",
+            "segmill_stage_duration_seconds{stage=\"discover\"}",
+            "segmill_stage_duration_seconds{stage=\"export\"}",
+            "segmill_stage_duration_seconds{stage=\"idsync\"}",
+            "segmill_stage_duration_seconds{stage=\"index\"}",
+            "segmill_stage_duration_seconds{stage=\"merge\"}",
+            "segmill_stage_duration_seconds{stage=\"parse\"}",
+            "segmill_stage_duration_seconds{stage=\"receipts\"}",
+            "segmill_stage_duration_seconds{stage=\"write\"}",
+        ]
+    );
 
     // A metrics folder that does not exist is a warning, not a failure.
     let w2 = World::new();
