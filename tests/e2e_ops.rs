@@ -1027,6 +1027,66 @@ fn logs_go_to_stderr_as_json_and_a_clean_run_is_silent() {
     );
 }
 
+/// Under a pseudo-terminal (util-linux `script`) the run draws a progress bar on stderr and
+/// clears it at the end, with stdout unchanged; under a pipe stderr stays empty.
+#[test]
+fn a_progress_bar_is_drawn_on_a_terminal_and_never_under_a_pipe() {
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("skipped: the `script` utility (util-linux) is not installed");
+        return;
+    }
+    let piped = World::new();
+    piped.config("inbound", "", &catalog("out/9", ""));
+    piped.put_local(&drop_files());
+    let out = piped.run(AS_OF, 0);
+    assert_eq!(out.stderr, "", "no bar under a pipe");
+
+    let w = World::new();
+    w.config("inbound", "", &catalog("out/9", ""));
+    w.put_local(&drop_files());
+    let stdout_file = w.root().join("stdout.txt");
+    let quote = |p: &Path| {
+        let text = p.display().to_string();
+        assert!(!text.contains('\''), "{text}");
+        format!("'{text}'")
+    };
+    // Only stderr reaches the terminal; stdout goes to a file.
+    let command = format!(
+        "{} --config {} run --as-of {AS_OF} > {}",
+        quote(Path::new(env!("CARGO_BIN_EXE_segmill"))),
+        quote(&w.root().join("segmill.toml")),
+        quote(&stdout_file)
+    );
+    let term = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script");
+    let screen = String::from_utf8_lossy(&term.stdout);
+    assert_eq!(term.status.code(), Some(0), "{screen:?}");
+    for drawn in [
+        "discovering inbound files",
+        "reading trait files",
+        "2/2 files",
+        "merging profiles",
+    ] {
+        assert!(screen.contains(drawn), "{drawn:?} not drawn in {screen:?}");
+    }
+    assert!(
+        screen.ends_with("\r\u{1b}[2K"),
+        "bar not cleared: {screen:?}"
+    );
+    // The same summary, the worlds' folders aside.
+    let root = |w: &World| w.root().display().to_string();
+    assert_eq!(
+        read_text(&stdout_file).replace(&root(&w), "<root>"),
+        out.stdout.replace(&root(&piped), "<root>")
+    );
+    assert_same_tree("state", &piped.state_snapshot(), &w.state_snapshot());
+}
+
 #[test]
 fn a_refused_ftp_login_fails_the_run_without_printing_the_password() {
     let Some(ftp) = common_servers::Ftp::start() else {
