@@ -491,6 +491,10 @@ pub enum Problem {
     /// An `_env` key names an environment variable that is unset or empty.
     #[error("environment variable {0} is not set")]
     MissingEnv(String),
+    /// `[smtp] ca_file` cannot be read, is not a PEM certificate, or is set without
+    /// `starttls = true`; the text says which.
+    #[error("{0}")]
+    CaFile(String),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -558,6 +562,7 @@ struct RawSmtp {
     username: Option<String>,
     password_env: Option<String>,
     from: String,
+    ca_file: Option<String>,
 }
 
 fn default_smtp_port() -> u16 {
@@ -757,7 +762,7 @@ impl Config {
             env,
         );
         let pgp = main.pgp.map(|raw| v.pgp(raw, base, env));
-        let smtp = main.smtp.map(|raw| v.smtp(raw, env));
+        let smtp = main.smtp.map(|raw| v.smtp(raw, base, env));
         let metrics = main
             .metrics
             .map(|raw| v.local_folder(&raw.path, base, "metrics.path"));
@@ -1080,6 +1085,7 @@ impl Validator<'_> {
     fn smtp(
         &mut self,
         raw: RawSmtp,
+        base: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> crate::report::mail::MailSettings {
         if raw.host.trim().is_empty() {
@@ -1091,9 +1097,41 @@ impl Validator<'_> {
         let password = self.secret(None, raw.password_env, "smtp.password", env);
         let mut settings = crate::report::mail::MailSettings::new(raw.host, raw.port, raw.from);
         settings.starttls = raw.starttls;
+        settings.ca = raw
+            .ca_file
+            .and_then(|text| self.smtp_ca(&text, raw.starttls, base));
         settings.username = raw.username;
         settings.password = password;
         settings
+    }
+
+    /// `[smtp] ca_file`, resolved against the config's folder and read now, so that a bad
+    /// file fails `segmill validate` and the run's start rather than the night's first mail.
+    fn smtp_ca(
+        &mut self,
+        text: &str,
+        starttls: bool,
+        base: &Path,
+    ) -> Option<crate::report::mail::TrustedCa> {
+        let key = "smtp.ca_file";
+        if !starttls {
+            self.push(
+                0,
+                key.into(),
+                Problem::CaFile(
+                    "is only used with starttls = true; set it or remove ca_file".into(),
+                ),
+            );
+            return None;
+        }
+        let before = self.problems.len();
+        let path = self.local_folder(text, base, key);
+        if self.problems.len() > before {
+            return None;
+        }
+        crate::report::mail::TrustedCa::load(&path)
+            .map_err(|e| self.push(0, key.into(), Problem::CaFile(e.to_string())))
+            .ok()
     }
 
     fn data_sources(&mut self, raw: Vec<(usize, RawDataSource)>) -> BTreeMap<Dpid, DataSource> {
@@ -1821,6 +1859,74 @@ segments = []
         assert!(!defaults.run.markers);
         assert_eq!(defaults.storage, StorageSettings::default());
         assert!(defaults.pgp.is_none() && defaults.smtp.is_none() && defaults.metrics.is_none());
+    }
+
+    #[test]
+    fn smtp_ca_file_is_resolved_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tls")).unwrap();
+        std::fs::write(
+            dir.path().join("tls/ca.pem"),
+            crate::report::mail::TEST_CA_PEM,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("tls/key.txt"), "not a certificate\n").unwrap();
+        let main = dir.path().join("segmill.toml");
+        let parse = |smtp: &str| {
+            Config::parse_with_env(&main, &format!("{MINIMAL}[smtp]\n{smtp}"), &|_| None)
+        };
+        let base = "host = \"relay.internal\"\nfrom = \"s@example.com\"\n";
+
+        let config = parse(&format!(
+            "{base}starttls = true\nca_file = \"tls/ca.pem\"\n"
+        ))
+        .unwrap();
+        let smtp = config.smtp.unwrap();
+        assert!(smtp.starttls);
+        assert_eq!(
+            smtp.ca.as_ref().map(|ca| ca.path().to_path_buf()),
+            Some(dir.path().join("tls/ca.pem"))
+        );
+        let config = parse(base).unwrap();
+        assert!(config.smtp.unwrap().ca.is_none());
+
+        let at = main.display();
+        let text = message(parse(&format!(
+            "{base}starttls = true\nca_file = \"tls/missing.pem\"\n"
+        )));
+        let missing = dir.path().join("tls/missing.pem");
+        assert!(
+            text.starts_with(&format!(
+                "{at}: smtp.ca_file: cannot read CA file {}: ",
+                missing.display()
+            )),
+            "{text}"
+        );
+        let text = message(parse(&format!(
+            "{base}starttls = true\nca_file = \"tls/key.txt\"\n"
+        )));
+        assert_eq!(
+            text,
+            format!(
+                "{at}: smtp.ca_file: CA file {} holds no PEM certificate \
+                 (-----BEGIN CERTIFICATE-----)",
+                dir.path().join("tls/key.txt").display()
+            )
+        );
+        let text = message(parse(&format!("{base}ca_file = \"tls/ca.pem\"\n")));
+        assert_eq!(
+            text,
+            format!(
+                "{at}: smtp.ca_file: is only used with starttls = true; set it or remove ca_file"
+            )
+        );
+        let text = message(parse(&format!(
+            "{base}starttls = true\nca_file = \"s3://bucket/ca.pem\"\n"
+        )));
+        assert_eq!(
+            text,
+            format!("{at}: smtp.ca_file: must be a local folder, not a URL")
+        );
     }
 
     #[test]

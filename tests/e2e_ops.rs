@@ -13,9 +13,8 @@ use common::{assert_same_tree, read_json, read_text, run_id, snapshot};
 use segmill::config::Location;
 use segmill::storage::{StorageSettings, Store};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 const AS_OF: &str = "2026-11-21T23:59:59Z";
 const S3_SECRET: &str = "s3-Secr3t-Value-xyz";
@@ -296,6 +295,87 @@ fn s3_inbound_and_destination_equal_a_local_run() {
     assert!(!all.contains(S3_SECRET), "the S3 secret leaked");
 }
 
+/// An inbound object replaced between two ranged parts of its fetch (default 8 MiB parts) fails
+/// the run with exit 2 and a message naming the object; nothing is committed, no receipt is
+/// written and the scratch folder is gone. The next run reads the new object.
+#[test]
+fn an_s3_object_replaced_while_fetched_fails_the_run_and_commits_nothing() {
+    let Some(moto) = common_servers::Moto::start() else {
+        return;
+    };
+    let Some(proxy) = common_servers::S3Proxy::start(&moto, 0) else {
+        return;
+    };
+    let inbound = s3_store(&moto, "in");
+    let trait_rel = "date=2026-11-21/ftp_dpm_21_1795222800.sync";
+    inbound
+        .put_bytes(
+            "date=2026-11-21/adobe_id_0_21_1795219200.sync",
+            format!("{}\tcust1\n", uuid(1)).as_bytes(),
+        )
+        .expect("upload");
+    // 9 MiB: two ranged parts.
+    inbound
+        .put_bytes(trait_rel, &b"cust1\td_sid=101\n".repeat(9 << 16))
+        .expect("upload");
+    proxy.replace_after_first_part(
+        &moto.bucket,
+        &format!("in/{trait_rel}"),
+        b"cust1\td_sid=102\n",
+    );
+
+    let mut w = World::new();
+    w.envs
+        .push(("SEGMILL_TEST_S3_SECRET".into(), S3_SECRET.into()));
+    w.config(
+        &format!("s3://{}/in", moto.bucket),
+        "",
+        &format!(
+            "[s3]\nendpoint = \"{}\"\naccess_key_id = \"{}\"\n\
+             secret_access_key_env = \"SEGMILL_TEST_S3_SECRET\"\nallow_http = true\n\n{}",
+            proxy.endpoint,
+            moto.access_key_id,
+            catalog("out/9", "")
+        ),
+    );
+    let out = w.run(AS_OF, 2);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "segmill: error: cannot fetch inbound file s3://segmill-drop/in/{trait_rel}: \
+             cannot fetch s3://segmill-drop/in/{trait_rel}: it changed while being read (its \
+             ETag no longer matches); run again\n"
+        )
+    );
+    let statuses: Vec<u16> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == format!("/segmill-drop/in/{trait_rel}"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(
+        statuses.contains(&206) && statuses.contains(&412),
+        "{statuses:?}"
+    );
+    assert!(!w.state().join("CURRENT").exists());
+    assert!(!w.state().join("receipts").exists());
+    assert!(!w.state().join("tmp").join(run_id(1, AS_OF)).exists());
+    assert!(!w.root().join("out").exists());
+
+    // Run again: the new object is read.
+    let again = w.run(AS_OF, 0);
+    assert!(!w.all_output(&[&out, &again]).contains(S3_SECRET));
+    let r = read_json(
+        &w.state()
+            .join("receipts")
+            .join(run_id(1, AS_OF))
+            .join("21.json"),
+    );
+    assert_eq!(common::counters(&r)["records_received"], 1);
+    assert_eq!(common::counters(&r)["total_realized_traits"], 1);
+}
+
 #[test]
 fn ftp_inbound_and_destination_equal_a_local_run() {
     let Some(ftp) = common_servers::Ftp::start() else {
@@ -497,73 +577,6 @@ fn pgp_files_are_decrypted_with_the_configured_key() {
 // ---------------------------------------------------------------------------------------------
 // SMTP receipts and metrics
 
-/// aiosmtpd writing each accepted message as `NNN.json`.
-const SMTP_SERVER: &str = r#"
-import email, email.policy, json, os, sys
-from aiosmtpd.controller import Controller
-out_dir, port = sys.argv[1], int(sys.argv[2])
-class Handler:
-    count = 0
-    async def handle_DATA(self, server, session, envelope):
-        Handler.count += 1
-        msg = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
-        record = {"rcpt_tos": envelope.rcpt_tos, "subject": str(msg["Subject"]),
-                  "body": msg.get_content()}
-        tmp = os.path.join(out_dir, "%03d.tmp" % Handler.count)
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-        os.rename(tmp, os.path.join(out_dir, "%03d.json" % Handler.count))
-        return "250 Message accepted"
-controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-controller.start()
-print("ready", flush=True)
-sys.stdin.read()
-controller.stop()
-"#;
-
-struct Smtp {
-    child: Child,
-    port: u16,
-    out: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_smtp() -> Option<Smtp> {
-    let python = common_servers::python()?;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("mail");
-    std::fs::create_dir(&out).unwrap();
-    let port = common_servers::free_port();
-    let mut child = Command::new(&python)
-        .args(["-c", SMTP_SERVER])
-        .arg(&out)
-        .arg(port.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start aiosmtpd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let smtp = Smtp {
-        child,
-        port,
-        out,
-        _dir: dir,
-    };
-    assert_eq!(line.trim(), "ready", "aiosmtpd did not start");
-    Some(smtp)
-}
-
 fn smtp_table(port: u16) -> String {
     format!(
         "[smtp]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"segmill\"\n\
@@ -573,7 +586,7 @@ fn smtp_table(port: u16) -> String {
 
 #[test]
 fn receipts_are_mailed_after_the_commit() {
-    let Some(smtp) = start_smtp() else {
+    let Some(smtp) = common_servers::Smtp::start() else {
         return;
     };
     let mut w = World::new();
@@ -581,7 +594,7 @@ fn receipts_are_mailed_after_the_commit() {
         .push(("SEGMILL_TEST_SMTP_PASSWORD".into(), "smtp-Secr3t".into()));
     // aiosmtpd offers no AUTH without TLS: log in only when offered is not lettre's way, so
     // this server runs without a user.
-    let table = smtp_table(smtp.port).replace("username = \"segmill\"\n", "");
+    let table = smtp_table(smtp.port()).replace("username = \"segmill\"\n", "");
     w.config(
         "inbound",
         "",
@@ -593,14 +606,9 @@ fn receipts_are_mailed_after_the_commit() {
     w.put_local(&drop_files());
     let out = w.run(AS_OF, 0);
     let run = run_id(1, AS_OF);
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&smtp.out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 1, "one receipt, one message");
-    let msg = read_json(&names[0]);
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 1, "one receipt, one message");
+    let msg = &messages[0];
     assert_eq!(
         msg["rcpt_tos"],
         serde_json::json!(["ops@example.com", "crm@example.com"])
@@ -608,6 +616,14 @@ fn receipts_are_mailed_after_the_commit() {
     let text = read_text(&w.state().join("receipts").join(&run).join("21.txt"));
     let subject = text.lines().next().unwrap().trim_start_matches("Subject: ");
     assert_eq!(msg["subject"], subject);
+    // The body is the receipt file after its subject line (CRLF on the wire).
+    let body = msg["body"].as_str().unwrap().replace("\r\n", "\n");
+    let expected_body = text.split_once('\n').unwrap().1;
+    assert_eq!(
+        body.trim_end_matches('\n'),
+        expected_body.trim_end_matches('\n')
+    );
+    assert_eq!(msg["tls"], false);
     let report = w.run_report(&run);
     assert_eq!(
         report["mail"],
@@ -688,6 +704,31 @@ fn metrics_file_is_written_after_the_commit() {
     ] {
         assert!(lines.contains(&expected), "{expected} missing from\n{text}");
     }
+    // Durations are wall-clock: their series are fixed, their values only well-formed.
+    let durations: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(name, _)| name.contains("_duration_seconds"))
+        .map(|(name, value)| {
+            let seconds: f64 = value.parse().unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert!(seconds >= 0.0, "{name} {value}");
+            name
+        })
+        .collect();
+    assert_eq!(
+        durations,
+        [
+            "segmill_run_duration_seconds",
+            "segmill_stage_duration_seconds{stage=\"discover\"}",
+            "segmill_stage_duration_seconds{stage=\"export\"}",
+            "segmill_stage_duration_seconds{stage=\"idsync\"}",
+            "segmill_stage_duration_seconds{stage=\"index\"}",
+            "segmill_stage_duration_seconds{stage=\"merge\"}",
+            "segmill_stage_duration_seconds{stage=\"parse\"}",
+            "segmill_stage_duration_seconds{stage=\"receipts\"}",
+            "segmill_stage_duration_seconds{stage=\"write\"}",
+        ]
+    );
 
     // A metrics folder that does not exist is a warning, not a failure.
     let w2 = World::new();
@@ -984,6 +1025,66 @@ fn logs_go_to_stderr_as_json_and_a_clean_run_is_silent() {
         "{}",
         bad.stderr
     );
+}
+
+/// Under a pseudo-terminal (util-linux `script`) the run draws a progress bar on stderr and
+/// clears it at the end, with stdout unchanged; under a pipe stderr stays empty.
+#[test]
+fn a_progress_bar_is_drawn_on_a_terminal_and_never_under_a_pipe() {
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("skipped: the `script` utility (util-linux) is not installed");
+        return;
+    }
+    let piped = World::new();
+    piped.config("inbound", "", &catalog("out/9", ""));
+    piped.put_local(&drop_files());
+    let out = piped.run(AS_OF, 0);
+    assert_eq!(out.stderr, "", "no bar under a pipe");
+
+    let w = World::new();
+    w.config("inbound", "", &catalog("out/9", ""));
+    w.put_local(&drop_files());
+    let stdout_file = w.root().join("stdout.txt");
+    let quote = |p: &Path| {
+        let text = p.display().to_string();
+        assert!(!text.contains('\''), "{text}");
+        format!("'{text}'")
+    };
+    // Only stderr reaches the terminal; stdout goes to a file.
+    let command = format!(
+        "{} --config {} run --as-of {AS_OF} > {}",
+        quote(Path::new(env!("CARGO_BIN_EXE_segmill"))),
+        quote(&w.root().join("segmill.toml")),
+        quote(&stdout_file)
+    );
+    let term = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script");
+    let screen = String::from_utf8_lossy(&term.stdout);
+    assert_eq!(term.status.code(), Some(0), "{screen:?}");
+    for drawn in [
+        "discovering inbound files",
+        "reading trait files",
+        "2/2 files",
+        "merging profiles",
+    ] {
+        assert!(screen.contains(drawn), "{drawn:?} not drawn in {screen:?}");
+    }
+    assert!(
+        screen.ends_with("\r\u{1b}[2K"),
+        "bar not cleared: {screen:?}"
+    );
+    // The same summary, the worlds' folders aside.
+    let root = |w: &World| w.root().display().to_string();
+    assert_eq!(
+        read_text(&stdout_file).replace(&root(&w), "<root>"),
+        out.stdout.replace(&root(&piped), "<root>")
+    );
+    assert_same_tree("state", &piped.state_snapshot(), &w.state_snapshot());
 }
 
 #[test]

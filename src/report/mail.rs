@@ -2,8 +2,9 @@
 //! issue item 4).
 //!
 //! Owns: building the message (subject from the receipt's `Subject:` line, the rest of the
-//! receipt text as a plain-text body), the SMTP session (plain, or STARTTLS required; optional
-//! login) and the retry policy: up to 3 attempts with 0.5 s and 2 s pauses, no retry after a
+//! receipt text as a plain-text body), the SMTP session (plain, or STARTTLS required, trusting
+//! the public web roots plus an optional private CA from `[smtp] ca_file`; optional login) and
+//! the retry policy: up to 3 attempts with 0.5 s and 2 s pauses, no retry after a
 //! permanent (5xx) answer.
 //!
 //! Does not: decide who gets which receipt, or stop the run. A failed send is returned as a
@@ -11,12 +12,13 @@
 //! is never affected by it.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 use serde::Serialize;
 
@@ -40,6 +42,9 @@ pub struct MailSettings {
     /// Require STARTTLS before anything else is sent; the send fails if the server does not
     /// offer it or its certificate is not trusted.
     pub starttls: bool,
+    /// A private CA (or the relay's self-signed certificate) trusted for STARTTLS in addition
+    /// to the built-in public roots. Only used with `starttls`.
+    pub ca: Option<TrustedCa>,
     /// Login user name; no AUTH when `None`.
     pub username: Option<String>,
     /// Login password, used only with `username`.
@@ -59,6 +64,7 @@ impl MailSettings {
             host: host.into(),
             port,
             starttls: false,
+            ca: None,
             username: None,
             password: None,
             from: from.into(),
@@ -74,6 +80,7 @@ impl fmt::Debug for MailSettings {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("starttls", &self.starttls)
+            .field("ca", &self.ca)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("from", &self.from)
@@ -81,6 +88,81 @@ impl fmt::Debug for MailSettings {
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// A CA certificate file (PEM, one or more certificates) that STARTTLS trusts besides the
+/// public roots: how an operator's internal relay with a private CA or a self-signed
+/// certificate is reached without turning certificate checks off.
+#[derive(Clone)]
+pub struct TrustedCa {
+    path: PathBuf,
+    certificate: Certificate,
+}
+
+impl TrustedCa {
+    /// Reads and checks `path`: it must be readable, hold at least one `BEGIN CERTIFICATE`
+    /// PEM block, and every such block must be a certificate TLS can use as a root.
+    pub fn load(path: &Path) -> Result<TrustedCa, CaError> {
+        let pem = std::fs::read(path).map_err(|source| CaError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        TrustedCa::from_pem(path, &pem)
+    }
+
+    /// Checks `pem` as [`TrustedCa::load`] does; `path` only names it in errors.
+    pub fn from_pem(path: &Path, pem: &[u8]) -> Result<TrustedCa, CaError> {
+        let invalid = |reason: String| CaError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if memchr::memmem::find(pem, b"-----BEGIN CERTIFICATE-----").is_none() {
+            return Err(CaError::NotPem {
+                path: path.to_path_buf(),
+            });
+        }
+        let certificate = Certificate::from_pem(pem).map_err(|e| invalid(e.to_string()))?;
+        // Building TLS parameters parses every certificate as a trust anchor: a damaged one
+        // is reported now, with the file's name, not at the first send of the night.
+        TlsParameters::builder("localhost".to_owned())
+            .add_root_certificate(certificate.clone())
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(TrustedCa {
+            path: path.to_path_buf(),
+            certificate,
+        })
+    }
+
+    /// The file the certificate came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl fmt::Debug for TrustedCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustedCa")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a CA file cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The file cannot be read.
+    #[error("cannot read CA file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file holds no `-----BEGIN CERTIFICATE-----` block.
+    #[error("CA file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    NotPem { path: PathBuf },
+    /// A PEM block does not decode or is not a usable certificate.
+    #[error("CA file {} is not a usable PEM certificate: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
 }
 
 /// A receipt that reached the SMTP server.
@@ -257,8 +339,17 @@ fn build_message(
 /// A transport that opens one connection per attempt (no pool: one mail per job per night).
 fn build_transport(settings: &MailSettings) -> Result<SmtpTransport, String> {
     let tls = if settings.starttls {
-        let params = TlsParameters::new(settings.host.clone())
-            .map_err(|e| format!("cannot set up TLS for {}: {e}", settings.host))?;
+        // The default store (the built-in public roots) plus the configured CA, if any.
+        let mut params = TlsParameters::builder(settings.host.clone());
+        if let Some(ca) = &settings.ca {
+            params = params.add_root_certificate(ca.certificate.clone());
+        }
+        let params = params.build().map_err(|e| {
+            let ca = settings.ca.as_ref().map_or(String::new(), |ca| {
+                format!(" with CA file {}", ca.path.display())
+            });
+            format!("cannot set up TLS for {}{ca}: {e}", settings.host)
+        })?;
         Tls::Required(params)
     } else {
         Tls::None
@@ -274,11 +365,80 @@ fn build_transport(settings: &MailSettings) -> Result<SmtpTransport, String> {
     Ok(builder.build())
 }
 
+/// A throwaway test CA (ECDSA P-256, generated with Python's trustme), for unit tests here and
+/// in the config module.
+#[cfg(test)]
+pub(crate) const TEST_CA_PEM: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIByDCCAW+gAwIBAgIUT/uUNeP9u6aery1wlne1/XWSLoYwCgYIKoZIzj0EAwIw
+QDEXMBUGA1UECgwOdHJ1c3RtZSB2MS4yLjExJTAjBgNVBAsMHFRlc3RpbmcgQ0Eg
+I19aLU56NTk0cVBKejJMc1YwIBcNMDAwMTAxMDAwMDAwWhgPMzAwMDAxMDEwMDAw
+MDBaMEAxFzAVBgNVBAoMDnRydXN0bWUgdjEuMi4xMSUwIwYDVQQLDBxUZXN0aW5n
+IENBICNfWi1OejU5NHFQSnoyTHNWMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE
+GwdC8WLUOLm3Dd8ugi34PCx8Y0yOyO62UlcXFVxzSeU08uL4z81QXCVF7f0Ima+J
+C6hNjNB6T8ARWBc/3rwhGqNFMEMwHQYDVR0OBBYEFOKivR1sZCE2twA9Lwa6RJJR
+tRNsMBIGA1UdEwEB/wQIMAYBAf8CAQkwDgYDVR0PAQH/BAQDAgGGMAoGCCqGSM49
+BAMCA0cAMEQCIC5ec1QG94MRyEYfuMz4RDufNLduS7btizVJWXPZI9DcAiAultfZ
+8pHPyxUj0tLQCC5DYJ2lfIQT5uodCETaBq+pEA==
+-----END CERTIFICATE-----
+";
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::report::receipt::Counters;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn ca_file_is_checked_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, TEST_CA_PEM).unwrap();
+        let ca = TrustedCa::load(&good).unwrap();
+        assert_eq!(ca.path(), good);
+        assert_eq!(
+            format!("{ca:?}"),
+            format!("TrustedCa {{ path: {good:?}, .. }}")
+        );
+
+        let missing = dir.path().join("missing.pem");
+        let err = TrustedCa::load(&missing).unwrap_err();
+        assert!(matches!(err, CaError::Read { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot read CA file {}: ", missing.display())),
+            "{err}"
+        );
+
+        let name = Path::new("conf/ca.pem");
+        let err = TrustedCa::from_pem(name, b"just text\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CA file conf/ca.pem holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        );
+        // A DER blob in PEM armour that is no certificate.
+        let junk = b"-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n";
+        let err = TrustedCa::from_pem(name, junk).unwrap_err();
+        assert!(matches!(err, CaError::Invalid { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("CA file conf/ca.pem is not a usable PEM certificate: "),
+            "{err}"
+        );
+        // Broken base64 inside the armour.
+        let broken = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        let err = TrustedCa::from_pem(name, broken).unwrap_err();
+        assert!(matches!(err, CaError::Invalid { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn starttls_transport_builds_with_a_private_ca() {
+        let mut s = MailSettings::new("localhost", 2525, "s@example.com");
+        s.starttls = true;
+        s.ca = Some(TrustedCa::from_pem(Path::new("ca.pem"), TEST_CA_PEM.as_bytes()).unwrap());
+        assert!(build_transport(&s).is_ok());
+        assert!(format!("{s:?}").contains("ca: Some(TrustedCa { path: \"ca.pem\", .. })"));
+    }
 
     fn receipt() -> JobReceipt {
         JobReceipt {

@@ -16,9 +16,15 @@
 //! - `segmill_match_rate{job}`: matched / (matched + No Matching AAM ID), where matched lines
 //!   passed format and ID validation and resolved to a profile. No sample when the job had no
 //!   line to match (the ratio is undefined).
-//! - `segmill_rejected_files_total`, `segmill_job_duration_seconds` (the whole run),
-//!   `segmill_stage_duration_seconds{stage}`, `segmill_last_run_timestamp_seconds` (the run's
-//!   as-of time), `segmill_last_run_exit_code`.
+//! - `segmill_rejected_files_total`.
+//! - `segmill_job_duration_seconds{job}`, when the caller measured it ([`JobSeconds`]): the
+//!   wall-clock time the run spent reading the job's new trait files (decrypting,
+//!   decompressing, parsing, matching IDs, evaluating trait rules). Files are read one after
+//!   another, so these times add up to at most the `parse` stage; fetching remote files,
+//!   merging and writing are shared by all jobs and counted only in their stages. A job with
+//!   a receipt but nothing read this run (only duplicates or rejected names) shows 0.
+//! - `segmill_run_duration_seconds` (the whole run), `segmill_stage_duration_seconds{stage}`,
+//!   `segmill_last_run_timestamp_seconds` (the run's as-of time), `segmill_last_run_exit_code`.
 //!
 //! Jobs are sorted by name and a job that appears in several receipts is summed, so the output
 //! is deterministic and never repeats a series.
@@ -43,17 +49,37 @@ pub enum MetricsError {
     },
 }
 
-/// Renders the report and the receipts and replaces `path` atomically (temp file beside it,
-/// fsync, rename). The folder must exist.
+/// Seconds the run spent on each job, keyed by the job's name as in its receipt (`21`,
+/// `21_901`); see the module documentation for what is counted.
+pub type JobSeconds = BTreeMap<String, f64>;
+
+/// [`write_with_job_seconds`] without per-job durations.
 pub fn write(path: &Path, report: &RunReport, receipts: &[JobReceipt]) -> Result<(), MetricsError> {
-    write_atomic(path, render(report, receipts).as_bytes()).map_err(|source| MetricsError::Write {
+    write_with_job_seconds(path, report, receipts, None)
+}
+
+/// Renders the report, the receipts and, when measured, the per-job durations, and replaces
+/// `path` atomically (temp file beside it, fsync, rename). The folder must exist.
+pub fn write_with_job_seconds(
+    path: &Path,
+    report: &RunReport,
+    receipts: &[JobReceipt],
+    job_seconds: Option<&JobSeconds>,
+) -> Result<(), MetricsError> {
+    let text = render(report, receipts, job_seconds);
+    write_atomic(path, text.as_bytes()).map_err(|source| MetricsError::Write {
         path: path.to_path_buf(),
         source,
     })
 }
 
 /// Renders the metrics of one run in the Prometheus text exposition format (version 0.0.4).
-pub fn render(report: &RunReport, receipts: &[JobReceipt]) -> String {
+/// Without `job_seconds` the `segmill_job_duration_seconds` family is left out.
+pub fn render(
+    report: &RunReport,
+    receipts: &[JobReceipt],
+    job_seconds: Option<&JobSeconds>,
+) -> String {
     let mut jobs: BTreeMap<&str, Counters> = BTreeMap::new();
     for receipt in receipts {
         jobs.entry(receipt.job.as_str())
@@ -110,12 +136,31 @@ pub fn render(report: &RunReport, receipts: &[JobReceipt]) -> String {
         report.rejected_files.len()
     );
 
+    if let Some(job_seconds) = job_seconds {
+        header(
+            &mut out,
+            "segmill_job_duration_seconds",
+            "Wall-clock time the last run spent reading each job's new trait files.",
+        );
+        let mut names: Vec<&str> = jobs.keys().copied().collect();
+        names.extend(job_seconds.keys().map(String::as_str));
+        names.sort_unstable();
+        names.dedup();
+        for job in names {
+            out.push_str("segmill_job_duration_seconds{job=\"");
+            escape_label(job, &mut out);
+            out.push_str("\"} ");
+            push_float(job_seconds.get(job).copied().unwrap_or(0.0), &mut out);
+            out.push('\n');
+        }
+    }
+
     header(
         &mut out,
-        "segmill_job_duration_seconds",
+        "segmill_run_duration_seconds",
         "Wall-clock duration of the last run.",
     );
-    out.push_str("segmill_job_duration_seconds ");
+    out.push_str("segmill_run_duration_seconds ");
     push_float(report.total_seconds, &mut out);
     out.push('\n');
 
@@ -288,9 +333,14 @@ segmill_match_rate{job="21"} 0.7692307692307693
 # HELP segmill_rejected_files_total Inbound files rejected whole by the last run.
 # TYPE segmill_rejected_files_total gauge
 segmill_rejected_files_total 1
-# HELP segmill_job_duration_seconds Wall-clock duration of the last run.
+# HELP segmill_job_duration_seconds Wall-clock time the last run spent reading each job's new trait files.
 # TYPE segmill_job_duration_seconds gauge
-segmill_job_duration_seconds 2.5
+segmill_job_duration_seconds{job="0_\"x\\\n"} 0
+segmill_job_duration_seconds{job="21"} 1.125
+segmill_job_duration_seconds{job="33"} 0.25
+# HELP segmill_run_duration_seconds Wall-clock duration of the last run.
+# TYPE segmill_run_duration_seconds gauge
+segmill_run_duration_seconds 2.5
 # HELP segmill_stage_duration_seconds Wall-clock duration of each stage of the last run.
 # TYPE segmill_stage_duration_seconds gauge
 segmill_stage_duration_seconds{stage="discover"} 0.5
@@ -302,7 +352,19 @@ segmill_last_run_timestamp_seconds 1795312800
 # TYPE segmill_last_run_exit_code gauge
 segmill_last_run_exit_code 1
 "#;
-        assert_eq!(render(&report(), &receipts), expected);
+        // Job 33 was read but has no receipt yet; job `0_"x\` has a receipt but read nothing.
+        let job_seconds = JobSeconds::from([("21".to_owned(), 1.125), ("33".to_owned(), 0.25)]);
+        assert_eq!(render(&report(), &receipts, Some(&job_seconds)), expected);
+
+        // Not measured: the per-job family is left out, everything else is the same.
+        let start = expected
+            .find("# HELP segmill_job_duration_seconds")
+            .unwrap();
+        let end = expected
+            .find("# HELP segmill_run_duration_seconds")
+            .unwrap();
+        let without = format!("{}{}", &expected[..start], &expected[end..]);
+        assert_eq!(render(&report(), &receipts, None), without);
     }
 
     #[test]
@@ -340,8 +402,13 @@ segmill_last_run_exit_code 1
         write(&path, &report(), &[]).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
-            render(&report(), &[])
+            render(&report(), &[], None)
         );
+        let job_seconds = JobSeconds::from([("21".to_owned(), 0.5)]);
+        write_with_job_seconds(&path, &report(), &[], Some(&job_seconds)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, render(&report(), &[], Some(&job_seconds)));
+        assert!(text.contains("\nsegmill_job_duration_seconds{job=\"21\"} 0.5\n"));
         let missing = dir.path().join("no/such/dir/segmill.prom");
         let err = write(&missing, &report(), &[]).unwrap_err().to_string();
         assert!(

@@ -7,15 +7,19 @@
 //! their failures are warnings in the run report).
 
 use crate::config::{Config, Destination, Location};
-use crate::inbound::discover::Discovery;
+use crate::inbound::discover::{Discovery, JobKey};
 use crate::inbound::pgp::{PrivateKey, decrypt_file};
 use crate::report::mail::{MailOutcome, MailSettings, send_receipts};
+use crate::report::metrics::JobSeconds;
 use crate::report::receipt::JobReceipt;
 use crate::report::run_report::RunReport;
 use crate::state::write_atomic;
 use crate::storage::{StorageError, Store};
 use anyhow::{Context as _, anyhow};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The run's scratch folder `state/tmp/<name>/`: fetched inbound copies, decrypted plaintexts,
 /// staged exports. Created on first use, removed with everything in it when dropped, so it is
@@ -65,7 +69,11 @@ impl Drop for TmpDir {
         if let Err(e) = std::fs::remove_dir_all(&self.path)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(folder = %self.path.display(), error = %e, "cannot remove the run's temporary folder");
+            tracing::warn!(
+                folder = %self.path.display(),
+                error = %e,
+                "cannot remove the run's temporary folder"
+            );
         }
     }
 }
@@ -270,6 +278,62 @@ pub(super) fn write_report(
     Ok(())
 }
 
+/// Wall-clock time the run spends on each job's trait files, for the metrics'
+/// `segmill_job_duration_seconds{job}`. The reading loop times each file with
+/// [`JobClock::time`]; files are read one after another, so the times never overlap.
+#[derive(Default)]
+pub(super) struct JobClock {
+    seconds: RefCell<BTreeMap<JobKey, f64>>,
+}
+
+/// Times one piece of a job's work until dropped, however the scope is left (`continue`, `?`).
+pub(super) struct JobTimer<'a> {
+    clock: &'a JobClock,
+    job: JobKey,
+    started: Instant,
+}
+
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "run.rs times the reading loop with it at integration"
+    )
+)]
+impl JobClock {
+    /// A clock with no time for any job.
+    pub(super) fn new() -> JobClock {
+        JobClock::default()
+    }
+
+    /// Starts timing work for `job`; the time until the guard is dropped is added to it.
+    pub(super) fn time(&self, job: JobKey) -> JobTimer<'_> {
+        JobTimer {
+            clock: self,
+            job,
+            started: Instant::now(),
+        }
+    }
+
+    /// Seconds per job, keyed by the job's receipt name (`21`, `21_901`).
+    pub(super) fn seconds(&self) -> JobSeconds {
+        match self.seconds.try_borrow() {
+            Ok(map) => map.iter().map(|(job, s)| (job.to_string(), *s)).collect(),
+            Err(_) => JobSeconds::new(),
+        }
+    }
+}
+
+impl Drop for JobTimer<'_> {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        // Never contended: the clock lends its map only inside this call and `seconds`.
+        if let Ok(mut map) = self.clock.seconds.try_borrow_mut() {
+            *map.entry(self.job).or_default() += elapsed;
+        }
+    }
+}
+
 /// A progress bar on stderr when it is a terminal; hidden (free) otherwise, so cron runs stay
 /// silent. Shows the current stage and, while trait files are read, how many are done.
 pub(super) struct Progress {
@@ -335,6 +399,34 @@ mod tests {
             assert!(tmp.file("in", "a//b").is_err());
         }
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn job_clock_adds_up_each_jobs_time() {
+        let crm = JobKey {
+            dpid: 21,
+            owner: None,
+        };
+        let owned = JobKey {
+            dpid: 21,
+            owner: Some(901),
+        };
+        let clock = JobClock::new();
+        assert_eq!(clock.seconds(), JobSeconds::new());
+        let pause = std::time::Duration::from_millis(20);
+        for job in [crm, owned, crm] {
+            let _timed = clock.time(job);
+            std::thread::sleep(pause);
+        }
+        let seconds = clock.seconds();
+        let names: Vec<&str> = seconds.keys().map(String::as_str).collect();
+        assert_eq!(names, ["21", "21_901"]);
+        // Two files of job 21, one of 21_901; each timer stopped when its loop turn ended.
+        assert!(seconds["21"] >= 0.040 && seconds["21"] < 5.0, "{seconds:?}");
+        assert!(
+            seconds["21_901"] >= 0.020 && seconds["21_901"] < 5.0,
+            "{seconds:?}"
+        );
     }
 
     #[test]

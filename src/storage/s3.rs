@@ -5,8 +5,9 @@
 //! flight and write each at its offset in the local file, so memory holds at most
 //! `concurrency × part_bytes` whatever the object's size. Every GET carries `If-Match` with the
 //! ETag seen first, so an object replaced mid-fetch fails the fetch instead of mixing versions.
-//! Uploads above `part_bytes` (at least S3's 5 MiB minimum part) are multipart (S3 makes the object visible only on completion)
-//! and are aborted on failure; smaller ones are one atomic PUT.
+//! Uploads above `part_bytes` (at least S3's 5 MiB minimum part) are multipart (S3 makes the
+//! object visible only on completion) and are aborted on failure; smaller ones are one atomic
+//! PUT.
 
 use std::fmt;
 use std::fs::{self, File};
