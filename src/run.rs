@@ -308,9 +308,11 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     let mut read: Vec<ReadFile> = Vec::new();
     let mut trait_outcomes: Vec<(usize, TraitFileResult)> = Vec::new();
     let mut pgp = ops::PgpKeys::new(config);
+    let job_clock = ops::JobClock::new();
     progress.stage("reading trait files");
     progress.files(to_read.len());
     for (plan_idx, p) in &to_read {
+        let _timed = job_clock.time(p.job);
         progress.file_done();
         let file = read.len() as u32;
         let (source_path, gzip) = if p.name.pgp {
@@ -876,6 +878,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     report
         .durations_seconds
         .insert("write".into(), t.elapsed().as_secs_f64());
+    // The whole run up to the commit, writes included.
+    report.total_seconds = started.elapsed().as_secs_f64();
     let report_path = runs_dir.join(format!("{run_id}.json"));
     write_atomic(&report_path, report.to_json().as_bytes())?;
     crate::failpoint::hit("before-commit").context("before-commit")?;
@@ -908,7 +912,12 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     }
     let mail = ops::mail_receipts(config, &receipts);
     if let Some(path) = &config.metrics
-        && let Err(e) = crate::report::metrics::write(path, &report, &receipts)
+        && let Err(e) = crate::report::metrics::write_with_job_seconds(
+            path,
+            &report,
+            &receipts,
+            Some(&job_clock.seconds()),
+        )
     {
         tracing::warn!(error = %e, "metrics not written");
         warnings.push(e.to_string());

@@ -718,6 +718,7 @@ fn metrics_file_is_written_after_the_commit() {
     assert_eq!(
         durations,
         [
+            "segmill_job_duration_seconds{job=\"21\"}",
             "segmill_run_duration_seconds",
             "segmill_stage_duration_seconds{stage=\"discover\"}",
             "segmill_stage_duration_seconds{stage=\"export\"}",

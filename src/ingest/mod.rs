@@ -212,7 +212,7 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
         _ => None,
     };
     let mut pending = lines(chunk, first_line);
-    let mut batch: SmallVec<[(u64, &[u8], LineKind<'_>, u128); LOOKUP_BATCH]> = SmallVec::new();
+    let mut batch: SmallVec<[Parsed<'_>; LOOKUP_BATCH]> = SmallVec::new();
     loop {
         batch.clear();
         for (line_no, raw) in pending.by_ref().take(LOOKUP_BATCH) {
@@ -234,7 +234,16 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
             break;
         }
         for &(line_no, raw, kind, user) in &batch {
-            process_line(ctx, &mut out, line_no, raw, kind, user, &mut key_scratch, &mut rules);
+            process_line(
+                ctx,
+                &mut out,
+                line_no,
+                raw,
+                kind,
+                user,
+                &mut key_scratch,
+                &mut rules,
+            );
         }
     }
     out
@@ -242,6 +251,9 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
 
 /// Lines parsed ahead of their index lookups (see [`process_chunk`]).
 const LOOKUP_BATCH: usize = 16;
+
+/// A line parsed ahead: line number, text, what it is, the ID's hash.
+type Parsed<'a> = (u64, &'a [u8], LineKind<'a>, u128);
 
 /// One line of [`process_chunk`]: `user` is the ID's hash (see there).
 #[allow(clippy::too_many_arguments)]

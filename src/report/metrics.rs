@@ -53,11 +53,6 @@ pub enum MetricsError {
 /// `21_901`); see the module documentation for what is counted.
 pub type JobSeconds = BTreeMap<String, f64>;
 
-/// [`write_with_job_seconds`] without per-job durations.
-pub fn write(path: &Path, report: &RunReport, receipts: &[JobReceipt]) -> Result<(), MetricsError> {
-    write_with_job_seconds(path, report, receipts, None)
-}
-
 /// Renders the report, the receipts and, when measured, the per-job durations, and replaces
 /// `path` atomically (temp file beside it, fsync, rename). The folder must exist.
 pub fn write_with_job_seconds(
@@ -399,7 +394,7 @@ segmill_last_run_exit_code 1
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("segmill.prom");
         std::fs::write(&path, "old").unwrap();
-        write(&path, &report(), &[]).unwrap();
+        write_with_job_seconds(&path, &report(), &[], None).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             render(&report(), &[], None)
@@ -410,7 +405,9 @@ segmill_last_run_exit_code 1
         assert_eq!(text, render(&report(), &[], Some(&job_seconds)));
         assert!(text.contains("\nsegmill_job_duration_seconds{job=\"21\"} 0.5\n"));
         let missing = dir.path().join("no/such/dir/segmill.prom");
-        let err = write(&missing, &report(), &[]).unwrap_err().to_string();
+        let err = write_with_job_seconds(&missing, &report(), &[], None)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with(&format!("cannot write metrics file {}", missing.display())),
             "{err}"

@@ -293,13 +293,6 @@ pub(super) struct JobTimer<'a> {
     started: Instant,
 }
 
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "run.rs times the reading loop with it at integration"
-    )
-)]
 impl JobClock {
     /// A clock with no time for any job.
     pub(super) fn new() -> JobClock {
