@@ -21,6 +21,24 @@ impl Writer {
     pub fn i64(&mut self, v: i64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
+    /// LEB128: 7 bits per byte, low groups first, high bit set on all but the last byte.
+    pub fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+    /// A signed value as a [`varint`](Self::varint), zigzag-mapped so small magnitudes of
+    /// either sign stay short.
+    pub fn zigzag(&mut self, v: i64) {
+        self.varint(((v << 1) ^ (v >> 63)) as u64);
+    }
+    /// A varint length then the bytes.
+    pub fn short_bytes(&mut self, v: &[u8]) {
+        self.varint(v.len() as u64);
+        self.buf.extend_from_slice(v);
+    }
     /// A `u32` length then the bytes.
     pub fn bytes(&mut self, v: &[u8]) {
         // State records hold IDs of at most 102,400 bytes, far below u32::MAX.
@@ -57,6 +75,10 @@ impl<'a> Reader<'a> {
     pub fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }
+    /// Bytes read so far: where the next field starts.
+    pub fn offset(&self) -> usize {
+        self.pos
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8], Truncated> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         match end {
@@ -89,6 +111,39 @@ impl<'a> Reader<'a> {
     pub fn bytes(&mut self) -> Result<&'a [u8], Truncated> {
         let n = self.u32()? as usize;
         self.take(n)
+    }
+    /// Reads a [`Writer::varint`]. Bits beyond 64 and overlong forms (a last byte of 0 after
+    /// others) are errors, so every value has exactly one encoding.
+    pub fn varint(&mut self) -> Result<u64, Truncated> {
+        let start = self.pos;
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            let bits = u64::from(b & 0x7f);
+            if (shift == 63 && bits > 1) || (shift > 0 && b == 0) {
+                return Err(Truncated { offset: start });
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Truncated { offset: start })
+    }
+    /// Reads a [`Writer::zigzag`].
+    pub fn zigzag(&mut self) -> Result<i64, Truncated> {
+        let v = self.varint()?;
+        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+    }
+    /// Reads a [`Writer::short_bytes`].
+    pub fn short_bytes(&mut self) -> Result<&'a [u8], Truncated> {
+        let n = usize::try_from(self.varint()?).map_err(|_| Truncated { offset: self.pos })?;
+        self.take(n)
+    }
+    /// A varint that must fit in `u32`.
+    pub fn varint_u32(&mut self) -> Result<u32, Truncated> {
+        let start = self.pos;
+        u32::try_from(self.varint()?).map_err(|_| Truncated { offset: start })
     }
 }
 

@@ -407,14 +407,25 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         recency_days: &catalog.recency_days,
         previous_as_of: parent_meta.as_ref().map(|m| m.as_of),
     };
-    let part_results: Vec<anyhow::Result<Option<PartOut>>> = (0..partitions)
+    // Each partition's op buffers, in run order (file, then chunk), moved out of the files so
+    // a partition's ops are freed as soon as it is merged: the merged profiles replace the ops
+    // in memory instead of piling on top of them.
+    let mut by_part: Vec<Vec<OpBuf>> = (0..partitions).map(|_| Vec::new()).collect();
+    for r in &mut read {
+        for o in &mut r.outs {
+            for (p, buf) in o.parts.drain(..).enumerate() {
+                if !buf.ops.is_empty() {
+                    by_part[p].push(buf);
+                }
+            }
+        }
+    }
+    let part_results: Vec<anyhow::Result<Option<PartOut>>> = by_part
         .into_par_iter()
-        .map(|p| {
-            let ops: Vec<&OpBuf> = read
-                .iter()
-                .flat_map(|r| r.outs.iter().map(move |o| &o.parts[p as usize]))
-                .filter(|b| !b.ops.is_empty())
-                .collect();
+        .enumerate()
+        .map(|(p, bufs)| {
+            let p = p as u32;
+            let ops: Vec<&OpBuf> = bufs.iter().collect();
             let quiet = ops.is_empty()
                 && !reevaluate_all
                 && parent_meta.as_ref().is_some_and(|m| {

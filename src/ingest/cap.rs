@@ -20,7 +20,8 @@ pub struct CapOutcome {
 }
 
 /// Counts the file's records by category, applies the cap and drops capped lines from the
-/// chunks' rejected lists (they are reported as over the limit instead).
+/// chunks' rejected lists (they are reported as over the limit instead). Consumes the chunks'
+/// marks.
 pub fn apply_cap(outs: &mut [ChunkOut], file: u32) -> CapOutcome {
     let mut outcome = CapOutcome::default();
     let c = &mut outcome.counters;
@@ -55,6 +56,8 @@ pub fn apply_cap(outs: &mut [ChunkOut], file: u32) -> CapOutcome {
                 Status::Op { .. } => {}
             }
         }
+        // Marks serve the cap only: free them as soon as they are counted.
+        out.marks = Vec::new();
         if !capped_here.is_empty() {
             // Both lists ascend by line: drop the capped ones in one pass.
             let mut capped = capped_here.iter().peekable();

@@ -603,7 +603,13 @@ pub fn compute(
     }
     // Partitions interleave users: one sort puts them in user order. A UUID can come twice
     // (its own profile and a cross-device profile synced to it): the rows are joined.
-    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    // The keys' first 8 bytes as an integer settle nearly every comparison without a memcmp.
+    rows.sort_by(|a, b| {
+        use crate::idsync::store::id_prefix;
+        id_prefix(&a.key)
+            .cmp(&id_prefix(&b.key))
+            .then_with(|| a.key.cmp(&b.key))
+    });
     Ok(DestExport {
         view,
         rows: merge_same_user(rows),
