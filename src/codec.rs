@@ -79,7 +79,8 @@ impl<'a> Reader<'a> {
     pub fn offset(&self) -> usize {
         self.pos
     }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Truncated> {
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], Truncated> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         match end {
             Some(end) => {
@@ -90,7 +91,8 @@ impl<'a> Reader<'a> {
             None => Err(Truncated { offset: self.pos }),
         }
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], Truncated> {
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], Truncated> {
         let s = self.take(N)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);

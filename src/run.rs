@@ -1595,7 +1595,7 @@ fn apply_idsync(
                         record: Record {
                             id: c.bytes(m.key),
                             value_dpid: m.value_dpid,
-                            value: c.bytes(m.value),
+                            value: idstore::Value::of(m.value_dpid, c.bytes(m.value)),
                             timestamp: spec.timestamp,
                         },
                         file: *i,

@@ -13,7 +13,7 @@
 //! beside the tables.
 
 use super::Table;
-use super::store::{for_each, part_name, part_of_hash};
+use super::store::{Value, for_each, part_name, part_of_hash};
 use crate::model::{AAM_UUID_DPID, Dpid, Uuid, device_format, id_hash};
 use ahash::AHashMap;
 use rayon::prelude::*;
@@ -297,12 +297,14 @@ fn load_part(dpid: Dpid, bytes: &[u8]) -> Result<Loaded, crate::codec::Truncated
     let mut others = Vec::new();
     for_each(bytes, |r| {
         let hash = stored(id_hash(dpid, r.id));
-        if r.value_dpid == AAM_UUID_DPID {
-            if let Some(u) = Uuid::parse(r.value) {
-                keys.push(Slot { hash, uuid: u.0 });
+        match r.value {
+            Value::Uuid(u) => keys.push(Slot { hash, uuid: u.0 }),
+            // Not a UUID: a master ID in another data source (text in the UUID space never
+            // resolves).
+            Value::Id(text) if r.value_dpid != AAM_UUID_DPID => {
+                others.push((hash, r.value_dpid, Box::<[u8]>::from(text)));
             }
-        } else {
-            others.push((hash, r.value_dpid, Box::<[u8]>::from(r.value)));
+            Value::Id(_) => {}
         }
     })?;
     Ok((keys, others))
@@ -338,7 +340,7 @@ mod tests {
                 record: Record {
                     id: k.as_bytes(),
                     value_dpid: vd,
-                    value: v.as_bytes(),
+                    value: super::super::store::Value::of(vd, v.as_bytes()),
                     timestamp: 1,
                 },
                 file: 0,

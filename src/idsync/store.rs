@@ -6,7 +6,8 @@
 
 use super::Table;
 use crate::codec::{Reader, Truncated, Writer};
-use crate::model::{Dpid, id_hash};
+use crate::model::{AAM_UUID_DPID, Dpid, Uuid, id_hash};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// One stored mapping, borrowing its partition's bytes.
@@ -14,8 +15,35 @@ use std::collections::BTreeMap;
 pub struct Record<'a> {
     pub id: &'a [u8],
     pub value_dpid: Dpid,
-    pub value: &'a [u8],
+    pub value: Value<'a>,
     pub timestamp: u64,
+}
+
+/// The master ID a record maps to: an AAM UUID (kept as its number: 16 bytes instead of 38
+/// digits, and no parsing when the index loads it), or any other ID as received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value<'a> {
+    Uuid(Uuid),
+    Id(&'a [u8]),
+}
+
+impl<'a> Value<'a> {
+    /// The value of a row's master ID `text` in `dpid`: a UUID when `dpid` is the AAM UUID
+    /// space and `text` is one.
+    pub fn of(dpid: Dpid, text: &'a [u8]) -> Value<'a> {
+        match Uuid::parse(text) {
+            Some(u) if dpid == AAM_UUID_DPID => Value::Uuid(u),
+            _ => Value::Id(text),
+        }
+    }
+
+    /// The ID as text, exactly as it was received.
+    pub fn text(&self) -> Cow<'a, [u8]> {
+        match *self {
+            Value::Uuid(u) => Cow::Owned(u.to_string().into_bytes()),
+            Value::Id(text) => Cow::Borrowed(text),
+        }
+    }
 }
 
 /// The state-relative name of a table partition.
@@ -37,19 +65,45 @@ pub fn part_of_hash(hash: u128, partitions: u32) -> u32 {
 }
 
 /// Calls `f` with every record of a partition, in stored order, without collecting them.
+///
+/// A record is `varint len, id, varint value_dpid, value, varint timestamp`, where the value
+/// is `varint 0` and a little-endian u128 for an AAM UUID, else `varint len + 1` and the bytes.
+/// Every mapping has exactly one encoding: a UUID is refused in text form and vice versa.
 pub fn for_each<'a>(payload: &'a [u8], mut f: impl FnMut(Record<'a>)) -> Result<(), Truncated> {
     let mut r = Reader::new(payload);
     while !r.is_empty() {
+        let id = r.short_bytes()?;
+        let value_dpid = r.varint_u32()?;
+        let at = r.offset();
+        let value = match r.varint()? {
+            0 => {
+                let u = u128::from_le_bytes(r.array()?);
+                if value_dpid != AAM_UUID_DPID || u >= 10u128.pow(38) {
+                    return Err(Truncated { offset: at });
+                }
+                Value::Uuid(Uuid(u))
+            }
+            n => {
+                let len = usize::try_from(n - 1).map_err(|_| Truncated { offset: at })?;
+                let text = r.take(len)?;
+                if Value::of(value_dpid, text) != Value::Id(text) {
+                    return Err(Truncated { offset: at });
+                }
+                Value::Id(text)
+            }
+        };
+        let timestamp = r.varint()?;
         f(Record {
-            id: r.bytes()?,
-            value_dpid: r.u32()?,
-            value: r.bytes()?,
-            timestamp: r.u64()?,
+            id,
+            value_dpid,
+            value,
+            timestamp,
         });
     }
     Ok(())
 }
 
+/// Every record of a partition, in stored order.
 pub fn decode(payload: &[u8]) -> Result<Vec<Record<'_>>, Truncated> {
     let mut out = Vec::new();
     for_each(payload, |r| out.push(r))?;
@@ -66,19 +120,36 @@ pub fn id_prefix(id: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-fn encode(records: &[Record<'_>]) -> Vec<u8> {
+/// Lays out records as [`for_each`] reads them.
+pub fn encode(records: &[Record<'_>]) -> Vec<u8> {
     let mut w = Writer::default();
     w.buf.reserve(
         records
             .iter()
-            .map(|r| r.id.len() + r.value.len() + 24)
+            .map(|r| {
+                r.id.len()
+                    + match r.value {
+                        Value::Uuid(_) => 16,
+                        Value::Id(text) => text.len(),
+                    }
+                    + 12
+            })
             .sum(),
     );
     for rec in records {
-        w.bytes(rec.id);
-        w.u32(rec.value_dpid);
-        w.bytes(rec.value);
-        w.u64(rec.timestamp);
+        w.short_bytes(rec.id);
+        w.varint(u64::from(rec.value_dpid));
+        match rec.value {
+            Value::Uuid(u) => {
+                w.varint(0);
+                w.buf.extend_from_slice(&u.0.to_le_bytes());
+            }
+            Value::Id(text) => {
+                w.varint(text.len() as u64 + 1);
+                w.buf.extend_from_slice(text);
+            }
+        }
+        w.varint(rec.timestamp);
     }
     w.buf
 }
@@ -258,7 +329,7 @@ mod tests {
         Record {
             id: id.as_bytes(),
             value_dpid: 0,
-            value: value.as_bytes(),
+            value: Value::of(0, value.as_bytes()),
             timestamp: ts,
         }
     }
@@ -269,7 +340,7 @@ mod tests {
                 .unwrap()
                 .into_iter()
                 .find(|r| r.id == id.as_bytes())
-                .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+                .map(|r| String::from_utf8(r.value.text().into_owned()).unwrap())
         })
     }
 
@@ -322,6 +393,59 @@ mod tests {
         assert_eq!(lookup(&applied2.parts, "b").as_deref(), Some("u3"));
         assert_eq!(lookup(&applied2.parts, "c").as_deref(), Some("u4"));
         assert_eq!(applied2.stored_per_file, BTreeMap::from([(0, 1)]));
+    }
+
+    #[test]
+    fn records_round_trip_with_one_encoding_each() {
+        let uuid = b"00000000000000000000000000000000000042";
+        let records = [
+            Record {
+                id: b"a",
+                value_dpid: 0,
+                value: Value::of(0, uuid),
+                timestamp: 7,
+            },
+            Record {
+                id: b"b",
+                value_dpid: 20914,
+                value: Value::of(20914, b"e4fe9bde-caa0-47b6-908d-ffba3fa184f2"),
+                timestamp: u64::MAX,
+            },
+            // Not a UUID, though in the UUID space: kept as text.
+            Record {
+                id: b"c",
+                value_dpid: 0,
+                value: Value::of(0, b"123"),
+                timestamp: 0,
+            },
+            // 38 digits in another space: text too.
+            Record {
+                id: b"d",
+                value_dpid: 21,
+                value: Value::of(21, uuid),
+                timestamp: 1,
+            },
+        ];
+        assert!(matches!(records[0].value, Value::Uuid(_)));
+        assert!(matches!(records[3].value, Value::Id(_)));
+        assert_eq!(records[0].value.text().as_ref(), uuid);
+        let bytes = encode(&records);
+        assert_eq!(decode(&bytes).unwrap(), records);
+        // A UUID in text form is not its encoding: refused, like a UUID outside space 0.
+        let mut w = Writer::default();
+        w.short_bytes(b"a");
+        w.varint(0);
+        w.varint(uuid.len() as u64 + 1);
+        w.buf.extend_from_slice(uuid);
+        w.varint(7);
+        assert!(decode(&w.buf).is_err());
+        let mut w = Writer::default();
+        w.short_bytes(b"a");
+        w.varint(21);
+        w.varint(0);
+        w.buf.extend_from_slice(&42u128.to_le_bytes());
+        w.varint(7);
+        assert!(decode(&w.buf).is_err());
     }
 
     #[test]

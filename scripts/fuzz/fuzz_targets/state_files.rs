@@ -27,12 +27,7 @@ fuzz_target!(|data: &[u8]| {
         let Ok(records) = idsync::store::decode(payload) else {
             return;
         };
-        for r in &records {
-            w.bytes(r.id);
-            w.u32(r.value_dpid);
-            w.bytes(r.value);
-            w.u64(r.timestamp);
-        }
+        w.buf = idsync::store::encode(&records);
     }
     assert_eq!(w.buf, payload, "decode → encode changed the payload");
 });
