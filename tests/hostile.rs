@@ -535,6 +535,109 @@ fn one_million_distinct_users_in_one_file() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Inputs that change while they are read
+
+/// A partner appends to a file while segmill has it mapped (seen in `/proc/PID/maps`): the file
+/// is rejected as changed while being read and none of its lines is applied, while the file
+/// after it in the same job is applied normally. The next run reads the grown file afresh.
+#[test]
+fn a_file_appended_to_while_mapped_is_rejected_whole() {
+    let env = Env::new();
+    env.config(4, CATALOG);
+    // Large enough that a debug build parses it for a while after mapping it.
+    const USERS: u64 = 400_000;
+    let mut text = Vec::with_capacity(50 * USERS as usize);
+    for i in 0..USERS {
+        text.extend_from_slice(uuid(10_000_000 + i).as_bytes());
+        text.extend_from_slice(b"\td_sid=24\n");
+    }
+    let big = env.put("ftp_dpm_0_21_1763700000.sync", &text);
+    env.put(
+        "ftp_dpm_0_21_1763700001.sync",
+        format!("{}\td_sid=24\n", uuid(42)).as_bytes(),
+    );
+    let mut child = run_cmd(&env)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn segmill");
+    let maps = format!("/proc/{}/maps", child.id());
+    let needle = big.to_string_lossy().into_owned();
+    let start = Instant::now();
+    let mut appended = false;
+    while child.try_wait().expect("wait").is_none() && start.elapsed() < Duration::from_secs(120) {
+        if std::fs::read_to_string(&maps).is_ok_and(|m| m.contains(&needle)) {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&big)
+                .expect("open for append")
+                .write_all(b"late\td_sid=24\n")
+                .expect("append");
+            appended = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(appended, "the run ended before the file was seen mapped");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let receipt = env.receipt(RUN1, "0_21");
+    assert_eq!(
+        receipt_files(&receipt),
+        vec![
+            (
+                "ftp_dpm_0_21_1763700000.sync".to_owned(),
+                "rejected".to_owned()
+            ),
+            (
+                "ftp_dpm_0_21_1763700001.sync".to_owned(),
+                "processed".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(
+        receipt["files"][0]["reason"],
+        "changed while being read (size/mtime differ)"
+    );
+    assert_counters(
+        &receipt,
+        &[
+            ("records_received", 1),
+            ("records_processed", 1),
+            ("stored_records", 1),
+            ("total_devices", 1),
+            ("total_signals", 1),
+            ("total_realized_traits", 1),
+        ],
+    );
+    assert!(env.inspect_profile(&uuid(42), None).contains("24"));
+    assert!(!env.inspect_profile(&uuid(10_000_000), None).contains("24"));
+
+    // Next night the grown file is read whole: the late line is an invalid AAM ID.
+    let out = env.run("2026-11-23T02:00:00Z", &[]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    let receipt = env.receipt(&run_id(2, "2026-11-23T02:00:00Z"), "0_21");
+    assert_counters(
+        &receipt,
+        &[
+            ("records_received", USERS + 1),
+            ("records_processed", USERS + 1),
+            ("invalid_aam_id", 1),
+            ("stored_records", USERS),
+            ("total_devices", USERS),
+            ("total_signals", USERS),
+            ("total_realized_traits", USERS),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Credentials
 
 /// Every output of a finished or failed command: stdout, stderr and every file under the temp

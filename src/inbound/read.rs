@@ -199,6 +199,45 @@ fn hash_reader(mut rdr: impl Read) -> io::Result<u128> {
     }
 }
 
+/// A file's size and modification time, taken before it is read and compared after, to notice
+/// an input that changed while segmill read it (a partner still uploading, a rewrite).
+///
+/// Not detected: a change that keeps both size and mtime (a rewrite within the file system's
+/// timestamp resolution, or with the mtime set back). A plain file truncated while it is
+/// memory-mapped is not detected either: reading its lost pages kills the process with SIGBUS
+/// before any check (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time, where the platform has one.
+    pub modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    /// Reason given when an input changed while it was read.
+    pub const CHANGED: &'static str = "changed while being read (size/mtime differ)";
+
+    /// The stamp of `path` now, following symlinks.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Io`] when `path` cannot be inspected.
+    pub fn of(path: &Path) -> Result<FileStamp, ReadError> {
+        let meta = std::fs::metadata(path).map_err(|err| ReadError::io(path, err))?;
+        Ok(FileStamp {
+            size: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+
+    /// Whether `path` differs from this stamp now, or from `listed_size` (its size when it was
+    /// discovered); a file that can no longer be inspected has changed too.
+    pub fn changed(&self, path: &Path, listed_size: u64) -> bool {
+        self.size != listed_size || FileStamp::of(path).ok().as_ref() != Some(self)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Plain files
 // ---------------------------------------------------------------------------------------------
@@ -1429,6 +1468,42 @@ mod tests {
             assert_eq!(err.to_string(), format!("cannot read {}", path.display()));
         }
         assert!(matches!(content_hash(&path), Err(ReadError::Io { .. })));
+    }
+
+    #[test]
+    fn file_stamp_notices_appends_rewrites_and_removals() {
+        let file = write_temp(b"id1\t24\n");
+        let path = file.path();
+        let stamp = FileStamp::of(path).unwrap();
+        assert_eq!(stamp.size, 7);
+        assert!(!stamp.changed(path, 7));
+        // Discovered at another size.
+        assert!(stamp.changed(path, 6));
+        // Appended to.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(b"id2\t24\n")
+            .unwrap();
+        assert!(stamp.changed(path, 7));
+        // Same size, another mtime.
+        std::fs::write(path, b"id1\t25\n").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert!(stamp.changed(path, 7));
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        std::fs::write(&gone, b"x").unwrap();
+        let stamp = FileStamp::of(&gone).unwrap();
+        std::fs::remove_file(&gone).unwrap();
+        assert!(stamp.changed(&gone, 1));
+        assert!(matches!(FileStamp::of(&gone), Err(ReadError::Io { .. })));
     }
 
     #[test]
