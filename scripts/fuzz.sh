@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fuzz segmill's parsers and readers with cargo-fuzz (libFuzzer).
 #
-#   scripts/fuzz.sh                 the CI smoke run: every target for SECONDS_PER_TARGET
-#                                   seconds (default 6; 10 targets, about a minute of fuzzing)
+#   scripts/fuzz.sh                 every target for SECONDS_PER_TARGET seconds (default 6; 10
+#                                   targets, about a minute of fuzzing); scripts/test.sh runs
+#                                   it as the CI smoke with SANITIZER=none FUZZ_DEV=1
 #   scripts/fuzz.sh TARGET [SECS]   one target, e.g. `scripts/fuzz.sh trait_rule 3600`
 #   scripts/fuzz.sh --list          the targets
 #
@@ -37,7 +38,9 @@
 # Longer runs (nightly, or before a release), e.g. an hour per target on all cores:
 #   for t in $(scripts/fuzz.sh --list); do scripts/fuzz.sh "$t" 3600; done
 #   JOBS=4 scripts/fuzz.sh trait_rule 3600          # 4 libFuzzer workers (-fork)
-# The build uses AddressSanitizer and debug assertions (overflow checks) in release mode.
+# The build uses AddressSanitizer and debug assertions (overflow checks) in release mode;
+# SANITIZER=none drops ASan (libFuzzer still gets coverage, and panics and debug assertions still
+# fail): what the CI smoke in scripts/test.sh uses, as the ASan build of every dependency is slow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,12 +48,25 @@ FUZZ_DIR=scripts/fuzz
 TARGETS=(names line items trait_rule segment_rule template read_chunks ledger state_files generation)
 SECONDS_PER_TARGET=${SECONDS_PER_TARGET:-6}
 JOBS=${JOBS:-1}
+SANITIZER=${SANITIZER:-address}
+# FUZZ_DEV=1: an unoptimized build (half the build time, a few times fewer runs per second).
+FUZZ_DEV=${FUZZ_DEV:-0}
+BUILD_FLAGS=(--fuzz-dir "$FUZZ_DIR" --sanitizer "$SANITIZER" --debug-assertions)
+if [ "$FUZZ_DEV" = 1 ]; then
+  BUILD_FLAGS+=(--dev)
+fi
 CORPUS_ROOT=target/fuzz/corpus
 ARTIFACTS_ROOT=target/fuzz/artifacts
 MAIN_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 export RUSTC_BOOTSTRAP=1
-# The instrumented build gets its own target folder (its flags differ from the main build's).
-export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$PWD/target/fuzz/build}
+# The instrumented build gets its own target folder (its flags differ from the main build's),
+# one per sanitizer so that switching does not rebuild everything.
+if [ "$SANITIZER" = address ] && [ "$FUZZ_DEV" != 1 ]; then
+  default_build=$PWD/target/fuzz/build
+else
+  default_build=$PWD/target/fuzz/build-$SANITIZER$([ "$FUZZ_DEV" = 1 ] && echo -dev)
+fi
+export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$default_build}
 
 if [ "${1:-}" = "--list" ]; then
   printf '%s\n' "${TARGETS[@]}"
@@ -140,7 +156,7 @@ run_target() {
   local target=$1 secs=$2
   mkdir -p "$CORPUS_ROOT/$target" "$ARTIFACTS_ROOT/$target"
   echo "== fuzz $target for ${secs}s" >&2
-  cargo fuzz run --fuzz-dir "$FUZZ_DIR" --debug-assertions "$target" \
+  cargo fuzz run "${BUILD_FLAGS[@]}" "$target" \
     "$CORPUS_ROOT/$target" -- \
     -max_total_time="$secs" -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 \
     -artifact_prefix="$ARTIFACTS_ROOT/$target/" \
@@ -148,7 +164,7 @@ run_target() {
 }
 
 make_seeds
-cargo fuzz build --fuzz-dir "$FUZZ_DIR" --debug-assertions
+cargo fuzz build "${BUILD_FLAGS[@]}"
 if [ $# -ge 1 ]; then
   run_target "$1" "${2:-60}"
 else
@@ -156,3 +172,5 @@ else
     run_target "$t" "$SECONDS_PER_TARGET"
   done
 fi
+# cargo-fuzz creates its default artifact folders even though -artifact_prefix points elsewhere.
+find "$FUZZ_DIR/artifacts" -type d -empty -delete 2>/dev/null || true

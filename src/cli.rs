@@ -75,6 +75,23 @@ pub enum Command {
         #[command(subcommand)]
         command: InspectCommand,
     },
+    /// The state folder.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Check the state folder without changing it: the current generation's manifest, every
+    /// file's size and checksum, and that the ledger, partitions and metadata decode. Prints one
+    /// line per problem and a summary; exit 0 when clean, 2 when anything is wrong.
+    Verify {
+        /// Check every kept generation, not only the current one.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

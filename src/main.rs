@@ -1,5 +1,5 @@
 use clap::Parser;
-use segmill::cli::{Cli, Command, GenArgs, IdsyncCommand, InspectCommand, LogFormat};
+use segmill::cli::{Cli, Command, GenArgs, IdsyncCommand, InspectCommand, LogFormat, StateCommand};
 use segmill::config::Config;
 use segmill::generator::GenOptions;
 use segmill::inbound::names::{Classified, classify};
@@ -176,6 +176,13 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
             };
             print!("{text}");
             Ok(0)
+        }
+        Command::State {
+            command: StateCommand::Verify { all },
+        } => {
+            let report = segmill::state::verify(&load()?.paths.state, all);
+            print!("{}", report.to_text());
+            Ok(if report.is_clean() { 0 } else { 2 })
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::idsync::{self, ChunkRows, FileSpec, Table};
 use crate::inbound::discover::{self, Discovery, Found, JobKey, RejectedFile, check_trait_file};
 use crate::inbound::lines_at::lines_at;
 use crate::inbound::names::{Classified, IdSyncKind, IdSyncName, Mode, TraitName, classify};
-use crate::inbound::read::{ReadError, content_hash, read_chunks};
+use crate::inbound::read::{FileStamp, ReadError, content_hash, read_chunks};
 use crate::ingest::cap::{CapOutcome, apply_cap};
 use crate::ingest::{ChunkOut, FileCtx, IdKind, OpBuf, process_chunk, seq_file, seq_line};
 use crate::model::{AAM_UUID_DPID, Dpid, Timestamp, device_format};
@@ -315,6 +315,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         let _timed = job_clock.time(p.job);
         progress.file_done();
         let file = read.len() as u32;
+        let stamp = FileStamp::of(&p.found.path).map_err(anyhow::Error::from)?;
         let (source_path, gzip) = if p.name.pgp {
             match pgp.decrypt(&p.found.path, &p.found.display, &tmp)? {
                 ops::Decrypted::Plain(path) => (path, false),
@@ -355,6 +356,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                     gzip,
                     outs,
                     cap,
+                    stamp,
                 });
             }
             Err(ReadError::Gzip { reason, .. }) => {
@@ -366,6 +368,18 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 ));
             }
             Err(e) => return Err(anyhow::Error::from(e).into()),
+        }
+    }
+    // An input that changed while it was read is rejected whole: its ops are dropped (its place
+    // in `read` stays, so file numbers in other files' ops keep their meaning).
+    for rf in &mut read {
+        let found = &plan.trait_files[rf.plan_idx].found;
+        if rf.stamp.changed(&found.path, found.size) {
+            rf.outs.clear();
+            rf.cap = Default::default();
+            for (_, result) in trait_outcomes.iter_mut().filter(|(i, _)| *i == rf.plan_idx) {
+                *result = TraitFileResult::Rejected(FileStamp::CHANGED.into());
+            }
         }
     }
     stages.insert("parse".into(), t.elapsed().as_secs_f64());
@@ -1173,6 +1187,8 @@ struct ReadFile {
     gzip: bool,
     outs: Vec<ChunkOut>,
     cap: CapOutcome,
+    /// The inbound file's size and mtime before it was read.
+    stamp: FileStamp,
 }
 
 fn basename(display: &str) -> String {

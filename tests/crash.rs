@@ -1,6 +1,10 @@
 //! Crash safety (CONTRACT §6): a run that fails on an injected write error, or is killed
 //! outright, at any stage leaves the previous generation current and intact, and a re-run
-//! produces byte-identical outputs and state to a run that was never interrupted.
+//! produces byte-identical outputs and state to a run that was never interrupted. A corrupt
+//! state (a flipped byte, a truncated manifest, a missing file) is named by `segmill state
+//! verify`, which exits 2 and changes nothing.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -200,4 +204,127 @@ fn every_failpoint_leaves_the_previous_generation_and_a_rerun_matches() {
             }
         }
     }
+}
+
+/// `segmill --config ROOT/segmill.toml state verify [--all]`.
+fn verify(root: &Path, all: bool) -> common::Out {
+    let config = root.join("segmill.toml");
+    let mut args = vec!["--config", config.to_str().unwrap(), "state", "verify"];
+    if all {
+        args.push("--all");
+    }
+    common::segmill(&args)
+}
+
+/// A state with two generations (day 1 and day 2 of the tests above).
+fn two_days() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    config(root);
+    day1(root);
+    assert_eq!(segmill(root, DAY1, None).status.code(), Some(0));
+    day2(root);
+    assert_eq!(segmill(root, DAY2, None).status.code(), Some(1));
+    dir
+}
+
+/// Runs `state verify` on a damaged state: exit 2, one problem line naming `path` with
+/// `reason`, and nothing under the root changed.
+fn assert_verify_names(root: &Path, all: bool, path: &Path, reason: &str) {
+    let before = common::snapshot(root, |_| false);
+    let out = verify(root, all);
+    assert_eq!(out.code, 2, "{out:#?}");
+    let problems: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("note: ") && !l.starts_with("state verify: "))
+        .collect();
+    assert_eq!(problems.len(), 1, "{}", out.stdout);
+    let want = format!("{}: {reason}", path.display());
+    assert!(
+        problems[0].starts_with(&want),
+        "{} does not start with {want}",
+        problems[0]
+    );
+    assert!(
+        out.stdout.lines().last().unwrap().ends_with(": 1 problem"),
+        "{}",
+        out.stdout
+    );
+    common::assert_same_tree(
+        "state verify wrote",
+        &before,
+        &common::snapshot(root, |_| false),
+    );
+}
+
+#[test]
+fn state_verify_passes_a_clean_state_and_names_every_damaged_file() {
+    let dir = two_days();
+    let root = dir.path();
+    let state = root.join("state");
+    let before = common::snapshot(root, |_| false);
+    let out = verify(root, false);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let gen2 = state.join("gen-000002");
+    let files = common::snapshot(&gen2, |rel| rel == "manifest.json").len();
+    assert_eq!(
+        out.stdout,
+        format!("state verify: gen-000002, {files} files checked: clean\n")
+    );
+    let out = verify(root, true);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let files1 = common::snapshot(&state.join("gen-000001"), |rel| rel == "manifest.json").len();
+    assert_eq!(
+        out.stdout,
+        format!(
+            "state verify: 2 generations (gen-000001 to gen-000002), {} files checked: clean\n",
+            files + files1
+        )
+    );
+    common::assert_same_tree(
+        "state verify wrote",
+        &before,
+        &common::snapshot(root, |_| false),
+    );
+
+    // A flipped byte in a profile partition of the current generation.
+    let part = (0..4)
+        .map(|p| gen2.join(format!("profiles/part-{p:04}")))
+        .find(|p| p.exists())
+        .expect("a profile partition");
+    let mut bytes = std::fs::read(&part).unwrap();
+    bytes[0] ^= 0x40;
+    std::fs::write(&part, &bytes).unwrap();
+    assert_verify_names(root, false, &part, "payload checksum is ");
+    bytes[0] ^= 0x40;
+    std::fs::write(&part, &bytes).unwrap();
+    assert_eq!(verify(root, false).code, 0);
+
+    // A missing file.
+    let ledger = gen2.join("ledger");
+    let saved = std::fs::read(&ledger).unwrap();
+    std::fs::remove_file(&ledger).unwrap();
+    assert_verify_names(
+        root,
+        false,
+        &ledger,
+        "missing: the manifest lists it but the file does not exist",
+    );
+    std::fs::write(&ledger, &saved).unwrap();
+    assert_eq!(verify(root, false).code, 0);
+
+    // A truncated manifest of the current generation: caught by CURRENT's checksum.
+    let manifest = gen2.join("manifest.json");
+    let saved = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, &saved[..saved.len() / 2]).unwrap();
+    assert_verify_names(root, false, &manifest, "checksum is ");
+    std::fs::write(&manifest, &saved).unwrap();
+
+    // A truncated manifest of an older generation: only --all looks at it.
+    let old = state.join("gen-000001/manifest.json");
+    let saved = std::fs::read(&old).unwrap();
+    std::fs::write(&old, &saved[..saved.len() - 10]).unwrap();
+    assert_eq!(verify(root, false).code, 0);
+    assert_verify_names(root, true, &old, "not a manifest: ");
 }

@@ -1,7 +1,8 @@
 //! Property tests of `inbound::read::read_chunks`: for any text, chunk size, plain or gzip
 //! (multi-member included) and thread count, the chunks concatenate back to the text minus a
 //! leading BOM, each ends right after a '\n' or at the end, and the line numbering and counts
-//! match a naive count.
+//! match a naive count. Texts with lines longer than `KEPT_LINE_BYTES` reassemble to the text
+//! with those lines cut by a naive twin of the rule in `Chunk::bytes`, whatever the chunk size.
 
 use std::io::Write;
 use std::sync::LazyLock;
@@ -9,7 +10,7 @@ use std::sync::LazyLock;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use proptest::prelude::*;
-use segmill::inbound::read::{DEFAULT_CHUNK_BYTES, ReadOutcome, read_chunks};
+use segmill::inbound::read::{DEFAULT_CHUNK_BYTES, KEPT_LINE_BYTES, ReadOutcome, read_chunks};
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -114,6 +115,116 @@ fn check(out: &ReadOutcome<Seen>, text: &[u8], gzip: bool, chunk_bytes: usize) {
             );
         }
         line += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+}
+
+/// What is kept of one line (without '\n'), by the rule of `Chunk::bytes`, written naively.
+fn naive_kept(line: &[u8]) -> Vec<u8> {
+    let k = KEPT_LINE_BYTES;
+    if line.len() <= k {
+        return line.to_vec();
+    }
+    let prefix = &line[..k];
+    let looks_blank =
+        prefix[..k - 1].iter().all(|&b| b == b' ') && matches!(prefix[k - 1], b' ' | b'\r');
+    let content = line.strip_suffix(b"\r").unwrap_or(line);
+    let blank = content.iter().all(|&b| b == b' ');
+    if !looks_blank || blank {
+        return prefix.to_vec();
+    }
+    let at = line.iter().position(|&b| b != b' ').unwrap();
+    let mut out = vec![b' '; k - 1];
+    out.push(line[at]);
+    if line[at] == b'\r' {
+        out.push(line[at + 1]);
+    }
+    out
+}
+
+/// `text` with every line cut by `naive_kept`.
+fn naive_cut(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut lines = text.split(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        out.extend(naive_kept(line));
+        if lines.peek().is_some() {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// Lines around and far over the limit: a run of one fill byte (space or letter) after a short
+/// head, then a tail that decides the cut (a CR, a letter after spaces...), among short lines.
+fn long_text() -> impl Strategy<Value = Vec<u8>> {
+    let k = KEPT_LINE_BYTES;
+    let long = (
+        prop_oneof![Just(""), Just("c1\t"), Just(" ")],
+        prop_oneof![Just(b' '), Just(b'v')],
+        prop_oneof![k - 3..k + 4, k..3 * k],
+        prop_oneof![
+            Just(""),
+            Just("\r"),
+            Just("x"),
+            Just("\rx"),
+            Just(" \r"),
+            Just("\r\r")
+        ],
+    )
+        .prop_map(|(head, fill, len, tail)| {
+            let mut line = head.as_bytes().to_vec();
+            line.resize(len, fill);
+            line.extend_from_slice(tail.as_bytes());
+            line
+        });
+    let line = prop_oneof![2 => "[a-z\t ]{0,8}".prop_map(String::into_bytes), 1 => long];
+    (prop::collection::vec(line, 1..5), any::<bool>()).prop_map(|(lines, last_newline)| {
+        let mut text = lines.join(&b'\n');
+        if last_newline {
+            text.push(b'\n');
+        }
+        text
+    })
+}
+
+/// What `long_text` promises: the chunks reassemble to `naive_cut(text)`, numbered by the
+/// newlines before them, and the counts are those of the whole text.
+fn check_cut(out: &ReadOutcome<Seen>, text: &[u8]) {
+    let joined: Vec<u8> = out.results.iter().flat_map(|(_, _, b)| b.clone()).collect();
+    assert!(joined == naive_cut(text), "reassembly after cutting");
+    assert_eq!(out.bytes, text.len() as u64);
+    let newlines = text.iter().filter(|&&b| b == b'\n').count() as u64;
+    let lines = newlines + u64::from(text.last().is_some_and(|&b| b != b'\n'));
+    assert_eq!(out.lines, lines);
+    let mut line = 1;
+    for (position, (index, first_line, bytes)) in out.results.iter().enumerate() {
+        assert_eq!((*index, *first_line), (position, line));
+        assert!(!bytes.is_empty(), "chunk {position} is empty");
+        if position + 1 < out.results.len() {
+            assert_eq!(
+                bytes.last(),
+                Some(&b'\n'),
+                "chunk {position} cut inside a line"
+            );
+        }
+        line += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn long_lines_are_cut_the_same_for_every_chunk_size(
+        text in long_text(),
+        chunk_bytes in prop_oneof![1..=64usize, KEPT_LINE_BYTES - 2..KEPT_LINE_BYTES + 3, Just(DEFAULT_CHUNK_BYTES)],
+        gzip: bool,
+        threads in 1..=2usize,
+        cuts in prop::collection::vec(any::<u16>(), 0..3),
+    ) {
+        let bytes = if gzip { gzip_members(&text, &cuts) } else { text.clone() };
+        let out = read(&bytes, gzip, chunk_bytes, threads);
+        check_cut(&out, &text);
     }
 }
 

@@ -7,7 +7,9 @@
 //! hash the ledger stores.
 //!
 //! Does not: interpret lines (CRs, blank lines and line length are the parser's business), choose
-//! the thread count (the caller `install`s its rayon pool), or decrypt PGP.
+//! the thread count (the caller `install`s its rayon pool), or decrypt PGP. One exception keeps
+//! memory bounded: a line longer than [`KEPT_LINE_BYTES`] is cut (see [`Chunk::bytes`]), so a
+//! gigabyte without a newline, plain or gzip, never has to be held or copied whole.
 //!
 //! Input: a path, whether it is gzip, a target chunk size and `f`. Output: `f`'s results in chunk
 //! order plus the text's byte and physical-line counts, or a [`ReadError`]; on error no result
@@ -33,6 +35,8 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_128};
 
+use crate::parse::MAX_LINE_BYTES;
+
 /// Default target size of a chunk: 4 MiB. Large enough that per-chunk costs (a rayon task,
 /// per-partition output buffers) vanish against the parsing work, small enough that a 100 MB
 /// file still yields 25 chunks to balance over the threads and that gzip buffers in flight
@@ -53,6 +57,17 @@ const HASH_READ_BYTES: usize = 128 << 10;
 /// The UTF-8 byte order mark, skipped at the very start of the (decompressed) text only.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// The longest line handed to `f` whole; a longer line is cut to this many bytes (see
+/// [`Chunk::bytes`]). Two more than [`MAX_LINE_BYTES`], so that what is kept of a cut line is
+/// still too long for both parsers: trait files count a CR in the limit, ID-sync files do not
+/// (`idsync::MAX_ROW_BYTES`, checked below), and a kept line may end in a CR.
+pub const KEPT_LINE_BYTES: usize = MAX_LINE_BYTES + 2;
+
+const _: () = assert!(crate::idsync::MAX_ROW_BYTES <= MAX_LINE_BYTES);
+
+/// Step in which the rest of a cut gzip line is read and dropped.
+const SKIP_READ_BYTES: usize = 128 << 10;
+
 /// One newline-aligned piece of a file's (decompressed) text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Chunk<'a> {
@@ -62,6 +77,15 @@ pub struct Chunk<'a> {
     pub first_line: u64,
     /// The text: starts at a line start, ends right after a `'\n'` or at the end of the text.
     /// Never empty.
+    ///
+    /// Every line longer than [`KEPT_LINE_BYTES`] (its `'\n'` not counted) is replaced by what
+    /// is kept of it, its `'\n'` kept, so line numbers do not move. What is kept is chosen so
+    /// that the parsers classify it as they would the whole line: too long, or blank when the
+    /// whole line is blank. It is the line's first [`KEPT_LINE_BYTES`] bytes, unless those are
+    /// all spaces (a last CR allowed) and the line is not blank: then it is the spaces just
+    /// before the line's first other byte, that byte, and when it is a CR the byte after it
+    /// (`KEPT_LINE_BYTES` or one more bytes). It depends only on the line, never on
+    /// `chunk_bytes`, so receipts and rejects do not either.
     pub bytes: &'a [u8],
 }
 
@@ -113,9 +137,11 @@ impl ReadError {
 /// parallel on the current rayon pool. Returns the results in chunk order.
 ///
 /// `chunk_bytes` is a target (0 is treated as 1): a plain-file chunk holds at least that many
-/// bytes and is extended to the next `'\n'`; a gzip chunk is cut at the last `'\n'` of a buffer
-/// of about that size. Either way a chunk is never cut inside a line, and a line longer than
-/// `chunk_bytes` makes one larger chunk (for gzip, a buffer of that size is held in memory).
+/// bytes of the file's text and is extended to the next `'\n'`; a gzip chunk is cut at the last
+/// `'\n'` of a buffer of about that size. Either way a chunk is never cut inside a line, and a
+/// line longer than `chunk_bytes` makes one larger chunk. Lines longer than
+/// [`KEPT_LINE_BYTES`] reach `f` cut ([`Chunk::bytes`]), so a gzip buffer never holds more than
+/// about `chunk_bytes + KEPT_LINE_BYTES` bytes, however long a line is.
 ///
 /// `f` must be pure: on any error no result is returned, so nothing from a corrupt file is ever
 /// applied, and for gzip `f` may already have run on the chunks before the corruption.
@@ -170,6 +196,45 @@ fn hash_reader(mut rdr: impl Read) -> io::Result<u128> {
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// A file's size and modification time, taken before it is read and compared after, to notice
+/// an input that changed while segmill read it (a partner still uploading, a rewrite).
+///
+/// Not detected: a change that keeps both size and mtime (a rewrite within the file system's
+/// timestamp resolution, or with the mtime set back). A plain file truncated while it is
+/// memory-mapped is not detected either: reading its lost pages kills the process with SIGBUS
+/// before any check (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time, where the platform has one.
+    pub modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    /// Reason given when an input changed while it was read.
+    pub const CHANGED: &'static str = "changed while being read (size/mtime differ)";
+
+    /// The stamp of `path` now, following symlinks.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Io`] when `path` cannot be inspected.
+    pub fn of(path: &Path) -> Result<FileStamp, ReadError> {
+        let meta = std::fs::metadata(path).map_err(|err| ReadError::io(path, err))?;
+        Ok(FileStamp {
+            size: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+
+    /// Whether `path` differs from this stamp now, or from `listed_size` (its size when it was
+    /// discovered); a file that can no longer be inspected has changed too.
+    pub fn changed(&self, path: &Path, listed_size: u64) -> bool {
+        self.size != listed_size || FileStamp::of(path).ok().as_ref() != Some(self)
     }
 }
 
@@ -273,18 +338,20 @@ where
     let bytes = FileText::load(path, file)?.into_bytes(path, file)?;
     let text = strip_bom(&bytes);
     let pieces = split_chunks(text, chunk_bytes);
-    let newlines: Vec<u64> = pieces
+    // A piece with an over-long line is copied without the line's dropped bytes; the map itself
+    // is only read, never copied whole.
+    let scanned: Vec<(u64, Option<Vec<u8>>)> = pieces
         .par_iter()
-        .map(|piece| count_newlines(piece))
+        .map(|piece| (count_newlines(piece), cut_long_lines(piece)))
         .collect();
 
     let mut chunks = Vec::with_capacity(pieces.len());
     let mut newlines_before = 0u64;
-    for (index, (piece, count)) in pieces.into_iter().zip(newlines).enumerate() {
+    for (index, (piece, (count, cut))) in pieces.into_iter().zip(&scanned).enumerate() {
         chunks.push(Chunk {
             index,
             first_line: newlines_before + 1,
-            bytes: piece,
+            bytes: cut.as_deref().unwrap_or(piece),
         });
         newlines_before += count;
     }
@@ -337,6 +404,184 @@ fn physical_lines(newlines: u64, last: Option<u8>) -> u64 {
     match last {
         Some(b'\n') | None => newlines,
         Some(_) => newlines + 1,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Over-long lines
+// ---------------------------------------------------------------------------------------------
+
+/// Start of the first line of `text` at or after `from` (a line start) that is longer than
+/// [`KEPT_LINE_BYTES`], its `'\n'` not counted; `None` when there is none or `from` is past
+/// the end.
+///
+/// Looks at windows of `KEPT_LINE_BYTES + 1` bytes from their end: a window holding a `'\n'`
+/// ends every line starting in it (they are short), so the search jumps to after its last
+/// `'\n'`; a window without one inside the text is the start of a long line. On ordinary text
+/// this touches a few bytes per 100 KiB.
+fn find_long_line(text: &[u8], from: usize) -> Option<usize> {
+    let mut pos = from;
+    loop {
+        let window = text.get(pos..)?.get(..=KEPT_LINE_BYTES)?;
+        match memrchr(b'\n', window) {
+            Some(at) => pos += at + 1,
+            None => return Some(pos),
+        }
+    }
+}
+
+/// `text` (whole lines) with every line longer than [`KEPT_LINE_BYTES`] replaced by what is
+/// kept of it ([`Chunk::bytes`]), newlines kept; `None` when no line is that long.
+fn cut_long_lines(text: &[u8]) -> Option<Vec<u8>> {
+    let mut start = find_long_line(text, 0)?;
+    let mut out = Vec::with_capacity(text.len().min(4 * KEPT_LINE_BYTES));
+    let mut copied = 0;
+    loop {
+        let rest = text.get(start..).unwrap_or_default();
+        let line_end = memchr(b'\n', rest).map_or(text.len(), |at| start + at);
+        let line = text.get(start..line_end).unwrap_or_default();
+        out.extend_from_slice(text.get(copied..start).unwrap_or_default());
+        out.extend_from_slice(kept_of(line));
+        // The '\n' (if any) is copied with the following text.
+        copied = line_end;
+        match find_long_line(text, line_end + 1) {
+            Some(next) => start = next,
+            None => break,
+        }
+    }
+    out.extend_from_slice(text.get(copied..).unwrap_or_default());
+    Some(out)
+}
+
+/// What is kept of `line` (without its `'\n'`), a sub-slice of it; the whole line when it is
+/// not longer than [`KEPT_LINE_BYTES`].
+fn kept_of(line: &[u8]) -> &[u8] {
+    let (Some(prefix), Some(rest)) = (line.get(..KEPT_LINE_BYTES), line.get(KEPT_LINE_BYTES..))
+    else {
+        return line;
+    };
+    if rest.is_empty() {
+        return line;
+    }
+    let mut cutter = Cutter::new(prefix);
+    cutter.feed(rest);
+    match cutter.kept() {
+        Kept::Prefix => prefix,
+        // The window is the spaces before byte `at` (at least KEPT_LINE_BYTES - 1 of them,
+        // `Cutter` guarantees it), then `len` bytes from `at`.
+        Kept::Window { at, len, .. } => {
+            let from = (at + 1).saturating_sub(KEPT_LINE_BYTES);
+            line.get(from..at + usize::from(len)).unwrap_or(prefix)
+        }
+    }
+}
+
+/// What is kept of a line longer than [`KEPT_LINE_BYTES`]; see [`Chunk::bytes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kept {
+    /// The line's first `KEPT_LINE_BYTES` bytes.
+    Prefix,
+    /// `KEPT_LINE_BYTES - 1` spaces (the line's bytes before `at` are all spaces), then the
+    /// first `len` (1 or 2) of `bytes`: the line's bytes from `at` on.
+    Window {
+        /// Position in the line of its first byte that is not a space.
+        at: usize,
+        /// That byte, and when it is a CR the byte after it.
+        bytes: [u8; 2],
+        /// How many of `bytes` are kept.
+        len: u8,
+    },
+}
+
+/// Decides [`Kept`] for a long line seen in pieces, so a gzip line never has to be held whole.
+/// Created from the line's first `KEPT_LINE_BYTES` bytes, then fed the rest in order.
+struct Cutter {
+    /// Bytes of the line seen so far.
+    seen: usize,
+    state: CutState,
+}
+
+enum CutState {
+    /// Decided (the prefix does not look blank, or the window was found).
+    Settled(Kept),
+    /// Every byte so far is a space.
+    Spaces,
+    /// The first byte that is not a space is the CR at `at`, and it was the last byte seen.
+    Cr { at: usize },
+}
+
+impl Cutter {
+    /// Starts on `prefix`, the line's first [`KEPT_LINE_BYTES`] bytes.
+    fn new(prefix: &[u8]) -> Cutter {
+        // A parser sees `prefix` as blank when it is spaces with maybe one CR at the end.
+        let (body, last) = match prefix.split_last() {
+            Some((&last, body)) => (body, last),
+            None => (prefix, b' '),
+        };
+        if body.iter().all(|&b| b == b' ') && matches!(last, b' ' | b'\r') {
+            let mut cutter = Cutter {
+                seen: body.len(),
+                state: CutState::Spaces,
+            };
+            cutter.feed(&[last]);
+            cutter
+        } else {
+            Cutter {
+                seen: prefix.len(),
+                state: CutState::Settled(Kept::Prefix),
+            }
+        }
+    }
+
+    /// Whether more bytes can no longer change [`Cutter::kept`].
+    fn settled(&self) -> bool {
+        matches!(self.state, CutState::Settled(_))
+    }
+
+    /// Feeds the next bytes of the line (never its `'\n'`).
+    fn feed(&mut self, bytes: &[u8]) {
+        let start = self.seen;
+        self.seen += bytes.len();
+        match self.state {
+            CutState::Settled(_) => {}
+            CutState::Cr { at } => {
+                if let Some(&next) = bytes.first() {
+                    self.state = CutState::Settled(Kept::Window {
+                        at,
+                        bytes: [b'\r', next],
+                        len: 2,
+                    });
+                }
+            }
+            CutState::Spaces => {
+                let Some(i) = bytes.iter().position(|&b| b != b' ') else {
+                    return;
+                };
+                let at = start + i;
+                self.state = match (bytes.get(i), bytes.get(i + 1)) {
+                    (Some(b'\r'), Some(&next)) => CutState::Settled(Kept::Window {
+                        at,
+                        bytes: [b'\r', next],
+                        len: 2,
+                    }),
+                    (Some(b'\r'), None) => CutState::Cr { at },
+                    (first, _) => CutState::Settled(Kept::Window {
+                        at,
+                        bytes: [first.copied().unwrap_or(b' '), 0],
+                        len: 1,
+                    }),
+                };
+            }
+        }
+    }
+
+    /// What to keep, once the whole line was fed. A line that is spaces, maybe ending in a CR,
+    /// is blank: its prefix (blank too) is kept.
+    fn kept(&self) -> Kept {
+        match self.state {
+            CutState::Settled(kept) => kept,
+            CutState::Spaces | CutState::Cr { .. } => Kept::Prefix,
+        }
     }
 }
 
@@ -422,8 +667,11 @@ where
             let collected = &collected;
             scope.spawn(move |_| {
                 let mut local = Vec::new();
-                for (index, first_line, buf) in filled.iter() {
+                for (index, first_line, mut buf) in filled.iter() {
                     if !failed.load(Ordering::Relaxed) {
+                        if let Some(cut) = cut_long_lines(&buf) {
+                            buf = cut;
+                        }
                         local.push((
                             index,
                             f(&Chunk {
@@ -500,13 +748,15 @@ fn decode(
                 };
             }
             if eof {
-                break buf.len();
+                break Some(buf.len());
             }
             match buf
                 .get(searched..)
                 .and_then(|unsearched| memrchr(b'\n', unsearched))
             {
-                Some(at) => break searched + at + 1,
+                Some(at) => break Some(searched + at + 1),
+                // The whole buffer is the start of one line, already too long to keep whole.
+                None if buf.len() > KEPT_LINE_BYTES => break None,
                 None => {
                     // One line fills the whole buffer: grow it by another chunk.
                     searched = buf.len();
@@ -514,17 +764,37 @@ fn decode(
                 }
             }
         };
-        if let Some(tail) = buf.get(cut..) {
-            carry.extend_from_slice(tail);
-        }
-        buf.truncate(cut);
-        if buf.is_empty() {
-            return Ok(totals);
-        }
         let first_line = totals.newlines + 1;
-        totals.newlines += count_newlines(&buf);
-        totals.bytes += buf.len() as u64;
-        totals.last = buf.last().copied();
+        match cut {
+            Some(cut) => {
+                if let Some(tail) = buf.get(cut..) {
+                    carry.extend_from_slice(tail);
+                }
+                buf.truncate(cut);
+                if buf.is_empty() {
+                    return Ok(totals);
+                }
+                totals.newlines += count_newlines(&buf);
+                totals.bytes += buf.len() as u64;
+                totals.last = buf.last().copied();
+                // Long lines inside `buf` are cut by the consumers, in parallel.
+            }
+            None => {
+                let mut skipped = Skipped {
+                    bytes: buf.len() as u64,
+                    last: buf.last().copied(),
+                    newline: false,
+                };
+                if let Err(err) = skip_long_line(&mut rdr, &mut buf, &mut carry, &mut skipped) {
+                    let decoded = totals.bytes + skipped.bytes;
+                    return Err(decode_error(path, &mut rdr, err, decoded));
+                }
+                eof = !skipped.newline;
+                totals.newlines += u64::from(skipped.newline);
+                totals.bytes += skipped.bytes;
+                totals.last = skipped.last;
+            }
+        }
         if filled.send((index, first_line, buf)).is_err() {
             // Every consumer is gone, which only a panic in `f` causes; it is re-raised by the
             // caller's rayon scope, so what is returned here is never seen.
@@ -532,6 +802,63 @@ fn decode(
         }
         index += 1;
     }
+}
+
+/// How far [`skip_long_line`] read: the line's bytes (its `'\n'` included), the last of them,
+/// and whether it ended with a `'\n'` (else the text ended).
+struct Skipped {
+    bytes: u64,
+    last: Option<u8>,
+    newline: bool,
+}
+
+/// `buf` holds the start of one line, longer than [`KEPT_LINE_BYTES`] and without `'\n'`.
+/// Reads the rest of the line from `rdr` in steps of [`SKIP_READ_BYTES`], keeping none of it,
+/// and leaves in `buf` what is kept of the line ([`Chunk::bytes`]) followed by its `'\n'`, and
+/// in `carry` (empty on entry) the text read after that `'\n'`. `skipped` starts with `buf`'s
+/// length and last byte and is updated as bytes are read, also when reading fails.
+fn skip_long_line(
+    rdr: &mut impl Read,
+    buf: &mut Vec<u8>,
+    carry: &mut Vec<u8>,
+    skipped: &mut Skipped,
+) -> io::Result<()> {
+    let mut cutter = Cutter::new(buf.get(..KEPT_LINE_BYTES).unwrap_or_default());
+    cutter.feed(buf.get(KEPT_LINE_BYTES..).unwrap_or_default());
+    let mut step = vec![0u8; SKIP_READ_BYTES];
+    loop {
+        let got = match rdr.read(&mut step) {
+            Ok(0) => break,
+            Ok(n) => step.get(..n).unwrap_or_default(),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        if let Some(at) = memchr(b'\n', got) {
+            cutter.feed(got.get(..at).unwrap_or_default());
+            carry.extend_from_slice(got.get(at + 1..).unwrap_or_default());
+            skipped.bytes += at as u64 + 1;
+            skipped.last = Some(b'\n');
+            skipped.newline = true;
+            break;
+        }
+        if !cutter.settled() {
+            cutter.feed(got);
+        }
+        skipped.bytes += got.len() as u64;
+        skipped.last = got.last().copied();
+    }
+    match cutter.kept() {
+        Kept::Prefix => buf.truncate(KEPT_LINE_BYTES),
+        Kept::Window { bytes, len, .. } => {
+            // The line's first KEPT_LINE_BYTES - 1 bytes are spaces (`Cutter` guarantees it).
+            buf.truncate(KEPT_LINE_BYTES - 1);
+            buf.extend_from_slice(bytes.get(..usize::from(len)).unwrap_or_default());
+        }
+    }
+    if skipped.newline {
+        buf.push(b'\n');
+    }
+    Ok(())
 }
 
 /// The error for a failed read from the decoder after `decoded` bytes of text: the file's own
@@ -809,6 +1136,178 @@ mod tests {
         }
     }
 
+    /// What is kept of one line (without '\n'), by the rule of `Chunk::bytes` written naively.
+    fn naive_kept(line: &[u8]) -> Vec<u8> {
+        let k = KEPT_LINE_BYTES;
+        if line.len() <= k {
+            return line.to_vec();
+        }
+        let prefix = &line[..k];
+        let looks_blank = prefix[..k - 1].iter().all(|&b| b == b' ')
+            && (prefix[k - 1] == b' ' || prefix[k - 1] == b'\r');
+        let blank = {
+            let content = line.strip_suffix(b"\r").unwrap_or(line);
+            content.iter().all(|&b| b == b' ')
+        };
+        if !looks_blank || blank {
+            return prefix.to_vec();
+        }
+        let at = line.iter().position(|&b| b != b' ').unwrap();
+        let mut out = vec![b' '; k - 1];
+        out.push(line[at]);
+        if line[at] == b'\r' {
+            out.push(line[at + 1]);
+        }
+        out
+    }
+
+    /// `text` with every line replaced by `naive_kept` of it.
+    fn naive_cut(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut lines = text.split(|&b| b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            out.extend(naive_kept(line));
+            if lines.peek().is_some() {
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    /// Long lines whose kept part is each case of the rule, with a short line between them.
+    fn long_line_cases() -> Vec<(&'static str, Vec<u8>)> {
+        let k = KEPT_LINE_BYTES;
+        let with = |head: &[u8], fill: u8, len: usize, tail: &[u8]| {
+            let mut line = head.to_vec();
+            line.resize(len, fill);
+            line.extend_from_slice(tail);
+            line
+        };
+        vec![
+            ("letters", with(b"c1\td_sid=24,k=", b'v', k + 1, b"")),
+            ("just long enough", with(b"", b'x', k + 1, b"")),
+            ("not cut", with(b"", b'x', k, b"")),
+            ("with CR", with(b"c1\t", b'v', 3 * k, b"\r")),
+            ("spaces then a letter", with(b"", b' ', 2 * k, b"x  y")),
+            (
+                "spaces then CR then a letter",
+                with(b"", b' ', 2 * k, b"\rx"),
+            ),
+            ("spaces then two CRs", with(b"", b' ', k + 7, b"\r\r")),
+            ("prefix ends in CR", with(b"", b' ', k - 1, b"\rzz")),
+            ("all spaces", with(b"", b' ', 3 * k, b"")),
+            ("spaces and a last CR", with(b"", b' ', 3 * k, b"\r")),
+        ]
+    }
+
+    #[test]
+    fn kept_of_matches_the_naive_rule() {
+        for (name, line) in long_line_cases() {
+            assert_eq!(kept_of(&line), &naive_kept(&line)[..], "{name}");
+        }
+        let k = KEPT_LINE_BYTES;
+        // The cases above reach every branch of the rule, with exact results.
+        let cases = long_line_cases();
+        let kept = |i: usize| naive_kept(&cases[i].1);
+        assert_eq!(kept(0).len(), k);
+        assert_eq!(&kept(0)[..15], b"c1\td_sid=24,k=v");
+        assert_eq!(kept(2).len(), k);
+        assert_eq!(kept(4), [vec![b' '; k - 1], b"x".to_vec()].concat());
+        assert_eq!(kept(5), [vec![b' '; k - 1], b"\rx".to_vec()].concat());
+        assert_eq!(kept(6), [vec![b' '; k - 1], b"\r\r".to_vec()].concat());
+        assert_eq!(kept(7), [vec![b' '; k - 1], b"\rz".to_vec()].concat());
+        assert_eq!(kept(8), vec![b' '; k]);
+        assert_eq!(kept(9), vec![b' '; k]);
+    }
+
+    #[test]
+    fn kept_lines_parse_like_the_whole_line() {
+        use crate::parse::{FormatError, LineKind, parse_line};
+        for (name, line) in long_line_cases() {
+            let whole = parse_line(&line, false);
+            let kept = parse_line(kept_of(&line), false);
+            let kind = |k: &LineKind<'_>| match k {
+                LineKind::Blank => "blank",
+                LineKind::FormatError(FormatError::TooLong) => "too long",
+                _ => "other",
+            };
+            assert_eq!(kind(&kept), kind(&whole), "{name}");
+            assert_ne!(kind(&kept), "other", "{name}");
+            // ID-sync rows: too long (or blank) as well.
+            let stripped = kept_of(&line).strip_suffix(b"\r").unwrap_or(kept_of(&line));
+            let blank = stripped.iter().all(|&b| b == b' ');
+            assert!(
+                blank || stripped.len() > crate::idsync::MAX_ROW_BYTES,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_lines_are_cut_in_every_chunk_size_plain_and_gzip() {
+        let mut text = Vec::new();
+        for (i, (_, line)) in long_line_cases().iter().enumerate() {
+            text.extend(format!("short{i}\n").bytes());
+            text.extend(line);
+            text.push(b'\n');
+        }
+        // The last line has no '\n' and is long too.
+        text.extend(vec![b'w'; 2 * KEPT_LINE_BYTES]);
+        let want = naive_cut(&text);
+        assert!(want.len() < text.len());
+        let newlines = count_newlines(&text);
+        for gz in [false, true] {
+            let bytes = if gz { gzip(&text) } else { text.clone() };
+            for chunk_bytes in [1, 7, 4096, KEPT_LINE_BYTES, KEPT_LINE_BYTES + 1, 1 << 20] {
+                let out = read_all(&bytes, gz, chunk_bytes).unwrap();
+                let joined: Vec<u8> = out.results.iter().flat_map(|(_, _, b)| b.clone()).collect();
+                assert!(joined == want, "gzip {gz} at {chunk_bytes}");
+                let mut line = 1;
+                for (position, (index, first_line, bytes)) in out.results.iter().enumerate() {
+                    assert_eq!((*index, *first_line), (position, line), "gzip {gz}");
+                    line += count_newlines(bytes);
+                }
+                assert_eq!(
+                    (out.bytes, out.lines),
+                    (text.len() as u64, newlines + 1),
+                    "gzip {gz} at {chunk_bytes}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_gzip_line_of_many_buffers_is_never_held_whole() {
+        // 40 MiB without a newline: the decoder keeps only the buffer it cut at.
+        let mut text = b"c1\t".to_vec();
+        text.resize(40 << 20, b'v');
+        text.extend_from_slice(b"\nnext\n");
+        let largest = std::sync::atomic::AtomicUsize::new(0);
+        let file = write_temp(&gzip(&text));
+        let out = read_chunks(file.path(), true, 1 << 20, |c| {
+            largest.fetch_max(c.bytes.len(), Ordering::Relaxed);
+            (c.first_line, c.bytes.len())
+        })
+        .unwrap();
+        assert_eq!(out.results, vec![(1, KEPT_LINE_BYTES + 1), (2, 5)]);
+        assert_eq!((out.bytes, out.lines), (text.len() as u64, 2));
+        assert_eq!(largest.into_inner(), KEPT_LINE_BYTES + 1);
+    }
+
+    #[test]
+    fn find_long_line_edges() {
+        let k = KEPT_LINE_BYTES;
+        let line = |n: usize| vec![b'a'; n];
+        assert_eq!(find_long_line(&line(k), 0), None);
+        assert_eq!(find_long_line(&line(k + 1), 0), Some(0));
+        assert_eq!(find_long_line(&[line(k), b"\n".to_vec()].concat(), 0), None);
+        let two = [line(3), b"\n".to_vec(), line(k + 1), b"\n".to_vec()].concat();
+        assert_eq!(find_long_line(&two, 0), Some(4));
+        assert_eq!(find_long_line(&two, k + 6), None);
+        assert_eq!(find_long_line(&two, 10 * k), None);
+        assert_eq!(cut_long_lines(&line(k)), None);
+    }
+
     #[test]
     fn results_in_chunk_order_whatever_the_thread_count() {
         let text: Vec<u8> = (0..2_000)
@@ -969,6 +1468,42 @@ mod tests {
             assert_eq!(err.to_string(), format!("cannot read {}", path.display()));
         }
         assert!(matches!(content_hash(&path), Err(ReadError::Io { .. })));
+    }
+
+    #[test]
+    fn file_stamp_notices_appends_rewrites_and_removals() {
+        let file = write_temp(b"id1\t24\n");
+        let path = file.path();
+        let stamp = FileStamp::of(path).unwrap();
+        assert_eq!(stamp.size, 7);
+        assert!(!stamp.changed(path, 7));
+        // Discovered at another size.
+        assert!(stamp.changed(path, 6));
+        // Appended to.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(b"id2\t24\n")
+            .unwrap();
+        assert!(stamp.changed(path, 7));
+        // Same size, another mtime.
+        std::fs::write(path, b"id1\t25\n").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert!(stamp.changed(path, 7));
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        std::fs::write(&gone, b"x").unwrap();
+        let stamp = FileStamp::of(&gone).unwrap();
+        std::fs::remove_file(&gone).unwrap();
+        assert!(stamp.changed(&gone, 1));
+        assert!(matches!(FileStamp::of(&gone), Err(ReadError::Io { .. })));
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 /// `path` until [`AtomicFile::finish`]; dropping the writer without it removes the temp file.
 pub fn atomic_writer(path: &Path) -> Result<AtomicFile, StateError> {
     let (dir, temp) = temp_path_for(path)?;
+    remove_dead_temps(&dir, path)?;
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -187,6 +188,39 @@ fn temp_path_for(path: &Path) -> Result<(PathBuf, PathBuf), StateError> {
     Ok((dir, temp))
 }
 
+/// Removes temp files for the target `path` in `dir` that were left by a process that no
+/// longer runs (killed between creating and renaming them): outside the state root, in receipt,
+/// report and outbound folders, nothing else would, and a re-run that writes the same target
+/// must leave the same folder. A temp of a live process (this one included) is left alone.
+fn remove_dead_temps(dir: &Path, path: &Path) -> Result<(), StateError> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(());
+    };
+    let prefix = format!(".{name}{TEMP_MARKER}");
+    let Ok(entries) = fs::read_dir(dir) else {
+        // A missing folder is reported by the create that follows.
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name();
+        let Some(pid) = entry_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let leftover = entry.path();
+            fs::remove_file(&leftover)
+                .map_err(|source| StateError::io("remove stale temp file", &leftover, source))?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether `name` is a temp file left by [`atomic_writer`].
 pub(crate) fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(TEMP_MARKER)
@@ -239,6 +273,26 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![OsString::from("report.json")]);
+    }
+
+    #[test]
+    fn temps_of_dead_processes_for_the_same_target_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x.info");
+        // PID 999999999 is above every kernel's pid_max: never alive.
+        let dead = dir.path().join(".x.info.segmill-tmp.999999999.3");
+        let live = dir
+            .path()
+            .join(format!(".x.info.segmill-tmp.{}.77", std::process::id()));
+        let other_target = dir.path().join(".y.info.segmill-tmp.999999999.0");
+        for p in [&dead, &live, &other_target] {
+            fs::write(p, b"old").unwrap();
+        }
+        write_atomic(&target, b"new").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert!(!dead.exists());
+        assert!(live.exists());
+        assert!(other_target.exists());
     }
 
     #[test]

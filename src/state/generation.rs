@@ -178,12 +178,43 @@ impl Generation {
                 ),
             ));
         }
+        Generation::parse(dir, number, &path, &bytes)
+    }
+
+    /// Loads generation `number` under `root` that `CURRENT` does not name (an older kept one),
+    /// for `state verify --all`: the same checks as [`Generation::load`] except the manifest's
+    /// checksum, which only `CURRENT` records.
+    pub(crate) fn load_kept(root: &Path, number: u64) -> Result<Generation, StateError> {
+        let dir = root.join(dir_name(number));
+        let path = dir.join(MANIFEST);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::corrupt(
+                    &path,
+                    "missing: a complete generation folder always holds its manifest",
+                ));
+            }
+            Err(source) => return Err(StateError::io("read", &path, source)),
+        };
+        Generation::parse(dir, number, &path, &bytes)
+    }
+
+    /// Parses and checks the manifest `bytes` (read from `path`) of generation `number` in
+    /// `dir`: format version, number and file entries.
+    fn parse(
+        dir: PathBuf,
+        number: u64,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Generation, StateError> {
+        let path = path.to_path_buf();
         // Check the version before the full shape, so a newer layout is reported as such.
         #[derive(Deserialize)]
         struct Version {
             format_version: u32,
         }
-        let version: Version = serde_json::from_slice(&bytes)
+        let version: Version = serde_json::from_slice(bytes)
             .map_err(|e| StateError::corrupt(&path, format!("not a manifest: {e}")))?;
         if version.format_version > FORMAT_VERSION {
             return Err(StateError::TooNew {
@@ -198,7 +229,7 @@ impl Generation {
                 format!("unknown format version {}", version.format_version),
             ));
         }
-        let manifest: Manifest = serde_json::from_slice(&bytes)
+        let manifest: Manifest = serde_json::from_slice(bytes)
             .map_err(|e| StateError::corrupt(&path, format!("not a manifest: {e}")))?;
         if manifest.generation != number {
             return Err(StateError::corrupt(

@@ -27,6 +27,7 @@ mod fsutil;
 mod generation;
 mod ledger;
 mod lock;
+mod verify;
 
 use std::fs;
 use std::io;
@@ -40,6 +41,7 @@ pub use generation::{
 };
 pub use ledger::{LEDGER_FILE, Ledger, LedgerEntry, LedgerError, Outcome};
 pub use lock::LockGuard;
+pub use verify::{Problem, VerifyReport, verify};
 
 /// Version of the state layout this build reads and writes. A state written by a newer
 /// segmill is refused rather than misread.

@@ -4,12 +4,13 @@
 //! "no panic":
 //! - gzip: `read_chunks` succeeds exactly when flate2's `MultiGzDecoder` reads the whole stream
 //!   (an empty file is an error too); then the chunks concatenate to the decoded text without a
-//!   leading BOM, each chunk is non-empty and ends after a `\n` or at the end, `first_line`
-//!   numbers follow the newlines, and `bytes`/`lines` match the text;
+//!   leading BOM, with every line longer than `KEPT_LINE_BYTES` cut as `Chunk::bytes` says
+//!   (checked against a naive twin of the rule), each chunk is non-empty and ends after a `\n`
+//!   or at the end, `first_line` numbers follow the newlines, and `bytes`/`lines` match the text;
 //! - plain: the same chunk properties against the raw bytes.
 //!
-//! Inputs that inflate past 8 MiB are skipped: the reader has no output bound (see
-//! tests/hostile.rs) and libFuzzer would only report an out-of-memory.
+//! Inputs that inflate past 8 MiB are skipped: the reference decoding here holds the whole
+//! text (the reader itself is bounded), and libFuzzer would only report an out-of-memory.
 #![no_main]
 
 use std::io::Read;
@@ -18,7 +19,7 @@ use std::sync::OnceLock;
 
 use flate2::read::MultiGzDecoder;
 use libfuzzer_sys::fuzz_target;
-use segmill::inbound::read::read_chunks;
+use segmill::inbound::read::{KEPT_LINE_BYTES, read_chunks};
 
 const MAX_TEXT: u64 = 8 << 20;
 
@@ -82,7 +83,10 @@ fn check(raw: &[u8], chunks: &[(usize, u64, Vec<u8>)], bytes: u64, lines: u64) {
         newlines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
         joined.extend_from_slice(chunk);
     }
-    assert_eq!(joined, text, "chunks must concatenate to the text");
+    assert!(
+        joined == naive_cut(text),
+        "chunks must concatenate to the text with long lines cut"
+    );
     assert_eq!(bytes, text.len() as u64, "byte count");
     let want_lines = if text.is_empty() || text.ends_with(b"\n") {
         newlines
@@ -90,4 +94,42 @@ fn check(raw: &[u8], chunks: &[(usize, u64, Vec<u8>)], bytes: u64, lines: u64) {
         newlines + 1
     };
     assert_eq!(lines, want_lines, "line count");
+}
+
+/// What is kept of one line (without its `\n`), by the rule of `Chunk::bytes`, written naively.
+fn naive_kept(line: &[u8]) -> Vec<u8> {
+    let k = KEPT_LINE_BYTES;
+    if line.len() <= k {
+        return line.to_vec();
+    }
+    let prefix = &line[..k];
+    let looks_blank =
+        prefix[..k - 1].iter().all(|&b| b == b' ') && matches!(prefix[k - 1], b' ' | b'\r');
+    let content = line.strip_suffix(b"\r").unwrap_or(line);
+    if !looks_blank || content.iter().all(|&b| b == b' ') {
+        return prefix.to_vec();
+    }
+    let at = line
+        .iter()
+        .position(|&b| b != b' ')
+        .expect("a byte that is not a space");
+    let mut out = vec![b' '; k - 1];
+    out.push(line[at]);
+    if line[at] == b'\r' {
+        out.push(line[at + 1]);
+    }
+    out
+}
+
+/// `text` with every line cut by `naive_kept`.
+fn naive_cut(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut lines = text.split(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        out.extend(naive_kept(line));
+        if lines.peek().is_some() {
+            out.push(b'\n');
+        }
+    }
+    out
 }

@@ -1,0 +1,485 @@
+//! `segmill state verify`: a read-only check of a whole state folder.
+//!
+//! Checks the current generation (or, with `all`, every kept generation): `CURRENT` names a
+//! generation and its manifest's checksum, the manifest parses with a known format version,
+//! every file it lists exists with the recorded size, footer and checksum, the ledger and the
+//! profile, ID-sync and destination-member partitions decode, partition numbers are within the
+//! partition count, and the manifest's metadata parses as the run's `StateMeta`.
+//!
+//! This is the one place in `state` that knows what the files hold; it only calls the owning
+//! modules' decoders. It never writes, creates or locks anything, and it does not stop at the
+//! first problem: every problem is collected with the file it concerns.
+//!
+//! Leftovers of a killed run (`*.partial` folders, temp files, a complete generation newer
+//! than the current one) are not problems: the next run sweeps them. They are listed as notes.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::generation::{self, Generation};
+use super::{CURRENT, LEDGER_FILE, Ledger, StateError, fsutil, parse_current};
+
+/// One thing wrong with the state folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file or folder concerned.
+    pub path: PathBuf,
+    /// What is wrong, for a person.
+    pub reason: String,
+}
+
+/// What [`verify`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The generations checked, ascending.
+    pub generations: Vec<u64>,
+    /// Data files checked (each file of each generation counted once per generation).
+    pub files: u64,
+    /// Everything wrong, in the order found.
+    pub problems: Vec<Problem>,
+    /// Facts worth saying that are not problems (leftovers of a killed run, a fresh folder).
+    pub notes: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether no problem was found.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// One line per problem (`path: reason`), one per note (`note: ...`), then a summary line.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for p in &self.problems {
+            out.push_str(&format!("{}: {}\n", p.path.display(), p.reason));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("note: {n}\n"));
+        }
+        let gens = match (self.generations.first(), self.generations.last()) {
+            (None, _) | (_, None) => "no generation".to_owned(),
+            (Some(&a), Some(&b)) if a == b => generation::dir_name(a),
+            (Some(&a), Some(&b)) => format!(
+                "{} generations ({} to {})",
+                self.generations.len(),
+                generation::dir_name(a),
+                generation::dir_name(b)
+            ),
+        };
+        let outcome = match self.problems.len() {
+            0 => "clean".to_owned(),
+            1 => "1 problem".to_owned(),
+            n => format!("{n} problems"),
+        };
+        out.push_str(&format!(
+            "state verify: {gens}, {} files checked: {outcome}\n",
+            self.files
+        ));
+        out
+    }
+
+    fn problem(&mut self, path: &Path, reason: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        });
+    }
+
+    fn state_error(&mut self, err: StateError) {
+        let problem = match err {
+            StateError::Corrupt { path, reason } => Problem { path, reason },
+            StateError::Io { op, path, source } => Problem {
+                reason: format!("cannot {op} it: {source}"),
+                path,
+            },
+            StateError::TooNew {
+                path,
+                found,
+                supported,
+            } => Problem {
+                reason: format!(
+                    "format version {found}, but this segmill reads at most version {supported}"
+                ),
+                path,
+            },
+            other => Problem {
+                path: PathBuf::new(),
+                reason: other.to_string(),
+            },
+        };
+        self.problems.push(problem);
+    }
+}
+
+/// Checks the state folder `root` without writing anything: its current generation, or every
+/// kept generation when `all`. Never fails: everything wrong (an unreadable folder included)
+/// is a [`Problem`] in the report.
+pub fn verify(root: &Path, all: bool) -> VerifyReport {
+    let mut report = VerifyReport::default();
+    let numbers = match list_root(root, &mut report) {
+        Some(numbers) => numbers,
+        None => return report,
+    };
+    let current = match current_of(root, &numbers, &mut report) {
+        Ok(current) => current,
+        Err(()) => return report,
+    };
+    let Some((number, sum)) = current else {
+        return report;
+    };
+    for &newer in numbers.iter().filter(|&&n| n > number) {
+        report.notes.push(format!(
+            "{} is newer than the current {}: left by an interrupted run, removed by the next \
+             run, not checked",
+            generation::dir_name(newer),
+            generation::dir_name(number)
+        ));
+    }
+    let mut to_check: Vec<(u64, Option<u64>)> = vec![(number, Some(sum))];
+    if all {
+        to_check.extend(numbers.iter().filter(|&&n| n < number).map(|&n| (n, None)));
+    }
+    to_check.sort_unstable_by_key(|&(n, _)| n);
+    let mut buf = Vec::new();
+    for (n, sum) in to_check {
+        report.generations.push(n);
+        let loaded = match sum {
+            Some(sum) => Generation::load(root, n, sum),
+            None => Generation::load_kept(root, n),
+        };
+        match loaded {
+            Ok(generation) => check_generation(&generation, &mut buf, &mut report),
+            Err(err) => report.state_error(err),
+        }
+    }
+    report
+}
+
+/// The complete generation numbers under `root`, noting leftovers; `None` (with a problem)
+/// when `root` cannot be listed.
+fn list_root(root: &Path, report: &mut VerifyReport) -> Option<Vec<u64>> {
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            report.problem(root, "the state folder does not exist");
+            return None;
+        }
+        Err(e) => {
+            report.problem(root, format!("cannot list the state folder: {e}"));
+            return None;
+        }
+    };
+    let mut numbers = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                report.problem(root, format!("cannot list the state folder: {e}"));
+                return None;
+            }
+        };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = generation::parse_dir_name(name) {
+            numbers.push(n);
+        } else if name.ends_with(generation::PARTIAL_SUFFIX) || fsutil::is_temp_name(name) {
+            report.notes.push(format!(
+                "{name}: left by an interrupted run, removed by the next run"
+            ));
+        }
+    }
+    numbers.sort_unstable();
+    Some(numbers)
+}
+
+/// The generation `CURRENT` names and its manifest checksum; `Ok(None)` for a folder without
+/// a committed generation; `Err` (with a problem) when `CURRENT` is unusable.
+fn current_of(
+    root: &Path,
+    numbers: &[u64],
+    report: &mut VerifyReport,
+) -> Result<Option<(u64, u64)>, ()> {
+    let path = root.join(CURRENT);
+    let text = match fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // As `StateDir::current`: only a first generation may lack CURRENT (its commit was
+            // cut short between the folder rename and CURRENT).
+            return match numbers.iter().find(|&&n| n > 1) {
+                Some(&n) => {
+                    report.problem(
+                        &path,
+                        format!(
+                            "missing, but {} exists: CURRENT was lost",
+                            generation::dir_name(n)
+                        ),
+                    );
+                    Err(())
+                }
+                None => {
+                    report.notes.push(match numbers.first() {
+                        Some(_) => "no committed generation yet (gen-000001 is an interrupted \
+                                    first commit, removed by the next run)"
+                            .to_owned(),
+                        None => "no committed generation yet (a fresh state folder)".to_owned(),
+                    });
+                    Ok(None)
+                }
+            };
+        }
+        Err(e) => {
+            report.problem(&path, format!("cannot read it: {e}"));
+            return Err(());
+        }
+    };
+    match parse_current(&text) {
+        Some(current) => Ok(Some(current)),
+        None => {
+            report.problem(
+                &path,
+                format!(
+                    "expected one line \"gen-NNNNNN <16 hex digits>\", found {:?}",
+                    String::from_utf8_lossy(text.get(..80).unwrap_or(&text))
+                ),
+            );
+            Err(())
+        }
+    }
+}
+
+/// Checks the metadata and every file of one loaded generation.
+fn check_generation(generation: &Generation, buf: &mut Vec<u8>, report: &mut VerifyReport) {
+    let manifest_path = generation.dir.join("manifest.json");
+    let partitions =
+        match serde_json::from_value::<crate::run::StateMeta>(generation.manifest.meta.clone()) {
+            Ok(meta) => Some(meta.partitions),
+            Err(e) => {
+                report.problem(
+                    &manifest_path,
+                    format!("its metadata is not a segmill state: {e}"),
+                );
+                None
+            }
+        };
+    for (rel, _) in generation.files() {
+        report.files += 1;
+        let path = generation.dir.join(rel);
+        match generation.read_into(rel, buf) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(err) => {
+                report.state_error(err);
+                continue;
+            }
+        }
+        match check_content(rel, buf, partitions) {
+            Ok(()) => {}
+            Err(Content::Bad(reason)) => report.problem(&path, reason),
+            Err(Content::Unknown) => report.notes.push(format!(
+                "{}: not a file this segmill writes; only its checksum was checked",
+                path.display()
+            )),
+        }
+    }
+}
+
+/// Why a file's content did not pass.
+enum Content {
+    /// It does not decode, or its name is out of range.
+    Bad(String),
+    /// The name is not one segmill writes.
+    Unknown,
+}
+
+/// Decodes the verified payload of `rel` with the decoder of its kind, and checks that its
+/// partition number is below `partitions` (when known).
+fn check_content(rel: &str, payload: &[u8], partitions: Option<u32>) -> Result<(), Content> {
+    if rel == LEDGER_FILE {
+        return Ledger::from_bytes(payload)
+            .map(drop)
+            .map_err(|e| Content::Bad(format!("the ledger does not decode: {e}")));
+    }
+    let components: Vec<&str> = rel.split('/').collect();
+    let (kind, part) = match components.as_slice() {
+        ["profiles", part] => ("profile", *part),
+        ["idsync" | "c2c", dpid, part] if dpid_dir(dpid) => ("ID-sync", *part),
+        ["members", did, part] if did.parse::<u32>().is_ok() => ("destination members", *part),
+        _ => return Err(Content::Unknown),
+    };
+    let number = part
+        .strip_prefix("part-")
+        .filter(|digits| digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<u32>().ok())
+        .ok_or(Content::Unknown)?;
+    if let Some(partitions) = partitions.filter(|&p| number >= p) {
+        return Err(Content::Bad(format!(
+            "{kind} partition {number}, but the state has {partitions} partitions"
+        )));
+    }
+    let decoded = match kind {
+        "profile" => crate::profile::decode(payload).map(drop),
+        "ID-sync" => crate::idsync::store::decode(payload).map(drop),
+        _ => crate::outbound::export::decode_members(payload).map(drop),
+    };
+    decoded.map_err(|e| Content::Bad(format!("the {kind} partition does not decode: {e}")))
+}
+
+/// Whether `name` is `dpid-<u32>`.
+fn dpid_dir(name: &str) -> bool {
+    name.strip_prefix("dpid-")
+        .is_some_and(|n| n.parse::<u32>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{LedgerEntry, Outcome, StateDir};
+
+    fn meta(partitions: u32) -> serde_json::Value {
+        serde_json::json!({
+            "partitions": partitions,
+            "partition_hash": "h",
+            "as_of": 1_763_780_000,
+            "run_id": "000001-20261122T020000Z",
+            "ttl_fingerprint": 1,
+            "segments_fingerprint": 2,
+            "min_expiry": [null, null],
+        })
+    }
+
+    /// Two generations; the second holds a profile, an ID-sync and a members partition.
+    fn sample() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let state = StateDir::open(&root).unwrap();
+        let wtr = state.begin(None).unwrap();
+        wtr.write("profiles/part-0001", b"").unwrap();
+        let gen1 = wtr.commit(meta(2), 3).unwrap();
+        let wtr = state.begin(Some(&gen1)).unwrap();
+        let mut w = crate::codec::Writer::default();
+        w.bytes(b"key");
+        w.u32(0);
+        w.u32(1);
+        w.u32(7);
+        wtr.write("profiles/part-0001", &w.buf).unwrap();
+        let mut w = crate::codec::Writer::default();
+        w.bytes(b"c1");
+        w.u32(0);
+        w.bytes(b"uuid");
+        w.u64(5);
+        wtr.write("idsync/dpid-21/part-0000", &w.buf).unwrap();
+        wtr.write("members/7/part-0000", b"").unwrap();
+        let mut ledger = Ledger::new();
+        ledger.record(LedgerEntry {
+            name: "ftp_dpm_21_1763700000.sync".into(),
+            path: "ftp_dpm_21_1763700000.sync".into(),
+            size: 3,
+            hash: 9,
+            outcome: Outcome::Processed,
+            reason: None,
+            run_id: "000002-20261122T020000Z".into(),
+        });
+        wtr.write_ledger(&ledger).unwrap();
+        wtr.commit(meta(2), 3).unwrap();
+        (tmp, root)
+    }
+
+    #[test]
+    fn clean_state_has_no_problem() {
+        let (_tmp, root) = sample();
+        let report = verify(&root, false);
+        assert_eq!(report.problems, vec![], "{}", report.to_text());
+        assert_eq!(report.generations, vec![2]);
+        assert_eq!(report.files, 4);
+        assert_eq!(
+            report.to_text(),
+            "state verify: gen-000002, 4 files checked: clean\n"
+        );
+        let all = verify(&root, true);
+        assert!(all.is_clean(), "{}", all.to_text());
+        assert_eq!(all.generations, vec![1, 2]);
+        assert_eq!(all.files, 5);
+    }
+
+    #[test]
+    fn fresh_and_missing_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let report = verify(tmp.path(), true);
+        assert!(report.is_clean());
+        assert_eq!(
+            report.notes,
+            vec!["no committed generation yet (a fresh state folder)".to_owned()]
+        );
+        let missing = tmp.path().join("nope");
+        let report = verify(&missing, false);
+        assert_eq!(
+            report.problems,
+            vec![Problem {
+                path: missing.clone(),
+                reason: "the state folder does not exist".into()
+            }]
+        );
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn a_partition_that_does_not_decode_is_named() {
+        let (_tmp, root) = sample();
+        // A well-formed file (size, footer, checksum) whose payload is not a profile partition.
+        let state = StateDir::open(&root).unwrap();
+        let parent = state.current().unwrap().unwrap();
+        let wtr = state.begin(Some(&parent)).unwrap();
+        wtr.write("profiles/part-0000", b"\x05\x00").unwrap();
+        wtr.write("profiles/part-0009", b"").unwrap();
+        wtr.write("notes/readme", b"hello").unwrap();
+        wtr.commit(meta(2), 3).unwrap();
+        let report = verify(&root, false);
+        let gen3 = root.join("gen-000003");
+        assert_eq!(
+            report.problems,
+            vec![
+                Problem {
+                    path: gen3.join("profiles/part-0000"),
+                    reason: "the profile partition does not decode: record truncated at byte 0"
+                        .into()
+                },
+                Problem {
+                    path: gen3.join("profiles/part-0009"),
+                    reason: "profile partition 9, but the state has 2 partitions".into()
+                },
+            ]
+        );
+        assert_eq!(
+            report.notes,
+            vec![format!(
+                "{}: not a file this segmill writes; only its checksum was checked",
+                gen3.join("notes/readme").display()
+            )]
+        );
+    }
+
+    #[test]
+    fn damaged_current_manifest_and_old_generation() {
+        let (_tmp, root) = sample();
+        fs::write(root.join(CURRENT), "gen-000002 zz\n").unwrap();
+        let report = verify(&root, false);
+        assert_eq!(report.problems.len(), 1);
+        assert_eq!(report.problems[0].path, root.join(CURRENT));
+
+        let (_tmp, root) = sample();
+        // Damage generation 1 (only checked with --all).
+        let old = root.join("gen-000001/manifest.json");
+        let text = fs::read_to_string(&old).unwrap();
+        fs::write(&old, &text[..text.len() / 2]).unwrap();
+        assert!(verify(&root, false).is_clean());
+        let report = verify(&root, true);
+        assert_eq!(report.problems.len(), 1, "{}", report.to_text());
+        assert_eq!(report.problems[0].path, old);
+        assert!(
+            report.problems[0].reason.starts_with("not a manifest: "),
+            "{}",
+            report.problems[0].reason
+        );
+    }
+}
