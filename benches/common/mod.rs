@@ -186,7 +186,7 @@ pub fn idsync_parts(ids: u64) -> BTreeMap<String, Vec<u8>> {
             record: Record {
                 id: &keys[start..end],
                 value_dpid: 0,
-                value: &uuids[k * 38..k * 38 + 38],
+                value: segmill::idsync::store::Value::of(0, &uuids[k * 38..k * 38 + 38]),
                 timestamp: 1_795_222_800,
             },
             file: 0,
