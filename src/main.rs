@@ -7,6 +7,23 @@ use segmill::report::receipt::printable;
 use segmill::run::{BackfillDay, RunError, RunOptions, RunSummary, backfill, parse_as_of, run};
 use std::process::ExitCode;
 
+/// `println!` that never panics: when stdout is closed early (`segmill run | head`), the rest
+/// of the output is dropped. The run's outcome is already committed and in the exit code.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics, like [`out!`].
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -95,16 +112,16 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
             };
             let summary = run(&config, &opts)?;
             if let Some(id) = explain {
-                print!("{}", segmill::run::explain(&config, &id, &dpids)?);
+                out_raw!("{}", segmill::run::explain(&config, &id, &dpids)?);
             }
             for r in &summary.receipts {
-                println!("{}", r.to_text());
+                out!("{}", r.to_text());
             }
             if let Some(idsync) = &summary.idsync {
-                println!("{}", idsync.to_json());
+                out!("{}", idsync.to_json());
             }
             for f in &summary.report.rejected_files {
-                println!(
+                out!(
                     "rejected: {} ({})",
                     f.name,
                     f.reason.as_deref().unwrap_or("")
@@ -141,12 +158,12 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
                 &base,
                 &mut |day| match day {
                     BackfillDay::Ran { day, summary } => {
-                        println!("day {day}:");
+                        out!("day {day}:");
                         print_summary(summary);
                         worst = worst.max(summary.exit_code);
                     }
                     BackfillDay::Skipped { day, state_as_of } => {
-                        println!("day {day}: skipped, the state is already at {state_as_of}");
+                        out!("day {day}: skipped, the state is already at {state_as_of}");
                     }
                 },
             )?;
@@ -174,14 +191,14 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
                 }
                 InspectCommand::Stats => segmill::inspect::stats(&config)?,
             };
-            print!("{text}");
+            out_raw!("{text}");
             Ok(0)
         }
         Command::State {
             command: StateCommand::Verify { all },
         } => {
             let report = segmill::state::verify(&load()?.paths.state, all);
-            print!("{}", report.to_text());
+            out_raw!("{}", report.to_text());
             Ok(if report.is_clean() { 0 } else { 2 })
         }
     }
@@ -202,7 +219,7 @@ fn generate(args: &GenArgs, threads: Option<usize>) -> Result<u8, RunError> {
         .map_err(anyhow::Error::from)?;
     let summary = pool.install(|| segmill::generator::generate(&opts))?;
     let bytes: u64 = summary.files.iter().map(|(_, b)| b).sum();
-    println!(
+    out!(
         "wrote {} files ({bytes} bytes): {} lines, {} synced IDs; config {}",
         summary.files.len(),
         summary.lines,
@@ -213,10 +230,10 @@ fn generate(args: &GenArgs, threads: Option<usize>) -> Result<u8, RunError> {
 }
 
 fn print_summary(s: &RunSummary) {
-    println!("run {} (exit {})", s.run_id, s.exit_code);
+    out!("run {} (exit {})", s.run_id, s.exit_code);
     if let Some(idsync) = &s.idsync {
         for f in &idsync.files {
-            println!(
+            out!(
                 "  idsync {}: {} rows={} rejected_rows={} mappings_stored={}",
                 printable(&f.name),
                 f.status,
@@ -228,7 +245,7 @@ fn print_summary(s: &RunSummary) {
     }
     for r in &s.receipts {
         let c = &r.counters;
-        println!(
+        out!(
             "  job {}: received={} processed={} stored={} format_errors={} invalid={} no_match={} no_trait={} over_limit={}",
             r.job,
             c.records_received,
@@ -242,14 +259,14 @@ fn print_summary(s: &RunSummary) {
         );
     }
     for f in &s.report.rejected_files {
-        println!(
+        out!(
             "  rejected {}: {}",
             printable(&f.name),
             printable(f.reason.as_deref().unwrap_or(""))
         );
     }
     for e in &s.exports {
-        println!(
+        out!(
             "  export {} ({}): {} rows in {} file(s), {}",
             e.destination,
             e.mode,
@@ -260,15 +277,15 @@ fn print_summary(s: &RunSummary) {
     }
     for m in &s.mail {
         match &m.last_error {
-            None => println!("  mail {}: sent to {}", m.job, m.recipients.join(", ")),
-            Some(e) if !m.delivered => println!("  mail {}: NOT sent: {e}", m.job),
-            Some(_) => println!("  mail {}: sent after {} attempts", m.job, m.attempts),
+            None => out!("  mail {}: sent to {}", m.job, m.recipients.join(", ")),
+            Some(e) if !m.delivered => out!("  mail {}: NOT sent: {e}", m.job),
+            Some(_) => out!("  mail {}: sent after {} attempts", m.job, m.attempts),
         }
     }
     for w in &s.warnings {
-        println!("  warning: {}", printable(w));
+        out!("  warning: {}", printable(w));
     }
     if let Some(dir) = &s.receipts_dir {
-        println!("  receipts: {}", dir.display());
+        out!("  receipts: {}", dir.display());
     }
 }

@@ -775,3 +775,38 @@ fn a_lost_current_file_is_fresh_only_for_a_first_generation() {
         &env.state_snapshot(),
     );
 }
+
+/// `segmill run | true`: stdout closes before the summary is printed. The run still commits and
+/// exits with its own code (1: the sample has bad lines), without a "Broken pipe" panic.
+#[test]
+fn a_closed_stdout_does_not_panic() {
+    let env = Env::new();
+    env.config(4, CATALOG);
+    env.put(
+        "ftp_dpm_0_21_1763700000.sync",
+        format!("{}\td_sid=24\nbad line without tab\n", uuid(7)).as_bytes(),
+    );
+    let cmd = run_cmd(&env);
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let script = format!(
+        "'{}' {} | true; exit ${{PIPESTATUS[0]}}",
+        cmd.get_program().to_string_lossy(),
+        args.join(" ")
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(cmd.get_current_dir().unwrap_or(Path::new(".")))
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .output()
+        .expect("bash");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let receipt = env.receipt(RUN1, "0_21");
+    assert_eq!(receipt["records_received"], 2, "{receipt:#}");
+    assert_eq!(receipt["invalid_aam_id"], 1, "{receipt:#}");
+}

@@ -358,17 +358,19 @@ mod tests {
         let gen1 = wtr.commit(meta(2), 3).unwrap();
         let wtr = state.begin(Some(&gen1)).unwrap();
         let mut w = crate::codec::Writer::default();
-        w.bytes(b"key");
-        w.u32(0);
-        w.u32(1);
-        w.u32(7);
+        crate::profile::encode_into(&mut w, b"key", &[], &[7]);
         wtr.write("profiles/part-0001", &w.buf).unwrap();
-        let mut w = crate::codec::Writer::default();
-        w.bytes(b"c1");
-        w.u32(0);
-        w.bytes(b"uuid");
-        w.u64(5);
-        wtr.write("idsync/dpid-21/part-0000", &w.buf).unwrap();
+        let record = crate::idsync::store::Record {
+            id: b"c1",
+            value_dpid: 0,
+            value: crate::idsync::store::Value::of(0, b"uuid"),
+            timestamp: 5,
+        };
+        wtr.write(
+            "idsync/dpid-21/part-0000",
+            &crate::idsync::store::encode(&[record]),
+        )
+        .unwrap();
         wtr.write("members/7/part-0000", b"").unwrap();
         let mut ledger = Ledger::new();
         ledger.record(LedgerEntry {
@@ -441,7 +443,7 @@ mod tests {
             vec![
                 Problem {
                     path: gen3.join("profiles/part-0000"),
-                    reason: "the profile partition does not decode: record truncated at byte 0"
+                    reason: "the profile partition does not decode: record truncated at byte 1"
                         .into()
                 },
                 Problem {
