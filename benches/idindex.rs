@@ -1,5 +1,6 @@
 //! The in-memory ID index at 20M keys: build (from the stored ID-sync tables, as `segmill run`
-//! does) apart from lookup (a batch of 1M probes, 90% hits, 10% misses, on 1 and 2 threads).
+//! does) apart from lookup (a batch of 1M probes, 90% hits, 10% misses, on 1 and 2 threads),
+//! one by one and in prefetched batches of 16 as the parser does.
 //!
 //! Run with `cargo bench --bench idindex`. Needs about 8 GB of memory at 20M keys; set
 //! `SEGMILL_BENCH_KEYS` for another size. Setup (generating the keys and `store::apply`) takes
@@ -55,6 +56,29 @@ fn count_hits(index: &IdIndex, arena: &[u8], ends: &[usize], start: usize) -> u6
     hits
 }
 
+/// [`count_hits`] the way the parser does it: hash a batch of 16 IDs and prefetch their slots,
+/// then look them up.
+fn count_hits_batched(index: &IdIndex, arena: &[u8], ends: &[usize], start: usize) -> u64 {
+    let mut from = start;
+    let mut hits = 0;
+    let mut hashes = [0u128; 16];
+    for batch in ends.chunks(16) {
+        let mut f = from;
+        for (h, &end) in hashes.iter_mut().zip(batch) {
+            *h = IdIndex::hash(common::DPID, &arena[f..end]);
+            index.prefetch(common::DPID, *h);
+            f = end;
+        }
+        for h in &hashes[..batch.len()] {
+            if index.lookup_hashed(common::DPID, *h).is_some() {
+                hits += 1;
+            }
+        }
+        from = f;
+    }
+    hits
+}
+
 fn index(c: &mut Criterion) {
     let ids = keys();
     let t = Instant::now();
@@ -103,18 +127,35 @@ fn index(c: &mut Criterion) {
     let half = ends.len() / 2;
     let (first, second) = ends.split_at(half);
     let second_start = first.last().copied().unwrap_or(0);
-    group.bench_function(format!("lookup/{ids}/2_threads"), |b| {
-        b.iter(|| {
-            let hits: u64 = pool.install(|| {
-                [(first, 0), (second, second_start)]
-                    .par_iter()
-                    .map(|&(ends, start)| count_hits(&index, black_box(&arena), ends, start))
-                    .sum()
+    for (name, count) in [
+        (
+            "lookup",
+            count_hits as fn(&IdIndex, &[u8], &[usize], usize) -> u64,
+        ),
+        ("lookup_batched", count_hits_batched),
+    ] {
+        if name == "lookup_batched" {
+            group.bench_function(format!("{name}/{ids}/1_thread"), |b| {
+                b.iter(|| {
+                    let hits = count(&index, black_box(&arena), &ends, 0);
+                    assert_eq!(hits, expected);
+                    hits
+                })
             });
-            assert_eq!(hits, expected);
-            hits
-        })
-    });
+        }
+        group.bench_function(format!("{name}/{ids}/2_threads"), |b| {
+            b.iter(|| {
+                let hits: u64 = pool.install(|| {
+                    [(first, 0), (second, second_start)]
+                        .par_iter()
+                        .map(|&(ends, start)| count(&index, black_box(&arena), ends, start))
+                        .sum()
+                });
+                assert_eq!(hits, expected);
+                hits
+            })
+        });
+    }
     group.finish();
 }
 
