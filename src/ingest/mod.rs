@@ -269,58 +269,56 @@ fn process_line(
     rules: &mut RuleScratch,
 ) {
     use crate::report::receipt::Category;
-    {
-        let record = match kind {
-            LineKind::Blank => return,
-            LineKind::FormatError(e) => {
-                out.records += 1;
-                out.format_errors += 1;
-                out.rejected.push(Rejected {
-                    line: line_no,
-                    category: Category::FormatErrors,
-                    reason: Reason::Format(e.reason()),
-                    text: raw.to_vec(),
-                });
-                return;
+    let record = match kind {
+        LineKind::Blank => return,
+        LineKind::FormatError(e) => {
+            out.records += 1;
+            out.format_errors += 1;
+            out.rejected.push(Rejected {
+                line: line_no,
+                category: Category::FormatErrors,
+                reason: Reason::Format(e.reason()),
+                text: raw.to_vec(),
+            });
+            return;
+        }
+        LineKind::Record(r) => r,
+    };
+    out.records += 1;
+    let resolved = resolve(ctx, record.id, record.id_type, user, key_scratch);
+    let status = match resolved {
+        Err((category, reason)) => {
+            out.rejected.push(Rejected {
+                line: line_no,
+                category,
+                reason,
+                text: raw.to_vec(),
+            });
+            match category {
+                Category::InvalidAamId => Status::InvalidAamId,
+                Category::InvalidDeviceId => Status::InvalidDeviceId,
+                _ => Status::NoMatchingAamId,
             }
-            LineKind::Record(r) => r,
-        };
-        out.records += 1;
-        let resolved = resolve(ctx, record.id, record.id_type, user, key_scratch);
-        let status = match resolved {
-            Err((category, reason)) => {
-                out.rejected.push(Rejected {
-                    line: line_no,
-                    category,
-                    reason,
-                    text: raw.to_vec(),
-                });
-                match category {
-                    Category::InvalidAamId => Status::InvalidAamId,
-                    Category::InvalidDeviceId => Status::InvalidDeviceId,
-                    _ => Status::NoMatchingAamId,
-                }
-            }
-            Ok(()) => {
-                let part = partition_of(key_scratch, ctx.partitions);
-                let buf = &mut out.parts[part as usize];
-                push_op(
-                    buf,
-                    ctx,
-                    seq(ctx.file, line_no),
-                    key_scratch,
-                    record.items,
-                    rules,
-                );
-                Status::Op { part }
-            }
-        };
-        out.marks.push(Mark {
-            user,
-            line: line_no,
-            status,
-        });
-    }
+        }
+        Ok(()) => {
+            let part = partition_of(key_scratch, ctx.partitions);
+            let buf = &mut out.parts[part as usize];
+            push_op(
+                buf,
+                ctx,
+                seq(ctx.file, line_no),
+                key_scratch,
+                record.items,
+                rules,
+            );
+            Status::Op { part }
+        }
+    };
+    out.marks.push(Mark {
+        user,
+        line: line_no,
+        status,
+    });
 }
 
 /// Validates the ID and writes the encoded profile key into `key`, or says why not.

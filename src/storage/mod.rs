@@ -64,10 +64,11 @@ impl Store {
         }
     }
 
-    /// Every object under the root, recursively, as (relative `/`-separated path, size), sorted
-    /// by path. Local symlinks and entries an FTP server reports as links are not followed and not
-    /// listed (a server that presents a link as a plain folder is followed, as it asks); a missing S3
-    /// prefix is an empty listing, a missing local or FTP folder an error.
+    /// Every object under the root, recursively, as (relative `/`-separated path, size),
+    /// sorted by path. Local symlinks and entries an FTP server reports as links are not
+    /// followed and not listed (a server that presents a link as a plain folder is followed, as
+    /// it asks); a missing S3 prefix is an empty listing, a missing local or FTP folder an
+    /// error.
     pub fn list(&self) -> Result<Vec<(String, u64)>, StorageError> {
         let mut listing = match self {
             Store::Local(root) => local::list(root)?,
