@@ -118,41 +118,9 @@ fn check(out: &ReadOutcome<Seen>, text: &[u8], gzip: bool, chunk_bytes: usize) {
     }
 }
 
-/// What is kept of one line (without '\n'), by the rule of `Chunk::bytes`, written naively.
-fn naive_kept(line: &[u8]) -> Vec<u8> {
-    let k = KEPT_LINE_BYTES;
-    if line.len() <= k {
-        return line.to_vec();
-    }
-    let prefix = &line[..k];
-    let looks_blank =
-        prefix[..k - 1].iter().all(|&b| b == b' ') && matches!(prefix[k - 1], b' ' | b'\r');
-    let content = line.strip_suffix(b"\r").unwrap_or(line);
-    let blank = content.iter().all(|&b| b == b' ');
-    if !looks_blank || blank {
-        return prefix.to_vec();
-    }
-    let at = line.iter().position(|&b| b != b' ').unwrap();
-    let mut out = vec![b' '; k - 1];
-    out.push(line[at]);
-    if line[at] == b'\r' {
-        out.push(line[at + 1]);
-    }
-    out
-}
-
-/// `text` with every line cut by `naive_kept`.
-fn naive_cut(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut lines = text.split(|&b| b == b'\n').peekable();
-    while let Some(line) = lines.next() {
-        out.extend(naive_kept(line));
-        if lines.peek().is_some() {
-            out.push(b'\n');
-        }
-    }
-    out
-}
+#[path = "support/naive_cut.rs"]
+mod naive;
+use naive::naive_cut;
 
 /// Lines around and far over the limit: a run of one fill byte (space or letter) after a short
 /// head, then a tail that decides the cut (a CR, a letter after spaces...), among short lines.

@@ -1136,43 +1136,12 @@ mod tests {
         }
     }
 
-    /// What is kept of one line (without '\n'), by the rule of `Chunk::bytes` written naively.
-    fn naive_kept(line: &[u8]) -> Vec<u8> {
-        let k = KEPT_LINE_BYTES;
-        if line.len() <= k {
-            return line.to_vec();
-        }
-        let prefix = &line[..k];
-        let looks_blank = prefix[..k - 1].iter().all(|&b| b == b' ')
-            && (prefix[k - 1] == b' ' || prefix[k - 1] == b'\r');
-        let blank = {
-            let content = line.strip_suffix(b"\r").unwrap_or(line);
-            content.iter().all(|&b| b == b' ')
-        };
-        if !looks_blank || blank {
-            return prefix.to_vec();
-        }
-        let at = line.iter().position(|&b| b != b' ').unwrap();
-        let mut out = vec![b' '; k - 1];
-        out.push(line[at]);
-        if line[at] == b'\r' {
-            out.push(line[at + 1]);
-        }
-        out
+    // A file of `tests/` (shared with tests/read_props.rs and the fuzz target); `#[path]`
+    // cannot reach it from an inline module.
+    mod naive {
+        include!("../../tests/support/naive_cut.rs");
     }
-
-    /// `text` with every line replaced by `naive_kept` of it.
-    fn naive_cut(text: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut lines = text.split(|&b| b == b'\n').peekable();
-        while let Some(line) = lines.next() {
-            out.extend(naive_kept(line));
-            if lines.peek().is_some() {
-                out.push(b'\n');
-            }
-        }
-        out
-    }
+    use naive::{naive_cut, naive_kept};
 
     /// Long lines whose kept part is each case of the rule, with a short line between them.
     fn long_line_cases() -> Vec<(&'static str, Vec<u8>)> {
