@@ -7,7 +7,7 @@
 
 mod common;
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashMap;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use segmill::ingest::{FileCtx, IdKind, OpBuf, process_chunk};
 use segmill::profile::merge::{FileMeta, MergeCtx, merge_partition};
@@ -117,7 +117,6 @@ fn merge(c: &mut Criterion) {
         target_ds: common::DPID,
     }];
     let ttl = AHashMap::new();
-    let capped = AHashSet::new();
     let recency = AHashMap::new();
     let no_segments = SegmentRules::default();
     let with_segments = segment_rules();
@@ -126,7 +125,6 @@ fn merge(c: &mut Criterion) {
         jobs: 1,
         ttl_days: &ttl,
         as_of: AS_OF,
-        capped: &capped,
         segments,
         reevaluate_all: false,
         recency_days: &recency,

@@ -118,7 +118,14 @@ pub struct RunSettings {
     pub keep_generations: u32,
     /// Write `<name>.processed` beside each processed inbound file, as AAM did.
     pub markers: bool,
+    /// Bytes of tonight's ops held in memory before the largest partitions spill to the run's
+    /// temporary folder (DESIGN "Memory and scale"); at least 1 (tiny values are legal, for
+    /// tests: everything spills).
+    pub ops_memory_bytes: usize,
 }
+
+/// Default of `run.ops_memory_bytes`: 1 GiB.
+pub const DEFAULT_OPS_MEMORY_BYTES: usize = 1 << 30;
 
 impl Default for RunSettings {
     fn default() -> Self {
@@ -128,6 +135,7 @@ impl Default for RunSettings {
             partitions: DEFAULT_PARTITIONS,
             keep_generations: DEFAULT_KEEP_GENERATIONS,
             markers: false,
+            ops_memory_bytes: DEFAULT_OPS_MEMORY_BYTES,
         }
     }
 }
@@ -605,6 +613,7 @@ struct RawRun {
     partitions: u32,
     keep_generations: u32,
     markers: bool,
+    ops_memory_bytes: usize,
 }
 
 impl Default for RawRun {
@@ -616,6 +625,7 @@ impl Default for RawRun {
             partitions: d.partitions,
             keep_generations: d.keep_generations,
             markers: d.markers,
+            ops_memory_bytes: d.ops_memory_bytes,
         }
     }
 }
@@ -1006,12 +1016,23 @@ impl Validator<'_> {
                 },
             );
         }
+        if raw.ops_memory_bytes == 0 {
+            self.push(
+                0,
+                "run.ops_memory_bytes".into(),
+                Problem::OutOfRange {
+                    value: 0,
+                    allowed: "at least 1",
+                },
+            );
+        }
         RunSettings {
             threads: raw.threads,
             chunk_bytes: raw.chunk_bytes,
             partitions: raw.partitions,
             keep_generations: raw.keep_generations,
             markers: raw.markers,
+            ops_memory_bytes: raw.ops_memory_bytes,
         }
     }
 
@@ -1347,6 +1368,7 @@ threads = 2
 chunk_bytes = 1
 partitions = 8
 keep_generations = 1
+ops_memory_bytes = 4096
 
 [[data_source]]
 id = 21
@@ -1426,6 +1448,7 @@ segments = []
                 partitions: 8,
                 keep_generations: 1,
                 markers: false,
+                ops_memory_bytes: 4096,
             }
         );
         assert_eq!(

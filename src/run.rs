@@ -16,8 +16,9 @@ use crate::idsync::{self, ChunkRows, FileSpec, Table};
 use crate::inbound::discover::{self, Discovery, Found, JobKey, RejectedFile, check_trait_file};
 use crate::inbound::lines_at::lines_at;
 use crate::inbound::names::{Classified, IdSyncKind, IdSyncName, Mode, TraitName, classify};
-use crate::inbound::read::{FileStamp, ReadError, content_hash, read_chunks};
-use crate::ingest::cap::{CapOutcome, apply_cap};
+use crate::inbound::read::{FileStamp, ReadError, content_hash, read_chunks, read_chunks_each};
+use crate::ingest::cap::{Cap, CapOutcome};
+use crate::ingest::spool::Spool;
 use crate::ingest::{ChunkOut, FileCtx, IdKind, OpBuf, process_chunk, seq_file, seq_line};
 use crate::model::{AAM_UUID_DPID, Dpid, Timestamp, device_format};
 use crate::outbound::export::{self, DestExport, DestMeta, ExportSummary};
@@ -31,7 +32,7 @@ use crate::report::run_report::{
 };
 use crate::state::{Generation, StateDir, StateError, write_atomic};
 use crate::state::{LEDGER_FILE, Ledger, LedgerEntry, Outcome};
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashMap;
 use anyhow::{Context as _, anyhow};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +42,7 @@ use std::time::Instant;
 mod backfill;
 mod explain;
 mod ops;
+mod staged;
 
 pub use backfill::{BackfillDay, backfill, day_end};
 pub use explain::explain;
@@ -263,6 +265,13 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     }
     let plan = plan_files(discovery, &ledger, opts, config)?;
     stages.insert("discover".into(), t.elapsed().as_secs_f64());
+    // New state files are written as they are made (a dry run keeps them in memory); nothing
+    // is current until the commit at the end.
+    let staged = staged::Staged::new(if opts.dry_run {
+        None
+    } else {
+        Some(state.begin(parent.as_ref())?)
+    });
 
     // ID sync.
     progress.stage("applying ID-sync files");
@@ -273,7 +282,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             None => Ok(None),
         }
     };
-    let idsync_result = apply_idsync(&plan, partitions, chunk_bytes, &source)?;
+    let idsync_result = apply_idsync(&plan, partitions, chunk_bytes, &source, &staged)?;
     stages.insert("idsync".into(), t.elapsed().as_secs_f64());
     crate::failpoint::hit("after-idsync").context("after-idsync")?;
 
@@ -295,8 +304,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         })
         .collect();
     let index_source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-        match idsync_result.parts.get(name) {
-            Some(bytes) => Ok(Some(std::borrow::Cow::Borrowed(bytes.as_slice()))),
+        match staged.read(name)? {
+            Some(bytes) => Ok(Some(std::borrow::Cow::Owned(bytes))),
             None => Ok(source(name)?.map(std::borrow::Cow::Owned)),
         }
     };
@@ -309,6 +318,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     let mut trait_outcomes: Vec<(usize, TraitFileResult)> = Vec::new();
     let mut pgp = ops::PgpKeys::new(config);
     let job_clock = ops::JobClock::new();
+    let mut spool = Spool::new(partitions, config.run.ops_memory_bytes, tmp.dir("ops")?);
     progress.stage("reading trait files");
     progress.files(to_read.len());
     for (plan_idx, p) in &to_read {
@@ -337,51 +347,70 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             index: &index,
             partitions,
         };
-        match read_chunks(&source_path, gzip, chunk_bytes, |c| {
-            process_chunk(c.bytes, c.first_line, &ctx)
-        }) {
-            Ok(outcome) if outcome.bytes == 0 => {
-                trait_outcomes.push((
-                    *plan_idx,
-                    TraitFileResult::Rejected("empty file (no text after decompression)".into()),
-                ));
+        // Chunk outputs arrive in order: the cap drops capped lines' ops, the spool takes the
+        // rest; what stays per chunk is its rejected lines, for the rejects file.
+        spool.checkpoint();
+        let mut cap = Cap::new(file);
+        let mut outs: Vec<ChunkOut> = Vec::new();
+        let mut spill_error = None;
+        let read_result = read_chunks_each(
+            &source_path,
+            gzip,
+            chunk_bytes,
+            |c| process_chunk(c.bytes, c.first_line, &ctx),
+            |mut out: ChunkOut| {
+                cap.take(&mut out);
+                if let Err(e) = spool.push(std::mem::take(&mut out.parts)) {
+                    spill_error = Some(e);
+                    return false;
+                }
+                if !out.rejected.is_empty() {
+                    outs.push(out);
+                }
+                true
+            },
+        );
+        if let Some(e) = spill_error {
+            return Err(
+                anyhow!("cannot spill tonight's ops to the run's temporary folder: {e}").into(),
+            );
+        }
+        let rejected = match read_result {
+            Ok(totals) if totals.bytes == 0 => {
+                Some("empty file (no text after decompression)".to_string())
             }
-            Ok(outcome) => {
-                let mut outs = outcome.results;
-                let cap = apply_cap(&mut outs, file);
+            // An input that changed while it was read is rejected whole.
+            Ok(_) if stamp.changed(&p.found.path, p.found.size) => {
+                Some(FileStamp::CHANGED.to_string())
+            }
+            Ok(_) => None,
+            Err(ReadError::Gzip { reason, .. }) => {
+                Some(format!("corrupt or truncated gzip stream: {reason}"))
+            }
+            Err(e) => return Err(anyhow::Error::from(e).into()),
+        };
+        match rejected {
+            Some(reason) => {
+                // A file is applied whole or not at all: drop what it already put in the spool.
+                spool
+                    .rollback()
+                    .map_err(|e| anyhow!("cannot roll back tonight's spilled ops: {e}"))?;
+                trait_outcomes.push((*plan_idx, TraitFileResult::Rejected(reason)));
+            }
+            None => {
                 trait_outcomes.push((*plan_idx, TraitFileResult::Read(read.len())));
                 read.push(ReadFile {
                     plan_idx: *plan_idx,
                     source: source_path,
                     gzip,
                     outs,
-                    cap,
-                    stamp,
+                    cap: cap.finish(),
                 });
             }
-            Err(ReadError::Gzip { reason, .. }) => {
-                trait_outcomes.push((
-                    *plan_idx,
-                    TraitFileResult::Rejected(format!(
-                        "corrupt or truncated gzip stream: {reason}"
-                    )),
-                ));
-            }
-            Err(e) => return Err(anyhow::Error::from(e).into()),
         }
     }
-    // An input that changed while it was read is rejected whole: its ops are dropped (its place
-    // in `read` stays, so file numbers in other files' ops keep their meaning).
-    for rf in &mut read {
-        let found = &plan.trait_files[rf.plan_idx].found;
-        if rf.stamp.changed(&found.path, found.size) {
-            rf.outs.clear();
-            rf.cap = Default::default();
-            for (_, result) in trait_outcomes.iter_mut().filter(|(i, _)| *i == rf.plan_idx) {
-                *result = TraitFileResult::Rejected(FileStamp::CHANGED.into());
-            }
-        }
-    }
+    // The index is not needed past this point: its memory goes before the merge's comes.
+    drop(index);
     stages.insert("parse".into(), t.elapsed().as_secs_f64());
     crate::failpoint::hit("after-parse").context("after-parse")?;
 
@@ -401,10 +430,6 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             }
         })
         .collect();
-    let capped: AHashSet<u64> = read
-        .iter()
-        .flat_map(|r| r.cap.capped_ops.iter().copied())
-        .collect();
     let ttl_fingerprint = config.fingerprint_ttl();
     // New or edited segment definitions: every stored membership is evaluated again.
     let reevaluate_all = parent_meta
@@ -415,31 +440,20 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         jobs: jobs.len(),
         ttl_days: &catalog.ttl_days,
         as_of: opts.as_of,
-        capped: &capped,
         segments: &catalog.segments,
         reevaluate_all,
         recency_days: &catalog.recency_days,
         previous_as_of: parent_meta.as_ref().map(|m| m.as_of),
     };
-    // Each partition's op buffers, in run order (file, then chunk), moved out of the files so
-    // a partition's ops are freed as soon as it is merged: the merged profiles replace the ops
-    // in memory instead of piling on top of them.
-    let mut by_part: Vec<Vec<OpBuf>> = (0..partitions).map(|_| Vec::new()).collect();
-    for r in &mut read {
-        for o in &mut r.outs {
-            for (p, buf) in o.parts.drain(..).enumerate() {
-                if !buf.ops.is_empty() {
-                    by_part[p].push(buf);
-                }
-            }
-        }
-    }
-    let part_results: Vec<anyhow::Result<Option<PartOut>>> = by_part
+    // Each partition's ops come back from the spool in run order (file, then chunk) as it is
+    // merged, and its new payload is written as soon as it is made: memory holds the
+    // partitions in flight, not the night's ops or the whole store.
+    let part_results: Vec<anyhow::Result<Option<PartOut>>> = spool
+        .into_parts()
         .into_par_iter()
         .enumerate()
-        .map(|(p, bufs)| {
+        .map(|(p, ops)| {
             let p = p as u32;
-            let ops: Vec<&OpBuf> = bufs.iter().collect();
             let quiet = ops.is_empty()
                 && !reevaluate_all
                 && parent_meta.as_ref().is_some_and(|m| {
@@ -458,10 +472,20 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             if quiet {
                 return Ok(None);
             }
+            let bufs = ops
+                .load()
+                .map_err(|e| anyhow!("cannot read back tonight's spilled ops: {e}"))?;
+            let ops: Vec<&OpBuf> = bufs.iter().collect();
             let name = crate::profile::part_name(p);
             let old = source(&name)?;
-            let out = merge_partition(old.as_deref(), &ops, &merge_ctx)
+            let mut out = merge_partition(old.as_deref(), &ops, &merge_ctx)
                 .map_err(|e| anyhow!("profile partition {name}: {e}"))?;
+            drop(ops);
+            drop(bufs);
+            drop(old);
+            if let Some(payload) = out.payload.take() {
+                staged.write(&name, &payload)?;
+            }
             Ok(Some(out))
         })
         .collect();
@@ -510,7 +534,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     } else {
         IdIndex::default()
     };
-    let cross_synced_tonight = idsync_result.parts.keys().any(|name| {
+    let cross_synced_tonight = idsync_result.parts.iter().any(|name| {
         cross_device
             .iter()
             .any(|d| name.starts_with(&format!("{}/dpid-{d}/", Table::Adobe.dir())))
@@ -527,22 +551,19 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 .unwrap_or(0)
         })
         .collect();
-    for (p, out) in parts.iter().enumerate() {
-        if out.as_ref().is_some_and(|o| o.payload.is_some()) {
-            changed_generation[p] = gen_number;
+    for p in 0..partitions {
+        if staged.contains(&crate::profile::part_name(p)) {
+            changed_generation[p as usize] = gen_number;
         }
     }
     let exports: Vec<DestExport> = if opts.idsync_only || opts.no_export {
         Vec::new()
     } else {
         let profile_source = |p: u32| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-            match parts
-                .get(p as usize)
-                .and_then(|o| o.as_ref())
-                .and_then(|o| o.payload.as_deref())
-            {
-                Some(bytes) => Ok(Some(std::borrow::Cow::Borrowed(bytes))),
-                None => Ok(source(&crate::profile::part_name(p))?.map(std::borrow::Cow::Owned)),
+            let name = crate::profile::part_name(p);
+            match staged.read(&name)? {
+                Some(bytes) => Ok(Some(std::borrow::Cow::Owned(bytes))),
+                None => Ok(source(&name)?.map(std::borrow::Cow::Owned)),
             }
         };
         let mut out = Vec::new();
@@ -601,14 +622,23 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     }
     let as_of_text = receipt_time(opts.as_of);
     let mut receipts = Vec::new();
-    let mut rejects: BTreeMap<JobKey, String> = BTreeMap::new();
+    // Each job's rejects file is streamed to the run's temporary folder (it may hold every line
+    // of a large file) and moved into the receipts folder with the receipts.
+    let mut rejects: BTreeMap<JobKey, PathBuf> = BTreeMap::new();
     let file_results: BTreeMap<usize, &TraitFileResult> =
         trait_outcomes.iter().map(|(i, r)| (*i, r)).collect();
     for (job_no, job) in jobs.iter().enumerate() {
         let mut counters = Counters::default();
         let mut files = Vec::new();
         let mut samples: BTreeMap<Category, Vec<Sample>> = BTreeMap::new();
-        let mut tsv = String::new();
+        let tsv_path = tmp.file("rejects", &format!("{job}.rejects.tsv"))?;
+        let mut tsv: Box<dyn std::io::Write> = if opts.dry_run {
+            Box::new(std::io::sink())
+        } else {
+            let file = std::fs::File::create(&tsv_path)
+                .with_context(|| format!("cannot create {}", tsv_path.display()))?;
+            Box::new(std::io::BufWriter::with_capacity(128 << 10, file))
+        };
         for &plan_idx in &plan.jobs[job] {
             let p = &plan.trait_files[plan_idx];
             let mut receipt = FileReceipt {
@@ -634,7 +664,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                     let rf = &read[*r];
                     receipt.counters = file_counters[*r].clone();
                     counters.add(&receipt.counters);
-                    collect_rejects(p, rf, &mut samples, &mut tsv)?;
+                    collect_rejects(p, rf, &mut samples, &mut tsv)
+                        .with_context(|| format!("cannot write {}", tsv_path.display()))?;
                 }
                 (PlanStatus::New, None) => continue, // idsync-only run
             }
@@ -667,7 +698,10 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             error_samples: samples,
         };
         debug_assert!(receipt.counters.identity_holds());
-        rejects.insert(*job, tsv);
+        tsv.flush()
+            .with_context(|| format!("cannot write {}", tsv_path.display()))?;
+        drop(tsv);
+        rejects.insert(*job, tsv_path);
         receipts.push(receipt);
     }
     stages.insert("receipts".into(), t.elapsed().as_secs_f64());
@@ -791,10 +825,19 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             dpid: r.dpid,
             owner: r.owner,
         };
-        write_atomic(
-            &receipts_dir.join(format!("{}.rejects.tsv", r.job)),
-            rejects.get(&key).map_or(&b""[..], |s| s.as_bytes()),
-        )?;
+        let target = receipts_dir.join(format!("{}.rejects.tsv", r.job));
+        match rejects.get(&key) {
+            Some(staged) => {
+                std::fs::File::open(staged)
+                    .and_then(|f| f.sync_all())
+                    .and_then(|()| std::fs::rename(staged, &target))
+                    .with_context(|| {
+                        format!("cannot move {} to {}", staged.display(), target.display())
+                    })?;
+                crate::state::sync_dir(&receipts_dir)?;
+            }
+            None => write_atomic(&target, b"")?,
+        }
     }
     if let Some(idr) = &idsync_receipt {
         write_atomic(&receipts_dir.join("idsync.json"), idr.to_json().as_bytes())?;
@@ -823,22 +866,6 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         export_summaries.push(summary);
     }
     crate::failpoint::hit("after-exports").context("after-exports")?;
-    let writer = state.begin(parent.as_ref())?;
-    // ID-sync tables: tonight's partitions, the rest carried over.
-    let mut written: BTreeSet<String> = BTreeSet::new();
-    for (name, bytes) in &idsync_result.parts {
-        writer.write(name, bytes)?;
-        written.insert(name.clone());
-    }
-    for (p, out) in parts.iter().enumerate() {
-        if let Some(payload) = out.as_ref().and_then(|o| o.payload.as_ref()) {
-            let name = crate::profile::part_name(p as u32);
-            if !payload.is_empty() {
-                writer.write(&name, payload)?;
-            }
-            written.insert(name);
-        }
-    }
     let mut destinations = parent_meta
         .as_ref()
         .map(|m| m.destinations.clone())
@@ -846,11 +873,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     destinations.retain(|did, _| config.destinations.contains_key(did));
     for e in &exports {
         for (p, payload) in &e.members {
-            let name = export::members_part_name(e.view.did, *p);
-            if !payload.is_empty() {
-                writer.write(&name, payload)?;
-            }
-            written.insert(name);
+            staged.write(&export::members_part_name(e.view.did, *p), payload)?;
         }
         destinations.insert(
             e.view.did,
@@ -862,6 +885,12 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         );
     }
     crate::failpoint::hit("mid-state-files").context("mid-state-files")?;
+    // ID-sync tables and profiles: tonight's partitions were written as they were made; the
+    // rest is carried over.
+    let written = staged.names();
+    let writer = staged
+        .into_writer()
+        .ok_or_else(|| anyhow!("a dry run has no generation to write"))?;
     if let Some(g) = &parent {
         // Members of destinations no longer configured are dropped with them.
         let configured = |name: &str| match name.strip_prefix("members/") {
@@ -996,52 +1025,67 @@ fn collect_rejects(
     p: &PlannedTrait,
     rf: &ReadFile,
     samples: &mut BTreeMap<Category, Vec<Sample>>,
-    tsv: &mut String,
+    tsv: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
-    let capped_text = if rf.cap.capped_lines.is_empty() {
-        BTreeMap::new()
+    // Lines rejected by the parser carry their text; capped lines are read again from the
+    // source, one at a time, as the two line-ordered lists are merged.
+    let mut cursor = if rf.cap.capped_lines.is_empty() {
+        None
     } else {
-        lines_at(&rf.source, rf.gzip, &rf.cap.capped_lines, usize::MAX)
-            .with_context(|| format!("cannot re-read {}", p.found.display))?
+        Some(
+            crate::inbound::lines_at::LineCursor::open(&rf.source, rf.gzip)
+                .with_context(|| format!("cannot re-read {}", p.found.display))?,
+        )
     };
     let over_reason = format!(
         "over the limit of {} lines per user ID per file",
         crate::ingest::cap::MAX_LINES_PER_USER
     );
-    let mut rows: Vec<(u64, Category, std::borrow::Cow<'_, str>, &[u8])> = Vec::new();
-    for out in &rf.outs {
-        for r in &out.rejected {
-            rows.push((r.line, r.category, r.reason.text(), &r.text));
+    let mut rejected = rf.outs.iter().flat_map(|o| &o.rejected).peekable();
+    let mut capped = rf.cap.capped_lines.iter().copied().peekable();
+    let mut row = String::new();
+    loop {
+        let parser_first = match (rejected.peek(), capped.peek()) {
+            (Some(r), Some(&c)) => r.line < c,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let mut emit = |line: u64, category: Category, reason: &str, text: &[u8]| {
+            let list = samples.entry(category).or_default();
+            if list.len() < SAMPLES_PER_CATEGORY {
+                list.push(Sample {
+                    file: p.found.display.clone(),
+                    line,
+                    reason: reason.to_string(),
+                    text: sample_text(text),
+                });
+            }
+            row.clear();
+            escape_tsv(p.found.display.as_bytes(), &mut row);
+            row.push('\t');
+            row.push_str(&line.to_string());
+            row.push('\t');
+            row.push_str(reason);
+            row.push('\t');
+            escape_tsv(text, &mut row);
+            row.push('\n');
+            tsv.write_all(row.as_bytes())
+        };
+        if parser_first {
+            let Some(r) = rejected.next() else { break };
+            emit(r.line, r.category, &r.reason.text(), &r.text)?;
+        } else {
+            let Some(c) = capped.next() else { break };
+            let text = match cursor.as_mut() {
+                Some(cur) => cur
+                    .line(c, usize::MAX)
+                    .with_context(|| format!("cannot re-read {}", p.found.display))?
+                    .unwrap_or_default(),
+                None => &[],
+            };
+            emit(c, Category::LinesOverUserLimit, &over_reason, text)?;
         }
-    }
-    for line in &rf.cap.capped_lines {
-        let text = capped_text.get(line).map_or(&b""[..], |t| t.as_slice());
-        rows.push((
-            *line,
-            Category::LinesOverUserLimit,
-            over_reason.as_str().into(),
-            text,
-        ));
-    }
-    rows.sort_by_key(|r| r.0);
-    for (line, category, reason, text) in rows {
-        let list = samples.entry(category).or_default();
-        if list.len() < SAMPLES_PER_CATEGORY {
-            list.push(Sample {
-                file: p.found.display.clone(),
-                line,
-                reason: reason.to_string(),
-                text: sample_text(text),
-            });
-        }
-        escape_tsv(p.found.display.as_bytes(), tsv);
-        tsv.push('\t');
-        tsv.push_str(&line.to_string());
-        tsv.push('\t');
-        tsv.push_str(&reason);
-        tsv.push('\t');
-        escape_tsv(text, tsv);
-        tsv.push('\n');
     }
     Ok(())
 }
@@ -1185,10 +1229,9 @@ struct ReadFile {
     source: PathBuf,
     /// Whether `source` is gzip.
     gzip: bool,
+    /// The chunks that rejected lines, with those lines (ops and marks already taken).
     outs: Vec<ChunkOut>,
     cap: CapOutcome,
-    /// The inbound file's size and mtime before it was read.
-    stamp: FileStamp,
 }
 
 fn basename(display: &str) -> String {
@@ -1516,7 +1559,8 @@ fn explicit_files(files: &[PathBuf], config: &Config) -> anyhow::Result<Discover
 // ID sync.
 
 struct IdSyncResult {
-    parts: BTreeMap<String, Vec<u8>>,
+    /// Names of the ID-sync partitions rewritten tonight (already written to `staged`).
+    parts: BTreeSet<String>,
     receipt: IdSyncReceipt,
     ledger: Vec<LedgerEntry>,
 }
@@ -1526,6 +1570,7 @@ fn apply_idsync(
     partitions: u32,
     chunk_bytes: usize,
     source: &(dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
+    staged: &staged::Staged,
 ) -> anyhow::Result<IdSyncResult> {
     let mut receipt = IdSyncReceipt::default();
     let mut ledger = Vec::new();
@@ -1596,7 +1641,7 @@ fn apply_idsync(
         }
         receipt.files.push(file_receipt);
     }
-    let mut parts = BTreeMap::new();
+    let parts = std::sync::Mutex::new(BTreeSet::new());
     for table in [Table::Adobe, Table::C2c] {
         let mut incoming = Vec::new();
         for (i, chunks) in &read {
@@ -1622,9 +1667,16 @@ fn apply_idsync(
         if incoming.is_empty() {
             continue;
         }
-        let applied = idstore::apply(table, &incoming, partitions, source)?;
-        parts.extend(applied.parts);
-        for (file, n) in applied.stored_per_file {
+        let write = |name: &str, payload: Vec<u8>| -> anyhow::Result<()> {
+            staged.write(name, &payload)?;
+            parts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name.to_owned());
+            Ok(())
+        };
+        let stored_per_file = idstore::apply_with(table, &incoming, partitions, source, &write)?;
+        for (file, n) in stored_per_file {
             let name = &plan.idsync_files[file].found.display;
             if let Some(r) = receipt.files.iter_mut().find(|r| &r.name == name) {
                 r.mappings_stored += n;
@@ -1632,7 +1684,9 @@ fn apply_idsync(
         }
     }
     Ok(IdSyncResult {
-        parts,
+        parts: parts
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
         receipt,
         ledger,
     })

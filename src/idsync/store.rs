@@ -180,8 +180,8 @@ pub enum StoreError {
     Read(#[from] anyhow::Error),
 }
 
-/// A rewritten partition: its name, payload and per-file stored counts.
-type MergedPart = (String, Vec<u8>, Vec<(usize, u64)>);
+/// A rewritten partition: its name and per-file stored counts.
+type MergedPart = (String, Vec<(usize, u64)>);
 
 /// Merges `incoming` (in application order) into `table`. `old` returns a partition's
 /// previous payload, if any.
@@ -191,6 +191,32 @@ pub fn apply(
     partitions: u32,
     old: &(dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
 ) -> Result<Applied, StoreError> {
+    let parts = std::sync::Mutex::new(BTreeMap::new());
+    let stored_per_file = apply_with(table, incoming, partitions, old, &|name, payload| {
+        parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), payload);
+        Ok(())
+    })?;
+    Ok(Applied {
+        parts: parts
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        stored_per_file,
+    })
+}
+
+/// Like [`apply`], but hands each new partition payload to `out` (name, payload) as soon as it
+/// is merged, from the worker threads, instead of collecting them: the run writes them
+/// straight into the next generation. Returns the mappings stored per file index.
+pub fn apply_with(
+    table: Table,
+    incoming: &[Incoming<'_>],
+    partitions: u32,
+    old: &(dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
+    out: &(dyn Fn(&str, Vec<u8>) -> anyhow::Result<()> + Sync),
+) -> Result<BTreeMap<usize, u64>, StoreError> {
     // Group by (DPID, partition), keeping application order inside each group: partitions are
     // computed in parallel, then one counting pass orders the rows' indices by group.
     let mut dpids: Vec<Dpid> = incoming.iter().map(|m| m.key_dpid).collect();
@@ -305,19 +331,24 @@ pub fn apply(
                         i += 1;
                     }
                 }
-                Ok((name, encode(&merged), counts.into_iter().collect()))
+                let payload = encode(&merged);
+                // The inputs go before the payload is handed on (it may be written out).
+                drop(merged);
+                drop(stored);
+                drop(previous);
+                out(&name, payload)?;
+                Ok((name, counts.into_iter().collect()))
             })
             .collect()
     };
-    let mut applied = Applied::default();
+    let mut stored_per_file = BTreeMap::new();
     for r in results {
-        let (name, bytes, counts) = r?;
-        applied.parts.insert(name, bytes);
+        let (_, counts) = r?;
         for (file, n) in counts {
-            *applied.stored_per_file.entry(file).or_default() += n;
+            *stored_per_file.entry(file).or_default() += n;
         }
     }
-    Ok(applied)
+    Ok(stored_per_file)
 }
 
 #[cfg(test)]

@@ -21,31 +21,76 @@ pub fn lines_at(
     wanted.sort_unstable();
     wanted.dedup();
     let mut out = BTreeMap::new();
-    let Some(&last) = wanted.last() else {
+    if wanted.is_empty() {
         return Ok(out);
-    };
-    let file = File::open(path)?;
-    let reader: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
-            128 * 1024,
-            file,
-        )))
-    } else {
-        Box::new(file)
-    };
-    let mut reader = BufReader::with_capacity(128 * 1024, reader);
-    if reader.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
-        reader.consume(3);
     }
-    let mut next = wanted.iter().peekable();
-    let mut number = 0u64;
-    while number < last {
+    let mut cursor = LineCursor::open(path, gzip)?;
+    for n in wanted {
+        match cursor.line(n, max_bytes)? {
+            Some(text) => {
+                out.insert(n, text.to_vec());
+            }
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a file's physical lines forward, one wanted line at a time, holding only the current
+/// one: for the rejects file, which may need every line of a large file.
+pub struct LineCursor {
+    reader: BufReader<Box<dyn Read>>,
+    /// The number of the line in `kept` (0 before the first).
+    number: u64,
+    kept: Vec<u8>,
+    eof: bool,
+}
+
+impl LineCursor {
+    /// Opens `path` (gzip when `gzip`), skipping a UTF-8 BOM.
+    pub fn open(path: &Path, gzip: bool) -> std::io::Result<LineCursor> {
+        let file = File::open(path)?;
+        let reader: Box<dyn Read> = if gzip {
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+                128 * 1024,
+                file,
+            )))
+        } else {
+            Box::new(file)
+        };
+        let mut reader = BufReader::with_capacity(128 * 1024, reader);
+        if reader.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
+            reader.consume(3);
+        }
+        Ok(LineCursor {
+            reader,
+            number: 0,
+            kept: Vec::new(),
+            eof: false,
+        })
+    }
+
+    /// Line `n` (1-based) without its LF, cut to at most `max_bytes`; `None` past the end.
+    /// `n` must not be below a line asked for before (the cursor only moves forward); asking
+    /// for the same line again returns it again.
+    pub fn line(&mut self, n: u64, max_bytes: usize) -> std::io::Result<Option<&[u8]>> {
+        while self.number < n {
+            if self.eof || !self.next_line(max_bytes)? {
+                self.eof = true;
+                return Ok(None);
+            }
+        }
+        Ok((self.number == n).then_some(self.kept.as_slice()))
+    }
+
+    /// Reads the next line into `kept`; `false` at the end of the text.
+    fn next_line(&mut self, max_bytes: usize) -> std::io::Result<bool> {
         // A hostile file may hold one enormous line: read it in bounded steps and keep only
         // the prefix we need.
-        let mut kept = Vec::new();
+        self.kept.clear();
         let mut any = false;
         loop {
-            let buf = reader.fill_buf()?;
+            let buf = self.reader.fill_buf()?;
             if buf.is_empty() {
                 break;
             }
@@ -54,26 +99,22 @@ pub fn lines_at(
                 Some(i) => (i + 1, true),
                 None => (buf.len(), false),
             };
-            let room = max_bytes.saturating_sub(kept.len());
-            kept.extend_from_slice(&buf[..take.min(room)]);
-            reader.consume(take);
+            let room = max_bytes.saturating_sub(self.kept.len());
+            self.kept.extend_from_slice(&buf[..take.min(room)]);
+            self.reader.consume(take);
             if done {
                 break;
             }
         }
         if !any {
-            break;
+            return Ok(false);
         }
-        number += 1;
-        if kept.last() == Some(&b'\n') {
-            kept.pop();
+        self.number += 1;
+        if self.kept.last() == Some(&b'\n') {
+            self.kept.pop();
         }
-        if next.peek() == Some(&&number) {
-            next.next();
-            out.insert(number, kept);
-        }
+        Ok(true)
     }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 use flate2::bufread::MultiGzDecoder;
@@ -50,6 +50,9 @@ const GZ_INPUT_BUF_BYTES: usize = 128 << 10;
 /// Upper bound of one up-front reservation in a gzip chunk buffer, so that a huge `chunk_bytes`
 /// never asks the allocator for more than this at once (the buffer still grows as text arrives).
 const MAX_RESERVE_BYTES: usize = 64 << 20;
+
+/// Window in which a mapped file is hashed and then released.
+const HASH_WINDOW_BYTES: usize = 32 << 20;
 
 /// Step in which a file that cannot be mapped is read for hashing.
 const HASH_READ_BYTES: usize = 128 << 10;
@@ -160,12 +163,125 @@ where
     F: Fn(&Chunk<'_>) -> R + Sync,
     R: Send,
 {
+    let mut results = Vec::new();
+    let totals = read_chunks_each(path, gzip, chunk_bytes, f, |r| {
+        results.push(r);
+        true
+    })?;
+    Ok(ReadOutcome {
+        results,
+        bytes: totals.bytes,
+        lines: totals.lines,
+    })
+}
+
+/// What [`read_chunks_each`] returns for a file it read to the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadTotals {
+    /// Bytes of (decompressed) text, BOM excluded.
+    pub bytes: u64,
+    /// Physical lines: newlines, plus one when the text does not end in `'\n'`; 0 for no text.
+    pub lines: u64,
+}
+
+/// Like [`read_chunks`], but hands each result to `sink` as soon as it and every earlier chunk's
+/// are ready, in chunk order, instead of collecting them: memory holds only the chunks in
+/// flight (about the thread count), whatever the file's size. A plain file's pages are released
+/// (`MADV_DONTNEED`) once their chunk is processed, so the mapping does not pin the whole file
+/// in the process's memory either.
+///
+/// `sink` runs on one thread at a time, under a lock the workers wait on; it must not wait on
+/// the rayon pool (no `par_iter` inside), or a worker stolen into it could wait on itself.
+/// When it returns `false`, reading stops: no further chunk reaches it and the returned totals
+/// cover only part of the text (the caller knows why it stopped).
+///
+/// Unlike [`read_chunks`], results reach `sink` before the end of the file is known to be
+/// sound: on a [`ReadError`] (a gzip stream corrupt halfway), the caller must discard what the
+/// sink took from this file.
+///
+/// # Errors
+///
+/// As [`read_chunks`].
+pub fn read_chunks_each<R, F, S>(
+    path: &Path,
+    gzip: bool,
+    chunk_bytes: usize,
+    f: F,
+    sink: S,
+) -> Result<ReadTotals, ReadError>
+where
+    F: Fn(&Chunk<'_>) -> R + Sync,
+    R: Send,
+    S: FnMut(R) -> bool + Send,
+{
     let chunk_bytes = chunk_bytes.max(1);
     let file = File::open(path).map_err(|err| ReadError::io(path, err))?;
+    let order = InOrder::new(sink);
     if gzip {
-        read_gzip(path, file, chunk_bytes, &f)
+        read_gzip(path, file, chunk_bytes, &f, &order)
     } else {
-        read_plain(path, &file, chunk_bytes, &f)
+        read_plain(path, &file, chunk_bytes, &f, &order)
+    }
+}
+
+/// Hands results to a sink in chunk order as they complete (see [`read_chunks_each`]).
+struct InOrder<R, S> {
+    state: Mutex<Waiting<R, S>>,
+    stopped: AtomicBool,
+}
+
+struct Waiting<R, S> {
+    /// Index of the next chunk the sink takes.
+    next: usize,
+    /// Results that completed before an earlier chunk's.
+    early: std::collections::BTreeMap<usize, R>,
+    sink: S,
+}
+
+impl<R, S: FnMut(R) -> bool> InOrder<R, S> {
+    fn new(sink: S) -> InOrder<R, S> {
+        InOrder {
+            state: Mutex::new(Waiting {
+                next: 0,
+                early: std::collections::BTreeMap::new(),
+                sink,
+            }),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the sink asked to stop.
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    /// Takes chunk `index`'s result, and passes on every result that is now next in order.
+    fn deliver(&self, index: usize, result: R) {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.stopped() {
+            return;
+        }
+        let st = &mut *st;
+        if index != st.next {
+            st.early.insert(index, result);
+            return;
+        }
+        let mut result = result;
+        loop {
+            st.next += 1;
+            if !(st.sink)(result) {
+                self.stopped.store(true, Ordering::Relaxed);
+                st.early.clear();
+                return;
+            }
+            match st.early.remove(&st.next) {
+                Some(r) => result = r,
+                None => return,
+            }
+        }
     }
 }
 
@@ -178,7 +294,16 @@ where
 pub fn content_hash(path: &Path) -> Result<u128, ReadError> {
     let file = File::open(path).map_err(|err| ReadError::io(path, err))?;
     match FileText::load(path, &file)? {
-        FileText::Mapped(map) => Ok(xxh3_128(&map)),
+        FileText::Mapped(map) => {
+            // In windows, releasing each behind the hash: a large input is not pinned in the
+            // process's memory while it is hashed.
+            let mut hasher = Xxh3Default::new();
+            for (i, window) in map.chunks(HASH_WINDOW_BYTES).enumerate() {
+                hasher.update(window);
+                release(&map, i * HASH_WINDOW_BYTES, window.len());
+            }
+            Ok(hasher.digest128())
+        }
         // A file reporting length 0, read whole (empty, or a special file).
         FileText::Owned(bytes) => Ok(xxh3_128(&bytes)),
         FileText::Unmappable => hash_reader(&file).map_err(|err| ReadError::io(path, err)),
@@ -297,6 +422,39 @@ enum Bytes {
     Owned(Vec<u8>),
 }
 
+impl Bytes {
+    /// See [`release`]; an owned text has nothing to release.
+    fn release(&self, start: usize, len: usize) {
+        if let Bytes::Mapped(map) = self {
+            release(map, start, len);
+        }
+    }
+}
+
+/// Lets the kernel drop the pages of `map` wholly inside `len` bytes from `start` out of this
+/// process's memory (they stay in the page cache and fault back in if touched again). A hint:
+/// a refusal changes nothing.
+#[allow(unsafe_code)]
+fn release(map: &Mmap, start: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let from = start.next_multiple_of(PAGE);
+        let to = (start + len).min(map.len()) / PAGE * PAGE;
+        if to > from {
+            // SAFETY: the map is a read-only file mapping: after MADV_DONTNEED, touching the
+            // range reads the file's pages again, the same bytes (inbound files are immutable,
+            // see the module docs); nothing is written through it, and the caller is done with
+            // the range.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
+            };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (map, start, len);
+}
+
 impl std::ops::Deref for Bytes {
     type Target = [u8];
 
@@ -325,39 +483,72 @@ fn map_file(file: &File) -> io::Result<Mmap> {
     Ok(map)
 }
 
-fn read_plain<R, F>(
+fn read_plain<R, F, S>(
     path: &Path,
     file: &File,
     chunk_bytes: usize,
     f: &F,
-) -> Result<ReadOutcome<R>, ReadError>
+    order: &InOrder<R, S>,
+) -> Result<ReadTotals, ReadError>
 where
     F: Fn(&Chunk<'_>) -> R + Sync,
     R: Send,
+    S: FnMut(R) -> bool + Send,
 {
     let bytes = FileText::load(path, file)?.into_bytes(path, file)?;
     let text = strip_bom(&bytes);
+    let bom = bytes.len() - text.len();
     let pieces = split_chunks(text, chunk_bytes);
-    // A piece with an over-long line is copied without the line's dropped bytes; the map itself
-    // is only read, never copied whole.
-    let scanned: Vec<(u64, Option<Vec<u8>>)> = pieces
-        .par_iter()
-        .map(|piece| (count_newlines(piece), cut_long_lines(piece)))
-        .collect();
-
-    let mut chunks = Vec::with_capacity(pieces.len());
-    let mut newlines_before = 0u64;
-    for (index, (piece, (count, cut))) in pieces.into_iter().zip(&scanned).enumerate() {
-        chunks.push(Chunk {
-            index,
-            first_line: newlines_before + 1,
-            bytes: cut.as_deref().unwrap_or(piece),
-        });
-        newlines_before += count;
+    let mut starts = Vec::with_capacity(pieces.len());
+    let mut at = bom;
+    for piece in &pieces {
+        starts.push(at);
+        at += piece.len();
     }
-    let results = chunks.par_iter().map(f).collect();
-    Ok(ReadOutcome {
-        results,
+    // Line numbers need every earlier piece's newlines: one counting pass first (vectorised,
+    // about 10 GB/s), releasing each piece's pages behind it.
+    let counts: Vec<u64> = pieces
+        .par_iter()
+        .zip(&starts)
+        .map(|(piece, &start)| {
+            let n = count_newlines(piece);
+            bytes.release(start, piece.len());
+            n
+        })
+        .collect();
+    let mut first_lines = Vec::with_capacity(pieces.len());
+    let mut newlines_before = 0u64;
+    for n in &counts {
+        first_lines.push(newlines_before + 1);
+        newlines_before += n;
+    }
+    // Workers take pieces in file order, so results complete nearly in order and the sink's
+    // reordering holds about one result per worker. A piece with an over-long line is copied
+    // without the line's dropped bytes; the map itself is only read, never copied whole.
+    let next = AtomicUsize::new(0);
+    rayon::scope(|scope| {
+        for _ in 0..rayon::current_num_threads().max(1) {
+            scope.spawn(|_| {
+                while !order.stopped() {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let (Some(piece), Some(&first_line), Some(&start)) =
+                        (pieces.get(index), first_lines.get(index), starts.get(index))
+                    else {
+                        break;
+                    };
+                    let cut = cut_long_lines(piece);
+                    let result = f(&Chunk {
+                        index,
+                        first_line,
+                        bytes: cut.as_deref().unwrap_or(piece),
+                    });
+                    bytes.release(start, piece.len());
+                    order.deliver(index, result);
+                }
+            });
+        }
+    });
+    Ok(ReadTotals {
         bytes: text.len() as u64,
         lines: physical_lines(newlines_before, text.last().copied()),
     })
@@ -601,15 +792,17 @@ struct Totals {
 
 /// Inflates on a dedicated thread while the current rayon pool runs `f` on the buffers it
 /// hands over a bounded channel, so inflate (the floor for `.gz` inputs) overlaps parsing.
-fn read_gzip<R, F>(
+fn read_gzip<R, F, S>(
     path: &Path,
     file: File,
     chunk_bytes: usize,
     f: &F,
-) -> Result<ReadOutcome<R>, ReadError>
+    order: &InOrder<R, S>,
+) -> Result<ReadTotals, ReadError>
 where
     F: Fn(&Chunk<'_>) -> R + Sync,
     R: Send,
+    S: FnMut(R) -> bool + Send,
 {
     let workers = rayon::current_num_threads().max(1);
     // Two buffers per worker keep every worker busy while the decoder fills the next one, and
@@ -633,61 +826,52 @@ where
             })
             .map_err(|err| ReadError::io(path, err))?;
 
-        let results = run_on_filled(filled_rx, empty_tx, f, &failed);
+        run_on_filled(filled_rx, empty_tx, f, &failed, order);
         let totals = decoder.join().map_err(|_| ReadError::Gzip {
             path: path.to_path_buf(),
             reason: "the decoder thread panicked (a bug in segmill or its inflate library)".into(),
         })??;
-        Ok(ReadOutcome {
-            results,
+        Ok(ReadTotals {
             bytes: totals.bytes,
             lines: physical_lines(totals.newlines, totals.last),
         })
     })
 }
 
-/// Runs `f` on every received buffer, one consumer task per pool thread, and returns the results
-/// in chunk order. Buffers go back to the decoder through `empty`. Once `failed` is set the
-/// remaining buffers are drained without running `f` (their results would be dropped anyway).
-fn run_on_filled<R, F>(
+/// Runs `f` on every received buffer, one consumer task per pool thread, and hands the results
+/// to `order`. Buffers go back to the decoder through `empty`. Once `failed` is set, or the
+/// sink stopped, the remaining buffers are drained without running `f`.
+fn run_on_filled<R, F, S>(
     filled: Receiver<Filled>,
     empty: Sender<Vec<u8>>,
     f: &F,
     failed: &AtomicBool,
-) -> Vec<R>
-where
+    order: &InOrder<R, S>,
+) where
     F: Fn(&Chunk<'_>) -> R + Sync,
     R: Send,
+    S: FnMut(R) -> bool + Send,
 {
-    let collected: Mutex<Vec<(usize, R)>> = Mutex::new(Vec::new());
     rayon::scope(|scope| {
         for _ in 0..rayon::current_num_threads().max(1) {
             let filled = filled.clone();
             let empty = empty.clone();
-            let collected = &collected;
             scope.spawn(move |_| {
-                let mut local = Vec::new();
                 for (index, first_line, mut buf) in filled.iter() {
-                    if !failed.load(Ordering::Relaxed) {
+                    if !failed.load(Ordering::Relaxed) && !order.stopped() {
                         if let Some(cut) = cut_long_lines(&buf) {
                             buf = cut;
                         }
-                        local.push((
+                        let result = f(&Chunk {
                             index,
-                            f(&Chunk {
-                                index,
-                                first_line,
-                                bytes: &buf,
-                            }),
-                        ));
+                            first_line,
+                            bytes: &buf,
+                        });
+                        order.deliver(index, result);
                     }
                     // A full recycle channel means enough spare buffers: let this one go.
                     let _ = empty.try_send(buf);
                 }
-                collected
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .append(&mut local);
             });
         }
         // Only the consumers may keep the channel open: if they all stop (a panic in `f`), the
@@ -695,11 +879,6 @@ where
         drop(filled);
         drop(empty);
     });
-    let mut collected = collected
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    collected.sort_unstable_by_key(|&(index, _)| index);
-    collected.into_iter().map(|(_, result)| result).collect()
 }
 
 /// The decoder thread: inflates `file` into buffers of about `chunk_bytes`, cuts each after its

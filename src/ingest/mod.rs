@@ -1,11 +1,14 @@
 //! The hot path: one pure function turns a chunk of a trait file into receipt tallies and
-//! profile ops bucketed by partition ([`process_chunk`]); a per-file pass then applies the
-//! 200-lines-per-user cap in input order ([`cap::apply_cap`]).
+//! profile ops bucketed by partition ([`process_chunk`]); the chunks' outputs then go, in chunk
+//! order, through the 200-lines-per-user cap ([`cap::Cap`]) into the night's op spool
+//! ([`spool::Spool`]), which holds them per partition within a memory budget.
 //!
-//! Nothing here does I/O or depends on the thread count: the run module calls it on every chunk
-//! in parallel and concatenates the outputs in chunk order.
+//! Nothing here depends on the thread count: the run module calls [`process_chunk`] on every
+//! chunk in parallel and feeds the outputs to the cap and the spool in chunk order. Only the
+//! spool does I/O (its spill files).
 
 pub mod cap;
+pub mod spool;
 
 use crate::idsync::index::{IdIndex, Target};
 use crate::model::{DeviceFormat, Dpid, TraitId, Uuid, id_hash, partition_of};
@@ -107,6 +110,32 @@ impl OpBuf {
 
     pub fn acts(&self, op: &Op) -> &[Act] {
         &self.acts[op.acts.0 as usize..(op.acts.0 + op.acts.1) as usize]
+    }
+
+    /// Bytes the buffer has allocated.
+    pub fn heap_bytes(&self) -> usize {
+        self.keys.capacity()
+            + self.ops.capacity() * std::mem::size_of::<Op>()
+            + self.acts.capacity() * std::mem::size_of::<Act>()
+    }
+
+    /// Bytes the buffer's contents take.
+    pub fn used_bytes(&self) -> usize {
+        self.keys.len()
+            + self.ops.len() * std::mem::size_of::<Op>()
+            + self.acts.len() * std::mem::size_of::<Act>()
+    }
+
+    /// Gives back allocated bytes the contents do not use.
+    pub fn shrink_to_fit(&mut self) {
+        self.keys.shrink_to_fit();
+        self.ops.shrink_to_fit();
+        self.acts.shrink_to_fit();
+    }
+
+    /// Keeps only the ops for which `keep` is true (their keys and acts stay allocated).
+    pub fn retain(&mut self, keep: impl FnMut(&Op) -> bool) {
+        self.ops.retain(keep);
     }
 }
 

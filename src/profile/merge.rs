@@ -8,7 +8,7 @@ use crate::ingest::{ActKind, NO_ITEM, Op, OpBuf, seq_file};
 use crate::model::{Dpid, ProfileKey, Timestamp, TraitId};
 use crate::report::receipt::{Counters, SAMPLES_PER_CATEGORY};
 use crate::rules::segment_rule::SegmentRules;
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashMap;
 use std::borrow::Cow;
 use std::collections::BinaryHeap;
 
@@ -29,8 +29,6 @@ pub struct MergeCtx<'a> {
     /// and never expire.
     pub ttl_days: &'a AHashMap<TraitId, u32>,
     pub as_of: Timestamp,
-    /// Run positions of lines removed by the per-user cap.
-    pub capped: &'a AHashSet<u64>,
     pub segments: &'a SegmentRules,
     /// The segment definitions changed since the stored memberships were computed: evaluate
     /// every segment for every profile.
@@ -105,10 +103,9 @@ pub fn merge_partition(
     let mut sorted: Vec<(u64, &[u8], &Op, &OpBuf)> = Vec::with_capacity(total);
     for buf in ops {
         for op in &buf.ops {
-            if ctx.capped.is_empty() || !ctx.capped.contains(&op.seq) {
-                let key = buf.key(op);
-                sorted.push((crate::idsync::store::id_prefix(key), key, op, buf));
-            }
+            // Lines over the per-user cap never reach here (`ingest::cap` drops their ops).
+            let key = buf.key(op);
+            sorted.push((crate::idsync::store::id_prefix(key), key, op, buf));
         }
     }
     // One op per line, so (key, seq) is unique: the order is total and deterministic. The
@@ -575,13 +572,11 @@ mod tests {
                 target_ds: *ds,
             })
             .collect();
-        let capped = AHashSet::new();
         let ctx = MergeCtx {
             files: &metas,
             jobs: 1,
             ttl_days: &w.ttl,
             as_of,
-            capped: &capped,
             segments: &w.segments,
             reevaluate_all: false,
             recency_days: &w.recency,

@@ -284,28 +284,7 @@ impl Generation {
         let Some((path, entry, expected)) = self.locate(rel)? else {
             return Ok(false);
         };
-        let mut file = open_listed(&path)?;
-        let file_len = check_len(&file, &path, entry.size)?;
-        let capacity = usize::try_from(file_len)
-            .map_err(|_| StateError::corrupt(&path, "larger than this machine's address space"))?;
-        buf.try_reserve_exact(capacity).map_err(|_| {
-            StateError::io(
-                "allocate a buffer for",
-                &path,
-                io::ErrorKind::OutOfMemory.into(),
-            )
-        })?;
-        file.read_to_end(buf)
-            .map_err(|source| StateError::io("read", &path, source))?;
-        if buf.len() as u64 != file_len {
-            return Err(StateError::corrupt(&path, "changed size while being read"));
-        }
-        // check_len guarantees at least FOOTER_LEN bytes.
-        let payload_len = buf.len().saturating_sub(FOOTER_LEN);
-        let (payload, footer) = buf.split_at(payload_len);
-        check_footer(&path, footer, entry.size, expected)?;
-        check_sum(&path, fsutil::checksum(payload), expected)?;
-        buf.truncate(payload_len);
+        read_verified(&path, entry.size, expected, buf)?;
         Ok(true)
     }
 
@@ -369,6 +348,40 @@ impl StateError {
         }
         StateError::io("read", path, err)
     }
+}
+
+/// Reads the data file at `path` into `buf` (cleared first) and checks its length, footer and
+/// checksum against `size` and `expected`; on error `buf` holds unverified bytes.
+fn read_verified(
+    path: &Path,
+    size: u64,
+    expected: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(), StateError> {
+    buf.clear();
+    let mut file = open_listed(path)?;
+    let file_len = check_len(&file, path, size)?;
+    let capacity = usize::try_from(file_len)
+        .map_err(|_| StateError::corrupt(path, "larger than this machine's address space"))?;
+    buf.try_reserve_exact(capacity).map_err(|_| {
+        StateError::io(
+            "allocate a buffer for",
+            path,
+            io::ErrorKind::OutOfMemory.into(),
+        )
+    })?;
+    file.read_to_end(buf)
+        .map_err(|source| StateError::io("read", path, source))?;
+    if buf.len() as u64 != file_len {
+        return Err(StateError::corrupt(path, "changed size while being read"));
+    }
+    // check_len guarantees at least FOOTER_LEN bytes.
+    let payload_len = buf.len().saturating_sub(FOOTER_LEN);
+    let (payload, footer) = buf.split_at(payload_len);
+    check_footer(path, footer, size, expected)?;
+    check_sum(path, fsutil::checksum(payload), expected)?;
+    buf.truncate(payload_len);
+    Ok(())
 }
 
 fn open_listed(path: &Path) -> Result<File, StateError> {
@@ -544,6 +557,35 @@ impl GenerationWriter {
         wtr.write_all(payload)
             .map_err(|source| StateError::io("write", &wtr.path, source))?;
         wtr.finish().map(drop)
+    }
+
+    /// Whether data file `rel` was written (finished) in this generation.
+    pub fn contains(&self, rel: &str) -> bool {
+        self.files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(rel)
+    }
+
+    /// The verified payload of data file `rel` written in this generation, or `None` if it was
+    /// not (yet) written: a partition written early is read back from disk instead of being
+    /// held in memory until the commit.
+    pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let entry = self
+            .files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(rel)
+            .cloned();
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        let path = self.partial.join(rel);
+        let expected = fsutil::parse_checksum_hex(&entry.checksum)
+            .ok_or_else(|| StateError::corrupt(&path, "checksum is not 16 lowercase hex digits"))?;
+        let mut buf = Vec::new();
+        read_verified(&path, entry.size, expected, &mut buf)?;
+        Ok(Some(buf))
     }
 
     /// Starts data file `rel` as a stream; [`FileWriter::finish`] adds the footer and records it.
