@@ -1,7 +1,8 @@
-//! Export writing: `outbound::export::write_export` of 1M sorted rows (1-5 segments each) to
-//! a local folder, plain and gzip (level 6), with the default line layout and with gen's
-//! template (`<UUID><TAB><SEGMENT_LIST;separator=",">`). Each written file is MD5-hashed and
-//! fsynced, as in a run.
+//! Export writing: `outbound::export::write_export` of 1M rows (1-5 segments each), stored as
+//! 64 sorted run files as `compute` leaves them and merged on the way out, to a local folder,
+//! plain and gzip (level 6), with the default line layout and with gen's template
+//! (`<UUID><TAB><SEGMENT_LIST;separator=",">`). Each written file is MD5-hashed and fsynced,
+//! as in a run.
 //!
 //! Run with `cargo bench --bench export`. Throughput is in bytes of text written.
 
@@ -10,7 +11,7 @@ mod common;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use segmill::config::{Destination, ExportMode, Location, SyncType};
 use segmill::model::{ProfileKey, Uuid};
-use segmill::outbound::export::{DestinationView, ExportRow, write_export};
+use segmill::outbound::export::{DestinationView, ExportRow, Runs, write_export};
 use segmill::outbound::template::Template;
 use std::hint::black_box;
 
@@ -22,11 +23,15 @@ fn row_count() -> u64 {
     common::size(1_000_000)
 }
 const AS_OF: i64 = 1_795_312_800;
+/// Run files, one per partition as in a run at bench size.
+const PARTITIONS: usize = 64;
 
-fn rows() -> Vec<ExportRow> {
+/// The rows, dealt round-robin to the partitions (their order is the runs' business).
+fn parts() -> Vec<Vec<ExportRow>> {
     let mut rng = common::Rng::new(17);
-    let mut rows: Vec<ExportRow> = (0..row_count())
-        .map(|k| {
+    let mut parts: Vec<Vec<ExportRow>> = vec![Vec::new(); PARTITIONS];
+    for (k, slot) in (0..row_count()).zip((0..PARTITIONS).cycle()) {
+        let row = {
             let uuid = Uuid(common::uuid_of(k));
             let mut segments: Vec<u32> = (0..1 + rng.below(5))
                 .map(|_| 500_000 + rng.below(200) as u32)
@@ -40,10 +45,12 @@ fn rows() -> Vec<ExportRow> {
                 removed: Vec::new(),
                 traits: Vec::new(),
             }
-        })
-        .collect();
-    rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    rows
+        };
+        if let Some(part) = parts.get_mut(slot) {
+            part.push(row);
+        }
+    }
+    parts
 }
 
 fn destination(dir: &std::path::Path, gzip: bool, template: Option<&str>) -> Destination {
@@ -62,7 +69,6 @@ fn destination(dir: &std::path::Path, gzip: bool, template: Option<&str>) -> Des
 }
 
 fn export(c: &mut Criterion) {
-    let rows = rows();
     let n = row_count();
     let view = DestinationView {
         did: 7002,
@@ -74,6 +80,10 @@ fn export(c: &mut Criterion) {
     let gen_template = "<UUID><TAB><SEGMENT_LIST;separator=\",\">";
     let template = Template::parse(gen_template).expect("gen's template parses");
     let dir = tempfile::tempdir().expect("temp dir");
+    let runs_dir = dir.path().join("runs");
+    std::fs::create_dir(&runs_dir).expect("runs dir");
+    let runs = Runs::from_rows(&runs_dir, &parts(), false).expect("run files");
+    assert_eq!(runs.files().len(), PARTITIONS);
 
     // Text size of each layout, from one plain write: the group's throughput.
     let text_bytes = |tpl: Option<&Template>, text: Option<&str>| -> u64 {
@@ -81,7 +91,7 @@ fn export(c: &mut Criterion) {
         let _ = std::fs::remove_dir_all(&out);
         let dest = destination(&out, false, text);
         let summary =
-            write_export(&out, &dest, &view, tpl, &rows, AS_OF, AS_OF * 1000).expect("export");
+            write_export(&out, &dest, &view, tpl, &runs, AS_OF, AS_OF * 1000).expect("export");
         assert_eq!(summary.rows, n);
         let data = out.join(summary.files.first().expect("one data file"));
         let text = std::fs::read(&data).expect("read export");
@@ -114,7 +124,7 @@ fn export(c: &mut Criterion) {
                         &dest,
                         &view,
                         tpl,
-                        black_box(&rows),
+                        black_box(&runs),
                         AS_OF,
                         AS_OF * 1000,
                     )

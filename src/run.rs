@@ -587,7 +587,18 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 members: &source,
                 resolve: &resolve,
             };
-            out.push(export::compute(config, dest, full, last, &sources)?);
+            let collected = export::CollectMembers::default();
+            let outputs = export::Outputs {
+                runs_dir: &tmp.dir(&format!("export-runs/{}", dest.id))?,
+                on_members: &|p, payload| {
+                    collected.put(p, payload);
+                    Ok(())
+                },
+            };
+            let template = catalog.templates.get(&dest.id);
+            let mut e = export::compute(config, dest, template, full, last, &sources, &outputs)?;
+            e.members = collected.into_map();
+            out.push(e);
         }
         if let Some((did, _)) = opts.export_only
             && out.is_empty()
@@ -859,7 +870,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             .and_then(|m| m.destinations.get(&dest.id).copied());
         let ms = export::batch_timestamp_ms(opts.as_of, last);
         batch_ms.insert(dest.id, ms);
-        let summary = export::write_export(&dir, dest, &e.view, template, &e.rows, opts.as_of, ms)?;
+        let summary = export::write_export(&dir, dest, &e.view, template, &e.runs, opts.as_of, ms)?;
         if local.is_none() {
             ops::deliver_export(config, dest, &dir, &summary.files, &summary.info)?;
         }

@@ -7,17 +7,23 @@
 //! it; only partitions whose profiles changed since the destination's last export are read,
 //! unless the destination is new or its segment list changed (then every partition is, so
 //! its first `iter` is a full list).
+//!
+//! Memory stays bounded whatever the number of users: each diffed partition's rows are
+//! encoded compactly, sorted, and written to a run file at once ([`compute`]); the writer
+//! merges the runs through buffered readers, joining rows of one user ([`Runs::merge`]).
 
 use super::info::{InfoFile, write_info};
 use super::names::{OutboundName, default_line, mode_str, sync_type_str};
 use super::template::{Batch, Row, SegmentRef, TRAIT_TYPE_ONBOARDED, Template, TraitRef};
 use crate::codec::{Reader, Truncated, Writer};
 use crate::config::{Config, Destination, ExportMode};
-use crate::model::{ProfileKey, Timestamp, device_format};
+use crate::idsync::store::id_prefix;
+use crate::model::{Dpid, ProfileKey, Timestamp, Uuid, device_format};
 use crate::profile::Profile;
 use anyhow::{Context as _, anyhow};
 use md5::{Digest, Md5};
-use std::io::Write as _;
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 /// One stored member: a profile key and the segments the destination last received for it.
@@ -98,31 +104,69 @@ impl DestinationView {
         h.digest()
     }
 
-    /// The export key (for sorting and merging) and user ID of a profile, if this destination
-    /// takes its ID space. Cross-device customer-ID profiles go out under the AAM UUID their ID
-    /// is synced to, and not while unsynced.
-    fn user_id(&self, key: &[u8], resolve: &Resolver<'_>) -> Option<(Vec<u8>, String)> {
-        match (ProfileKey::decode(key)?, self.device) {
-            (ProfileKey::Uuid(u), None) => Some((key.to_vec(), u.to_string())),
-            (ProfileKey::Device(d, id), Some(want)) if d == want => {
-                String::from_utf8(id.into_vec())
-                    .ok()
-                    .map(|user| (key.to_vec(), user))
+    /// Writes the export key (for sorting and merging) and user ID of the profile `key` into
+    /// `export_key` and `user` and returns `true`, if this destination takes its ID space.
+    /// Cross-device customer-ID profiles go out under the AAM UUID their ID is synced to, and
+    /// not while unsynced.
+    fn user_id(
+        &self,
+        key: &[u8],
+        resolve: &Resolver<'_>,
+        export_key: &mut Vec<u8>,
+        user: &mut String,
+    ) -> bool {
+        use std::fmt::Write as _;
+        export_key.clear();
+        user.clear();
+        // The key's bytes are read in place (see `ProfileKey::encode_into`): decoding it to a
+        // `ProfileKey` would allocate for every device and customer profile.
+        let Some((&tag, rest)) = key.split_first() else {
+            return false;
+        };
+        match (tag, self.device) {
+            (ProfileKey::TAG_UUID, None) => match <[u8; 16]>::try_from(rest) {
+                Ok(bytes) => {
+                    export_key.extend_from_slice(key);
+                    write!(user, "{}", Uuid(u128::from_be_bytes(bytes))).is_ok()
+                }
+                Err(_) => false,
+            },
+            (ProfileKey::TAG_DEVICE, Some(want)) => match split_id(rest) {
+                Some((dpid, id)) if dpid == want => match std::str::from_utf8(id) {
+                    Ok(id) => {
+                        export_key.extend_from_slice(key);
+                        user.push_str(id);
+                        true
+                    }
+                    Err(_) => false,
+                },
+                _ => false,
+            },
+            (ProfileKey::TAG_CUSTOMER, None) => {
+                match split_id(rest).and_then(|(dpid, id)| resolve(dpid, id)) {
+                    Some(u) => {
+                        ProfileKey::Uuid(u).encode_into(export_key);
+                        write!(user, "{u}").is_ok()
+                    }
+                    None => false,
+                }
             }
-            (ProfileKey::Customer(d, id), None) => {
-                let u = resolve(d, &id)?;
-                Some((ProfileKey::Uuid(u).encode(), u.to_string()))
-            }
-            _ => None,
+            _ => false,
         }
     }
 }
 
+/// The (DPID, ID) of a device or customer profile key after its tag.
+fn split_id(rest: &[u8]) -> Option<(Dpid, &[u8])> {
+    rest.split_first_chunk::<4>()
+        .map(|(dpid, id)| (Dpid::from_be_bytes(*dpid), id))
+}
+
 /// Resolves a cross-device customer ID to the AAM UUID it is synced to.
-pub type Resolver<'a> = dyn Fn(crate::model::Dpid, &[u8]) -> Option<crate::model::Uuid> + Sync + 'a;
+pub type Resolver<'a> = dyn Fn(Dpid, &[u8]) -> Option<Uuid> + Sync + 'a;
 
 /// One row of an export, before rendering.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExportRow {
     /// Sort key: the exported user's profile key (AAM UUIDs sort numerically, device IDs by
     /// bytes).
@@ -134,87 +178,187 @@ pub struct ExportRow {
     pub traits: Vec<(u32, Timestamp)>,
 }
 
-fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
-    a.iter()
-        .copied()
-        .filter(|x| b.binary_search(x).is_ok())
-        .collect()
+/// `out` = the items of sorted `a` that are in sorted `b`.
+fn intersect_into(a: &[u32], b: &[u32], out: &mut Vec<u32>) {
+    out.clear();
+    out.extend(a.iter().copied().filter(|x| b.binary_search(x).is_ok()));
+}
+
+/// Where one encoded row lies in a [`PartRows`] buffer.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// [`id_prefix`] of the export key: settles nearly every comparison without a memcmp.
+    prefix: u64,
+    /// Where the record starts: the export key's `u32` length.
+    start: usize,
+    /// Where the export key ends.
+    key_end: usize,
+    /// Where the record ends.
+    end: usize,
+}
+
+/// One partition's export rows, encoded back to back in one buffer.
+///
+/// A record is the export key ([`Writer::bytes`]), the user ID ([`Writer::short_bytes`]),
+/// then three counted lists of varints: segments, removed segments, and traits as (trait ID,
+/// zigzag realization time); the trait list is empty when the destination does not use them.
+#[derive(Default)]
+pub(crate) struct PartRows {
+    w: Writer,
+    slots: Vec<Slot>,
+}
+
+impl PartRows {
+    fn push(
+        &mut self,
+        key: &[u8],
+        user: &str,
+        segments: &[u32],
+        removed: &[u32],
+        traits: impl ExactSizeIterator<Item = (u32, Timestamp)>,
+    ) {
+        let w = &mut self.w;
+        let start = w.buf.len();
+        w.bytes(key);
+        let key_end = w.buf.len();
+        w.short_bytes(user.as_bytes());
+        for list in [segments, removed] {
+            w.varint(list.len() as u64);
+            for &s in list {
+                w.varint(u64::from(s));
+            }
+        }
+        w.varint(traits.len() as u64);
+        for (id, at) in traits {
+            w.varint(u64::from(id));
+            w.zigzag(at);
+        }
+        self.slots.push(Slot {
+            prefix: id_prefix(key),
+            start,
+            key_end,
+            end: w.buf.len(),
+        });
+    }
+
+    fn key(&self, s: &Slot) -> &[u8] {
+        self.w.buf.get(s.start + 4..s.key_end).unwrap_or_default()
+    }
+
+    /// Whether there are no rows.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Sorts the rows by export key (the order of the merge) and writes them as a run file at
+    /// `path`. Rows of one key keep their order.
+    fn write_run(mut self, path: &Path) -> Result<(), RunFileError> {
+        let mut slots = std::mem::take(&mut self.slots);
+        slots.sort_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| self.key(a).cmp(self.key(b)))
+        });
+        let write_err = |source| RunFileError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::create(path).map_err(write_err)?;
+        let mut out = std::io::BufWriter::with_capacity(RUN_BUFFER_BYTES, file);
+        out.write_all(RUN_MAGIC).map_err(write_err)?;
+        for s in &slots {
+            let record = self.w.buf.get(s.start..s.end).unwrap_or_default();
+            let len = u32::try_from(record.len())
+                .ok()
+                .filter(|&n| n != RUN_TRAILER)
+                .ok_or_else(|| RunFileError::RowTooLarge {
+                    path: path.to_path_buf(),
+                    bytes: record.len(),
+                })?;
+            out.write_all(&len.to_le_bytes()).map_err(write_err)?;
+            out.write_all(record).map_err(write_err)?;
+        }
+        out.write_all(&RUN_TRAILER.to_le_bytes())
+            .map_err(write_err)?;
+        out.write_all(&(slots.len() as u64).to_le_bytes())
+            .map_err(write_err)?;
+        out.flush().map_err(write_err)
+    }
 }
 
 /// Diffs one partition's profiles against the destination's members. Returns the rows to
-/// export and the new members payload. Pure.
-pub fn diff_partition(
+/// export (with traits only when `traits`) and the new members payload. Pure.
+pub(crate) fn diff_partition(
     profiles: &[Profile<'_>],
     members: &[Member<'_>],
     view: &DestinationView,
     resolve: &Resolver<'_>,
-) -> (Vec<ExportRow>, Vec<u8>) {
-    let mut rows = Vec::new();
+    traits: bool,
+) -> (PartRows, Vec<u8>) {
+    let mut rows = PartRows::default();
     let mut w = Writer::default();
+    let (mut export_key, mut user) = (Vec::new(), String::new());
+    let (mut current, mut old_active, mut kept_paused) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut removed, mut new_member) = (Vec::new(), Vec::new());
     let (mut i, mut j) = (0, 0);
-    while i < profiles.len() || j < members.len() {
-        let pk = profiles.get(i).map(|p| p.key);
-        let mk = members.get(j).map(|m| m.key);
-        let (key, profile, member) = match (pk, mk) {
-            (Some(a), Some(b)) if a == b => {
+    loop {
+        let (key, profile, member) = match (profiles.get(i), members.get(j)) {
+            (Some(p), Some(m)) if p.key == m.key => {
                 i += 1;
                 j += 1;
-                (a, Some(&profiles[i - 1]), Some(&members[j - 1]))
+                (p.key, Some(p), Some(m))
             }
-            (Some(a), Some(b)) if a < b => {
+            (Some(p), Some(m)) if p.key < m.key => {
                 i += 1;
-                (a, Some(&profiles[i - 1]), None)
+                (p.key, Some(p), None)
             }
-            (Some(a), None) => {
+            (Some(p), None) => {
                 i += 1;
-                (a, Some(&profiles[i - 1]), None)
+                (p.key, Some(p), None)
             }
-            (_, Some(b)) => {
+            (_, Some(m)) => {
                 j += 1;
-                (b, None, Some(&members[j - 1]))
+                (m.key, None, Some(m))
             }
             (None, None) => break,
         };
-        let Some((export_key, user)) = view.user_id(key, resolve) else {
+        if !view.user_id(key, resolve, &mut export_key, &mut user) {
             continue;
-        };
-        let current = profile
-            .map(|p| intersect(&p.segments, &view.active))
-            .unwrap_or_default();
+        }
+        let segments = profile.map_or(&[][..], |p| p.segments.as_slice());
+        intersect_into(segments, &view.active, &mut current);
         let old = member.map_or(&[][..], |m| m.segments.as_slice());
-        let old_active = intersect(old, &view.active);
-        let kept_paused = intersect(old, &view.paused);
+        intersect_into(old, &view.active, &mut old_active);
+        intersect_into(old, &view.paused, &mut kept_paused);
         let emit = match view.mode {
             ExportMode::Iter => current != old_active,
             ExportMode::Full => !current.is_empty(),
         };
         if emit {
-            let removed = match view.mode {
-                ExportMode::Iter => old_active
-                    .iter()
-                    .copied()
-                    .filter(|s| current.binary_search(s).is_err())
-                    .collect(),
-                ExportMode::Full => Vec::new(),
-            };
-            let traits = profile
-                .map(|p| {
-                    p.entries
+            removed.clear();
+            if view.mode == ExportMode::Iter {
+                removed.extend(
+                    old_active
                         .iter()
-                        .map(|e| (e.trait_id, e.realized_at))
-                        .collect()
-                })
-                .unwrap_or_default();
-            rows.push(ExportRow {
-                key: export_key,
-                user,
-                segments: current.clone(),
-                removed,
-                traits,
-            });
+                        .copied()
+                        .filter(|s| current.binary_search(s).is_err()),
+                );
+            }
+            let entries = match profile {
+                Some(p) if traits => p.entries.as_slice(),
+                _ => &[],
+            };
+            rows.push(
+                &export_key,
+                &user,
+                &current,
+                &removed,
+                entries.iter().map(|e| (e.trait_id, e.realized_at)),
+            );
         }
-        let mut new_member = current;
-        new_member.extend(kept_paused);
+        new_member.clear();
+        new_member.extend_from_slice(&current);
+        new_member.extend_from_slice(&kept_paused);
         new_member.sort_unstable();
         if !new_member.is_empty() {
             w.bytes(key);
@@ -226,6 +370,366 @@ pub fn diff_partition(
     }
     (rows, w.buf)
 }
+
+/// What is wrong with an export run file.
+#[derive(Debug, thiserror::Error)]
+pub enum RunFileError {
+    #[error("cannot write export run file {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read export run file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("export run file {}: a row of {bytes} bytes is too large for a run record", path.display())]
+    RowTooLarge { path: PathBuf, bytes: usize },
+    #[error("export run file {} is damaged at byte {offset}: {reason}", path.display())]
+    Damaged {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// First bytes of a run file.
+const RUN_MAGIC: &[u8; 8] = b"SMXRUN1\n";
+/// A record length that marks the trailer: the row count as a `u64` follows, then the end.
+const RUN_TRAILER: u32 = u32::MAX;
+/// Buffer of each run file's reader and writer.
+const RUN_BUFFER_BYTES: usize = 128 * 1024;
+
+/// An export's rows on disk: one run file per diffed partition that had rows, each sorted by
+/// export key. The files are removed when this is dropped.
+#[derive(Debug)]
+pub struct Runs {
+    files: Vec<PathBuf>,
+    traits: bool,
+}
+
+impl Runs {
+    /// Writes rows computed elsewhere as runs in `dir`, one per item of `parts` (each sorted
+    /// here; an empty part gives an empty run), named `rows-NNNN.run`. `traits` says whether
+    /// the rows carry the profile's traits. For tests and benchmarks.
+    pub fn from_rows(
+        dir: &Path,
+        parts: &[Vec<ExportRow>],
+        traits: bool,
+    ) -> Result<Runs, RunFileError> {
+        let mut runs = Runs {
+            files: Vec::with_capacity(parts.len()),
+            traits,
+        };
+        for (index, part) in parts.iter().enumerate() {
+            let mut rows = PartRows::default();
+            for r in part {
+                rows.push(
+                    &r.key,
+                    &r.user,
+                    &r.segments,
+                    &r.removed,
+                    r.traits.iter().copied(),
+                );
+            }
+            let path = dir.join(format!("rows-{index:04}.run"));
+            rows.write_run(&path)?;
+            runs.files.push(path);
+        }
+        Ok(runs)
+    }
+
+    /// The run files, in partition order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Whether the rows carry the profiles' traits.
+    pub fn has_traits(&self) -> bool {
+        self.traits
+    }
+
+    /// Merges the runs in export-key order and calls `emit` once per user: rows of one user
+    /// (an AAM UUID's own profile and a cross-device customer profile synced to it) are
+    /// joined, with the union of segments and removals only for segments neither row holds.
+    /// Returns the number of users. Memory: one reader buffer and one record per run.
+    pub fn merge(
+        &self,
+        mut emit: impl FnMut(&ExportRow) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let mut cursors = Vec::with_capacity(self.files.len());
+        let mut heap = std::collections::BinaryHeap::with_capacity(self.files.len());
+        for (run, path) in self.files.iter().enumerate() {
+            let mut cursor = Cursor::open(path)?;
+            let mut head = Head {
+                prefix: 0,
+                key_end: 0,
+                run,
+                record: Vec::new(),
+            };
+            if cursor.next(&mut head.record)? {
+                head.load_key(&cursor)?;
+                heap.push(head);
+            }
+            cursors.push(cursor);
+        }
+        let mut row = ExportRow::default();
+        let mut users = 0u64;
+        let mut started = false;
+        while let Some(mut top) = heap.peek_mut() {
+            let Some(cursor) = cursors.get_mut(top.run) else {
+                break;
+            };
+            let joins = started && row.key == top.key();
+            if started && !joins {
+                emit(&row)?;
+                users += 1;
+            }
+            cursor.decode(&top.record, &mut row, joins)?;
+            started = true;
+            if cursor.next(&mut top.record)? {
+                top.load_key(cursor)?;
+            } else {
+                std::collections::binary_heap::PeekMut::pop(top);
+            }
+        }
+        if started {
+            emit(&row)?;
+            users += 1;
+        }
+        Ok(users)
+    }
+}
+
+impl Drop for Runs {
+    fn drop(&mut self) {
+        for path in &self.files {
+            if let Err(e) = std::fs::remove_file(path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove an export run file");
+            }
+        }
+    }
+}
+
+/// A run file being read.
+struct Cursor<'a> {
+    path: &'a Path,
+    reader: std::io::BufReader<std::fs::File>,
+    /// File offset of the next record.
+    offset: u64,
+    /// Records read so far.
+    rows: u64,
+    /// File offset of the record last read.
+    record_at: u64,
+}
+
+impl<'a> Cursor<'a> {
+    fn open(path: &'a Path) -> Result<Cursor<'a>, RunFileError> {
+        let file = std::fs::File::open(path).map_err(|source| RunFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut c = Cursor {
+            path,
+            reader: std::io::BufReader::with_capacity(RUN_BUFFER_BYTES, file),
+            offset: 0,
+            rows: 0,
+            record_at: 0,
+        };
+        let mut magic = [0u8; RUN_MAGIC.len()];
+        c.read_exact(&mut magic, "it is too short to be a run file")?;
+        if &magic != RUN_MAGIC {
+            return Err(c.damaged(0, "it is not an export run file".into()));
+        }
+        Ok(c)
+    }
+
+    fn damaged(&self, offset: u64, reason: String) -> RunFileError {
+        RunFileError::Damaged {
+            path: self.path.to_path_buf(),
+            offset,
+            reason,
+        }
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8], at_eof: &str) -> Result<(), RunFileError> {
+        match self.reader.read_exact(buf) {
+            Ok(()) => {
+                self.offset += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(self.damaged(self.offset, at_eof.to_owned()))
+            }
+            Err(source) => Err(RunFileError::Read {
+                path: self.path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Reads the next record into `record`; `false` at the (checked) trailer.
+    fn next(&mut self, record: &mut Vec<u8>) -> Result<bool, RunFileError> {
+        let at = self.offset;
+        let mut len = [0u8; 4];
+        self.read_exact(&mut len, "it ends without its trailer (truncated)")?;
+        let len = u32::from_le_bytes(len);
+        if len == RUN_TRAILER {
+            let mut count = [0u8; 8];
+            self.read_exact(&mut count, "its trailer is truncated")?;
+            let count = u64::from_le_bytes(count);
+            if count != self.rows {
+                return Err(self.damaged(
+                    at,
+                    format!(
+                        "its trailer counts {count} rows but {} were read",
+                        self.rows
+                    ),
+                ));
+            }
+            let mut extra = [0u8; 1];
+            return match self.reader.read(&mut extra) {
+                Ok(0) => Ok(false),
+                Ok(_) => Err(self.damaged(self.offset, "data follows the trailer".into())),
+                Err(source) => Err(RunFileError::Read {
+                    path: self.path.to_path_buf(),
+                    source,
+                }),
+            };
+        }
+        record.clear();
+        // Read as the bytes come, so a damaged length cannot make one huge allocation.
+        let got = (&mut self.reader)
+            .take(u64::from(len))
+            .read_to_end(record)
+            .map_err(|source| RunFileError::Read {
+                path: self.path.to_path_buf(),
+                source,
+            })?;
+        if got != len as usize {
+            return Err(self.damaged(
+                at,
+                format!("its record of {len} bytes is truncated after {got}"),
+            ));
+        }
+        self.offset += u64::from(len);
+        self.rows += 1;
+        self.record_at = at;
+        Ok(true)
+    }
+
+    /// Decodes the record last read into `row`, or when `join`, joins it to `row` (the same
+    /// user) as [`Runs::merge`] says.
+    fn decode(&self, record: &[u8], row: &mut ExportRow, join: bool) -> Result<(), RunFileError> {
+        let mut r = Reader::new(record);
+        let damaged = |offset: usize, reason: &str| {
+            self.damaged(self.record_at + 4 + offset as u64, reason.to_owned())
+        };
+        let truncated = |t: Truncated| damaged(t.offset, "record truncated");
+        let key = r.bytes().map_err(truncated)?;
+        let user_at = r.offset();
+        let user = r.short_bytes().map_err(truncated)?;
+        if !join {
+            let user =
+                std::str::from_utf8(user).map_err(|_| damaged(user_at, "user ID is not UTF-8"))?;
+            row.key.clear();
+            row.key.extend_from_slice(key);
+            row.user.clear();
+            row.user.push_str(user);
+            row.segments.clear();
+            row.removed.clear();
+            row.traits.clear();
+        }
+        for list in [&mut row.segments, &mut row.removed] {
+            // Each item takes at least one byte: the loop ends with the record.
+            let n = r.varint().map_err(truncated)?;
+            for _ in 0..n {
+                list.push(r.varint_u32().map_err(truncated)?);
+            }
+        }
+        let n = r.varint().map_err(truncated)?;
+        for _ in 0..n {
+            let id = r.varint_u32().map_err(truncated)?;
+            let at = r.zigzag().map_err(truncated)?;
+            row.traits.push((id, at));
+        }
+        if !r.is_empty() {
+            return Err(damaged(r.offset(), "bytes follow the row"));
+        }
+        if join {
+            row.segments.sort_unstable();
+            row.segments.dedup();
+            row.removed.sort_unstable();
+            row.removed.dedup();
+            let segments = &row.segments;
+            row.removed.retain(|s| segments.binary_search(s).is_err());
+            row.traits.sort_unstable();
+            row.traits.dedup_by_key(|t| t.0);
+        }
+        Ok(())
+    }
+}
+
+/// A run's next record in the merge heap, ordered so that the heap's top is the smallest
+/// (export key, run).
+struct Head {
+    prefix: u64,
+    /// Where the export key ends in `record` (it starts after its `u32` length).
+    key_end: usize,
+    run: usize,
+    record: Vec<u8>,
+}
+
+impl Head {
+    fn key(&self) -> &[u8] {
+        self.record.get(4..self.key_end).unwrap_or_default()
+    }
+
+    /// Reads the key of a new `record`.
+    fn load_key(&mut self, cursor: &Cursor<'_>) -> Result<(), RunFileError> {
+        let mut r = Reader::new(&self.record);
+        let key = r.bytes().map_err(|t| {
+            cursor.damaged(
+                cursor.record_at + 4 + t.offset as u64,
+                "record truncated".into(),
+            )
+        })?;
+        self.prefix = id_prefix(key);
+        self.key_end = r.offset();
+        Ok(())
+    }
+}
+
+impl Ord for Head {
+    fn cmp(&self, other: &Head) -> std::cmp::Ordering {
+        // Reversed: `BinaryHeap` is a max-heap. Ties go to the earlier run, so rows of one
+        // user come in partition order, as a stable sort of all rows would give them.
+        other
+            .prefix
+            .cmp(&self.prefix)
+            .then_with(|| other.key().cmp(self.key()))
+            .then_with(|| other.run.cmp(&self.run))
+    }
+}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Head) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Head) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Head {}
 
 /// One file written for a destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -353,18 +857,26 @@ impl PartWriter {
     }
 }
 
-/// Writes `rows` (sorted) for `dest` into `dir`: data files split at `split_bytes` of text
-/// (never inside a line), gzipped when configured, each written under a temporary name and
-/// renamed; then the `.info` control file, atomically, last.
+/// Writes the rows of `runs` for `dest` into `dir`, merged in user order (see
+/// [`Runs::merge`]): data files split at `split_bytes` of text (never inside a line), gzipped
+/// when configured, each written under a temporary name and renamed; then the `.info` control
+/// file, atomically, last.
 pub fn write_export(
     dir: &Path,
     dest: &Destination,
     view: &DestinationView,
     template: Option<&Template>,
-    rows: &[ExportRow],
+    runs: &Runs,
     as_of: Timestamp,
     timestamp_ms: i64,
 ) -> anyhow::Result<ExportSummary> {
+    if template.is_some_and(Template::uses_traits) && !runs.has_traits() {
+        return Err(anyhow!(
+            "destination {}: its template uses TRAIT_LIST but the export's rows were computed \
+             without traits",
+            dest.id
+        ));
+    }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create destination folder {}", dir.display()))?;
     // Leftovers of an export that was killed before its renames.
@@ -409,7 +921,7 @@ pub fn write_export(
     let mut traits: Vec<TraitRef> = Vec::new();
     let ms = timestamp_ms;
     let temp = |index: usize| dir.join(format!(".segmill-export-{}-{ms}-{index}.partial", dest.id));
-    for row in rows {
+    let rows = runs.merge(|row| {
         line.clear();
         match template {
             Some(t) => {
@@ -453,8 +965,8 @@ pub fn write_export(
             Some(w) => w,
             None => current.insert(PartWriter::create(temp(parts.len()), dest.gzip)?),
         };
-        writer.write_line(&line)?;
-    }
+        writer.write_line(&line)
+    })?;
     // An export with no rows still writes one (empty) file, so consumers see every batch.
     if current.is_none() && parts.is_empty() {
         current = Some(PartWriter::create(temp(0), dest.gzip)?);
@@ -495,7 +1007,7 @@ pub fn write_export(
     Ok(ExportSummary {
         destination: dest.id,
         mode: mode_str(view.mode),
-        rows: rows.len() as u64,
+        rows,
         files: written.into_iter().map(|f| f.name).collect(),
         info: info_name,
     })
@@ -527,10 +1039,12 @@ pub fn batch_timestamp_ms(as_of: Timestamp, last: Option<DestMeta>) -> i64 {
 /// A destination's export, computed and not yet written.
 pub struct DestExport {
     pub view: DestinationView,
-    /// Rows sorted by user.
-    pub rows: Vec<ExportRow>,
-    /// New members payloads of the partitions that were diffed.
-    pub members: std::collections::BTreeMap<u32, Vec<u8>>,
+    /// The rows, in run files sorted by user.
+    pub runs: Runs,
+    /// New members payloads of the partitions that were diffed, when the caller collects
+    /// them (see [`CollectMembers`]): [`compute`] hands them to [`Outputs::on_members`] and
+    /// leaves this empty.
+    pub members: BTreeMap<u32, Vec<u8>>,
 }
 
 /// A source of partition payloads: `Ok(None)` when the partition has no file.
@@ -549,17 +1063,56 @@ pub struct Sources<'a, 'p> {
     pub resolve: &'a Resolver<'p>,
 }
 
-/// One diffed partition: its number, rows and new members payload.
-type PartDiff = (u32, Vec<ExportRow>, Vec<u8>);
+/// Receives a diffed partition's new members payload (partition, payload), from any worker
+/// thread, as soon as the partition is diffed.
+pub type MembersSink<'a> = dyn Fn(u32, Vec<u8>) -> anyhow::Result<()> + Sync + 'a;
+
+/// Where an export puts what it computes.
+pub struct Outputs<'a> {
+    /// An existing folder for the export's run files (`part-NNNN.run`); one per destination.
+    pub runs_dir: &'a Path,
+    /// Receives every diffed partition's new members payload, empty ones included.
+    pub on_members: &'a MembersSink<'a>,
+}
+
+/// Keeps members payloads in memory for a caller that writes them after the exports: pass
+/// `&|p, payload| { collected.put(p, payload); Ok(()) }` as [`Outputs::on_members`].
+#[derive(Debug, Default)]
+pub struct CollectMembers(std::sync::Mutex<BTreeMap<u32, Vec<u8>>>);
+
+impl CollectMembers {
+    /// Keeps `payload` as partition `part`'s.
+    pub fn put(&self, part: u32, payload: Vec<u8>) {
+        // A panic elsewhere cannot leave a map half-inserted: a poisoned lock is still usable.
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(part, payload);
+    }
+
+    /// The payloads kept, by partition.
+    pub fn into_map(self) -> BTreeMap<u32, Vec<u8>> {
+        self.0
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// Computes `dest`'s export. Only stale partitions are diffed, unless the destination is new,
-/// its selection changed, or the export is `full`: then every partition is.
+/// its selection changed, or the export is `full`: then every partition is. Partitions are
+/// diffed in parallel; each one's rows are sorted and written to a run file in
+/// `out.runs_dir` and its members payload handed to `out.on_members` before the next is
+/// taken, so memory holds one partition's rows per worker thread. Rows carry traits only when
+/// `template` uses them.
 pub fn compute(
     config: &Config,
     dest: &Destination,
+    template: Option<&Template>,
     full: bool,
     last: Option<DestMeta>,
     src: &Sources<'_, '_>,
+    out: &Outputs<'_>,
 ) -> anyhow::Result<DestExport> {
     use rayon::prelude::*;
     let Sources {
@@ -570,12 +1123,13 @@ pub fn compute(
         resolve,
     } = *src;
     let view = DestinationView::new(config, dest, full);
+    let traits = template.is_some_and(Template::uses_traits);
     let everything =
         view.mode == ExportMode::Full || last.is_none_or(|m| m.fingerprint != view.fingerprint());
     let todo: Vec<u32> = (0..partitions)
         .filter(|&p| everything || stale(p))
         .collect();
-    let results: Vec<anyhow::Result<PartDiff>> = todo
+    let results: Vec<anyhow::Result<Option<PathBuf>>> = todo
         .par_iter()
         .map(|&p| {
             let payload = profiles(p)?;
@@ -590,54 +1144,507 @@ pub fn compute(
                 Some(bytes) => decode_members(bytes).map_err(|e| anyhow!("{name}: {e}"))?,
                 None => Vec::new(),
             };
-            let (rows, new_members) = diff_partition(&stored, &old_members, &view, resolve);
-            Ok((p, rows, new_members))
+            let (rows, new_members) = diff_partition(&stored, &old_members, &view, resolve, traits);
+            drop(old_members);
+            drop(old);
+            (out.on_members)(p, new_members)?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let path = out.runs_dir.join(format!("part-{p:04}.run"));
+            rows.write_run(&path)?;
+            Ok(Some(path))
         })
         .collect();
-    let mut rows = Vec::new();
-    let mut new_members = std::collections::BTreeMap::new();
+    let mut runs = Runs {
+        files: Vec::with_capacity(results.len()),
+        traits,
+    };
+    let mut first_error = None;
     for r in results {
-        let (p, mut part_rows, payload) = r?;
-        rows.append(&mut part_rows);
-        new_members.insert(p, payload);
+        match r {
+            Ok(Some(path)) => runs.files.push(path),
+            Ok(None) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    // Partitions interleave users: one sort puts them in user order. A UUID can come twice
-    // (its own profile and a cross-device profile synced to it): the rows are joined.
-    // The keys' first 8 bytes as an integer settle nearly every comparison without a memcmp.
-    rows.sort_by(|a, b| {
-        use crate::idsync::store::id_prefix;
-        id_prefix(&a.key)
-            .cmp(&id_prefix(&b.key))
-            .then_with(|| a.key.cmp(&b.key))
-    });
+    // On an error the runs written so far are removed as `runs` drops.
+    if let Some(e) = first_error {
+        return Err(e);
+    }
     Ok(DestExport {
         view,
-        rows: merge_same_user(rows),
-        members: new_members,
+        runs,
+        members: BTreeMap::new(),
     })
 }
 
-/// Joins rows of one user (an AAM UUID's own profile and a cross-device customer profile
-/// synced to it): the union of segments; removals only for segments neither row holds.
-fn merge_same_user(rows: Vec<ExportRow>) -> Vec<ExportRow> {
-    let mut out: Vec<ExportRow> = Vec::with_capacity(rows.len());
-    for row in rows {
-        match out.last_mut() {
-            Some(last) if last.key == row.key => {
-                last.segments.extend(row.segments);
-                last.segments.sort_unstable();
-                last.segments.dedup();
-                last.removed.extend(row.removed);
-                last.removed.sort_unstable();
-                last.removed.dedup();
-                let segments = &last.segments;
-                last.removed.retain(|s| segments.binary_search(s).is_err());
-                last.traits.extend(row.traits);
-                last.traits.sort_unstable();
-                last.traits.dedup_by_key(|t| t.0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Location, SyncType};
+    use crate::profile::Entry;
+    use proptest::prelude::*;
+
+    /// Today's reference: every row in one list, one stable sort, then adjacent rows of one
+    /// user joined.
+    fn reference(parts: &[Vec<ExportRow>]) -> Vec<ExportRow> {
+        let mut rows: Vec<ExportRow> = parts.iter().flatten().cloned().collect();
+        rows.sort_by(|a, b| {
+            id_prefix(&a.key)
+                .cmp(&id_prefix(&b.key))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        let mut out: Vec<ExportRow> = Vec::with_capacity(rows.len());
+        for row in rows {
+            match out.last_mut() {
+                Some(last) if last.key == row.key => {
+                    last.segments.extend(row.segments);
+                    last.segments.sort_unstable();
+                    last.segments.dedup();
+                    last.removed.extend(row.removed);
+                    last.removed.sort_unstable();
+                    last.removed.dedup();
+                    let segments = &last.segments;
+                    last.removed.retain(|s| segments.binary_search(s).is_err());
+                    last.traits.extend(row.traits);
+                    last.traits.sort_unstable();
+                    last.traits.dedup_by_key(|t| t.0);
+                }
+                _ => out.push(row),
             }
-            _ => out.push(row),
+        }
+        out
+    }
+
+    fn merged(runs: &Runs) -> Vec<ExportRow> {
+        let mut out = Vec::new();
+        let users = runs
+            .merge(|row| {
+                out.push(row.clone());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(users, out.len() as u64);
+        out
+    }
+
+    fn uuid_row(n: u128, segments: &[u32], removed: &[u32], traits: &[(u32, i64)]) -> ExportRow {
+        ExportRow {
+            key: ProfileKey::Uuid(Uuid(n)).encode(),
+            user: Uuid(n).to_string(),
+            segments: segments.to_vec(),
+            removed: removed.to_vec(),
+            traits: traits.to_vec(),
         }
     }
-    out
+
+    fn device_row(dpid: u32, id: &str, segments: &[u32]) -> ExportRow {
+        let mut key = Vec::new();
+        ProfileKey::encode_device(dpid, id.as_bytes(), &mut key);
+        ExportRow {
+            key,
+            user: id.to_owned(),
+            segments: segments.to_vec(),
+            removed: Vec::new(),
+            traits: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn three_runs_interleave_and_join_one_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = vec![
+            vec![
+                uuid_row(5, &[1], &[], &[]),
+                uuid_row(1, &[2, 4], &[7, 9], &[(30, 100), (10, 50)]),
+            ],
+            vec![uuid_row(4, &[3], &[], &[]), uuid_row(2, &[1, 2], &[], &[])],
+            vec![
+                uuid_row(3, &[], &[8], &[]),
+                // User 1 again: a cross-device profile synced to it, in another partition.
+                uuid_row(1, &[3, 4, 7], &[2, 8], &[(10, 40), (20, 60)]),
+                uuid_row(6, &[5], &[], &[(1, 1)]),
+            ],
+        ];
+        let runs = Runs::from_rows(dir.path(), &parts, true).unwrap();
+        assert_eq!(runs.files().len(), 3);
+        let got = merged(&runs);
+        assert_eq!(
+            got,
+            vec![
+                // Union of segments; 7 is held by the second row and 2 by the first, so only
+                // 8 and 9 stay removed; trait 10 keeps its earliest realization.
+                uuid_row(1, &[2, 3, 4, 7], &[8, 9], &[(10, 40), (20, 60), (30, 100)]),
+                uuid_row(2, &[1, 2], &[], &[]),
+                uuid_row(3, &[], &[8], &[]),
+                uuid_row(4, &[3], &[], &[]),
+                uuid_row(5, &[1], &[], &[]),
+                uuid_row(6, &[5], &[], &[(1, 1)]),
+            ]
+        );
+        assert_eq!(got, reference(&parts));
+    }
+
+    #[test]
+    fn rows_of_one_user_within_one_run_are_joined() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = vec![vec![
+            uuid_row(9, &[1], &[4], &[]),
+            device_row(20_914, "b", &[1]),
+            uuid_row(9, &[4], &[1, 5], &[]),
+            device_row(20_914, "a", &[2]),
+        ]];
+        let runs = Runs::from_rows(dir.path(), &parts, false).unwrap();
+        let got = merged(&runs);
+        assert_eq!(
+            got,
+            vec![
+                uuid_row(9, &[1, 4], &[5], &[]),
+                device_row(20_914, "a", &[2]),
+                device_row(20_914, "b", &[1]),
+            ]
+        );
+        assert_eq!(got, reference(&parts));
+    }
+
+    #[test]
+    fn empty_runs_merge_to_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = Runs::from_rows(dir.path(), &[], false).unwrap();
+        assert_eq!(merged(&none), Vec::<ExportRow>::new());
+        let empty = Runs::from_rows(dir.path(), &[Vec::new(), Vec::new()], false).unwrap();
+        assert_eq!(merged(&empty), Vec::<ExportRow>::new());
+        let parts = vec![Vec::new(), vec![uuid_row(3, &[1], &[], &[])], Vec::new()];
+        let some = Runs::from_rows(dir.path(), &parts, false).unwrap();
+        assert_eq!(merged(&some), vec![uuid_row(3, &[1], &[], &[])]);
+    }
+
+    #[test]
+    fn one_huge_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 100_000u128;
+        // Written in descending order with every 1000th user twice: the run sorts and joins.
+        let mut rows: Vec<ExportRow> = (0..n)
+            .rev()
+            .map(|k| uuid_row(k * 7919, &[(k % 50) as u32], &[], &[]))
+            .collect();
+        rows.extend(
+            (0..n)
+                .step_by(1000)
+                .map(|k| uuid_row(k * 7919, &[999], &[], &[])),
+        );
+        let parts = vec![rows];
+        let runs = Runs::from_rows(dir.path(), &parts, false).unwrap();
+        let got = merged(&runs);
+        assert_eq!(got.len(), n as usize);
+        assert_eq!(got[0], uuid_row(0, &[0, 999], &[], &[]));
+        assert_eq!(got[1], uuid_row(7919, &[1], &[], &[]));
+        assert_eq!(got, reference(&parts));
+    }
+
+    #[test]
+    fn runs_are_removed_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs =
+            Runs::from_rows(dir.path(), &[vec![uuid_row(1, &[1], &[], &[])]], false).unwrap();
+        let path = runs.files()[0].clone();
+        assert!(path.exists());
+        drop(runs);
+        assert!(!path.exists());
+    }
+
+    fn merge_error(runs: &Runs) -> String {
+        format!("{:#}", runs.merge(|_| Ok(())).unwrap_err())
+    }
+
+    #[test]
+    fn damaged_run_files_name_the_file_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = vec![vec![
+            uuid_row(1, &[1], &[], &[]),
+            uuid_row(2, &[2], &[], &[]),
+        ]];
+        let runs = Runs::from_rows(dir.path(), &parts, false).unwrap();
+        let path = runs.files()[0].clone();
+        let good = std::fs::read(&path).unwrap();
+        let shown = path.display().to_string();
+
+        std::fs::write(&path, &good[..good.len() - 12]).unwrap();
+        assert_eq!(
+            merge_error(&runs),
+            format!(
+                "export run file {shown} is damaged at byte {}: it ends without its trailer \
+                 (truncated)",
+                good.len() - 12
+            )
+        );
+
+        std::fs::write(&path, &good[..good.len() - 20]).unwrap();
+        let e = merge_error(&runs);
+        assert!(
+            e.starts_with(&format!("export run file {shown} is damaged at byte ")),
+            "{e}"
+        );
+        assert!(e.contains("is truncated after"), "{e}");
+
+        let mut extra = good.clone();
+        extra.push(0);
+        std::fs::write(&path, &extra).unwrap();
+        assert_eq!(
+            merge_error(&runs),
+            format!(
+                "export run file {shown} is damaged at byte {}: data follows the trailer",
+                good.len()
+            )
+        );
+
+        let mut wrong_count = good.clone();
+        let at = wrong_count.len() - 8;
+        wrong_count[at] = 3;
+        std::fs::write(&path, &wrong_count).unwrap();
+        assert_eq!(
+            merge_error(&runs),
+            format!(
+                "export run file {shown} is damaged at byte {}: its trailer counts 3 rows but 2 \
+                 were read",
+                good.len() - 12
+            )
+        );
+
+        std::fs::write(&path, b"SMXRUN0\nxxxx").unwrap();
+        assert_eq!(
+            merge_error(&runs),
+            format!("export run file {shown} is damaged at byte 0: it is not an export run file")
+        );
+
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            merge_error(&runs).starts_with(&format!("cannot read export run file {shown}: ")),
+            "{}",
+            merge_error(&runs)
+        );
+    }
+
+    fn view(mode: ExportMode) -> DestinationView {
+        DestinationView {
+            did: 7,
+            active: vec![10, 20, 30],
+            paused: vec![40],
+            device: None,
+            mode,
+        }
+    }
+
+    fn entry(trait_id: u32, realized_at: i64) -> Entry {
+        Entry {
+            trait_id,
+            data_source: 1,
+            realized_at,
+        }
+    }
+
+    #[test]
+    fn diff_partition_rows_members_and_cross_device_join() {
+        let uuid_key = ProfileKey::Uuid(Uuid(77)).encode();
+        let mut customer_key = Vec::new();
+        ProfileKey::encode_customer(900, b"crm-1", &mut customer_key);
+        let mut unsynced_key = Vec::new();
+        ProfileKey::encode_customer(900, b"crm-2", &mut unsynced_key);
+        let gone_key = ProfileKey::Uuid(Uuid(78)).encode();
+        let profiles = vec![
+            Profile {
+                key: &uuid_key,
+                entries: vec![entry(5, 1000)],
+                segments: vec![10, 11, 20],
+            },
+            Profile {
+                key: &customer_key,
+                entries: vec![entry(6, 2000)],
+                segments: vec![30],
+            },
+            Profile {
+                key: &unsynced_key,
+                entries: Vec::new(),
+                segments: vec![10],
+            },
+        ];
+        let members = vec![
+            Member {
+                key: &uuid_key,
+                segments: vec![10, 30, 40],
+            },
+            Member {
+                key: &gone_key,
+                segments: vec![20, 40],
+            },
+        ];
+        let resolve = |dpid: Dpid, id: &[u8]| (dpid == 900 && id == b"crm-1").then_some(Uuid(77));
+        let v = view(ExportMode::Iter);
+        let (rows, payload) = diff_partition(&profiles, &members, &v, &resolve, true);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.run");
+        rows.write_run(&path).unwrap();
+        let runs = Runs {
+            files: vec![path],
+            traits: true,
+        };
+        assert_eq!(
+            merged(&runs),
+            vec![
+                // The UUID's own row (+20, -30) joined with its synced customer profile (+30).
+                uuid_row(77, &[10, 20, 30], &[], &[(5, 1000), (6, 2000)]),
+                // Profile gone: its active segment removed, the paused one kept in members.
+                uuid_row(78, &[], &[20], &[]),
+            ]
+        );
+        let new_members = decode_members(&payload).unwrap();
+        assert_eq!(
+            new_members,
+            vec![
+                Member {
+                    key: &uuid_key,
+                    segments: vec![10, 20, 40],
+                },
+                Member {
+                    key: &gone_key,
+                    segments: vec![40],
+                },
+                Member {
+                    key: &customer_key,
+                    segments: vec![30],
+                },
+            ]
+        );
+        // Without traits (the template does not use them) rows carry none.
+        let (rows, _) = diff_partition(&profiles, &members, &v, &resolve, false);
+        let path = dir.path().join("q.run");
+        rows.write_run(&path).unwrap();
+        let runs = Runs {
+            files: vec![path],
+            traits: false,
+        };
+        assert_eq!(merged(&runs)[0], uuid_row(77, &[10, 20, 30], &[], &[]));
+    }
+
+    #[test]
+    fn template_trait_use() {
+        let uses = |t: &str| Template::parse(t).unwrap().uses_traits();
+        assert!(!uses("<UUID><TAB><SEGMENT_LIST;separator=\",\">"));
+        assert!(uses("<UUID>,<TRAIT_LIST;separator=\",\">"));
+        assert!(uses("<TRAIT_LIST:{t|<t.id>}>"));
+        assert!(uses("<UUID><if(TRAIT_LIST)>x<endif>"));
+        assert!(!uses("<UUID><if(SEGMENT_LIST)>x<endif>"));
+    }
+
+    const AS_OF: Timestamp = 1_700_000_000;
+
+    fn destination(dir: &Path, template: Option<&str>) -> Destination {
+        Destination {
+            id: 7,
+            sync_type: SyncType::Ftp,
+            location: Location::Local(dir.to_path_buf()),
+            master_dpid: 0,
+            pid_alias: None,
+            mode: ExportMode::Iter,
+            segments: vec![10, 20, 30],
+            gzip: false,
+            split_bytes: 1 << 40,
+            template: template.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn write_export_renders_merged_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let runs_dir = dir.path().join("runs");
+        std::fs::create_dir(&runs_dir).unwrap();
+        let parts = vec![
+            vec![uuid_row(2, &[10], &[], &[]), uuid_row(1, &[20], &[30], &[])],
+            vec![uuid_row(1, &[30], &[10], &[])],
+        ];
+        let runs = Runs::from_rows(&runs_dir, &parts, false).unwrap();
+        let dest = destination(&out, None);
+        let summary = write_export(
+            &out,
+            &dest,
+            &view(ExportMode::Iter),
+            None,
+            &runs,
+            AS_OF,
+            AS_OF * 1000,
+        )
+        .unwrap();
+        assert_eq!(summary.rows, 2);
+        let text = std::fs::read_to_string(out.join(&summary.files[0])).unwrap();
+        assert_eq!(text, format!("{} 20,30 10\n{} 10 \n", Uuid(1), Uuid(2)));
+    }
+
+    #[test]
+    fn write_export_refuses_rows_without_traits_for_a_trait_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs =
+            Runs::from_rows(dir.path(), &[vec![uuid_row(1, &[10], &[], &[])]], false).unwrap();
+        let text = "<UUID> <TRAIT_LIST;separator=\",\">";
+        let template = Template::parse(text).unwrap();
+        let out = dir.path().join("out");
+        let e = write_export(
+            &out,
+            &destination(&out, Some(text)),
+            &view(ExportMode::Iter),
+            Some(&template),
+            &runs,
+            AS_OF,
+            AS_OF * 1000,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "destination 7: its template uses TRAIT_LIST but the export's rows were computed \
+             without traits"
+        );
+    }
+
+    fn arb_row() -> impl Strategy<Value = ExportRow> {
+        let list = || proptest::collection::btree_set(0u32..12, 0..4);
+        (
+            prop_oneof![
+                (0u128..40).prop_map(|n| ProfileKey::Uuid(Uuid(n)).encode()),
+                "[a-c]{0,3}".prop_map(|id| {
+                    let mut key = Vec::new();
+                    ProfileKey::encode_device(20_914, id.as_bytes(), &mut key);
+                    key
+                }),
+            ],
+            list(),
+            list(),
+            proptest::collection::vec((0u32..6, -3i64..3), 0..4),
+        )
+            .prop_map(|(key, segments, removed, traits)| ExportRow {
+                user: match ProfileKey::decode(&key) {
+                    Some(ProfileKey::Uuid(u)) => u.to_string(),
+                    Some(ProfileKey::Device(_, id)) => String::from_utf8_lossy(&id).into_owned(),
+                    _ => String::new(),
+                },
+                key,
+                segments: segments.into_iter().collect(),
+                removed: removed.into_iter().collect(),
+                traits,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn streamed_merge_equals_sort_and_join(
+            parts in proptest::collection::vec(proptest::collection::vec(arb_row(), 0..30), 0..6)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let runs = Runs::from_rows(dir.path(), &parts, true).unwrap();
+            prop_assert_eq!(merged(&runs), reference(&parts));
+        }
+    }
 }

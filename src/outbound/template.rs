@@ -470,6 +470,23 @@ impl Template {
         self.exec(0, self.ops.len(), batch, row, Item::None, out);
     }
 
+    /// Whether rendering reads the row's traits (`TRAIT_LIST` as a list or in a condition).
+    /// When it does not, rows may be built without them.
+    pub fn uses_traits(&self) -> bool {
+        self.ops.iter().any(|op| {
+            matches!(
+                op,
+                Op::List {
+                    list: ListKind::Traits,
+                    ..
+                }
+            )
+        }) || self
+            .conds
+            .iter()
+            .any(|c| matches!(c, CondOp::Atom(CondAtom::List(ListKind::Traits))))
+    }
+
     fn exec(
         &self,
         start: usize,
