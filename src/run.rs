@@ -11,12 +11,12 @@
 use crate::catalog::Catalog;
 use crate::config::{Config, IdType};
 use crate::idsync::index::IdIndex;
-use crate::idsync::store::{self as idstore, Incoming, Record};
+use crate::idsync::store::{self as idstore, Record};
 use crate::idsync::{self, ChunkRows, FileSpec, Table};
 use crate::inbound::discover::{self, Discovery, Found, JobKey, RejectedFile, check_trait_file};
 use crate::inbound::lines_at::lines_at;
 use crate::inbound::names::{Classified, IdSyncKind, IdSyncName, Mode, TraitName, classify};
-use crate::inbound::read::{FileStamp, ReadError, content_hash, read_chunks, read_chunks_each};
+use crate::inbound::read::{FileStamp, ReadError, content_hash, read_chunks_each};
 use crate::ingest::cap::{Cap, CapOutcome};
 use crate::ingest::spool::Spool;
 use crate::ingest::{ChunkOut, FileCtx, IdKind, OpBuf, process_chunk, seq_file, seq_line};
@@ -587,18 +587,17 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 members: &source,
                 resolve: &resolve,
             };
-            let collected = export::CollectMembers::default();
+            // What the destination now holds goes straight into the new generation.
             let outputs = export::Outputs {
                 runs_dir: &tmp.dir(&format!("export-runs/{}", dest.id))?,
                 on_members: &|p, payload| {
-                    collected.put(p, payload);
-                    Ok(())
+                    staged.write(&export::members_part_name(dest.id, p), &payload)
                 },
             };
             let template = catalog.templates.get(&dest.id);
-            let mut e = export::compute(config, dest, template, full, last, &sources, &outputs)?;
-            e.members = collected.into_map();
-            out.push(e);
+            out.push(export::compute(
+                config, dest, template, full, last, &sources, &outputs,
+            )?);
         }
         if let Some((did, _)) = opts.export_only
             && out.is_empty()
@@ -883,9 +882,6 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         .unwrap_or_default();
     destinations.retain(|did, _| config.destinations.contains_key(did));
     for e in &exports {
-        for (p, payload) in &e.members {
-            staged.write(&export::members_part_name(e.view.did, *p), payload)?;
-        }
         destinations.insert(
             e.view.did,
             DestMeta {
@@ -1585,7 +1581,9 @@ fn apply_idsync(
 ) -> anyhow::Result<IdSyncResult> {
     let mut receipt = IdSyncReceipt::default();
     let mut ledger = Vec::new();
-    let mut read: Vec<(usize, Vec<ChunkRows>)> = Vec::new();
+    // Mappings are grouped by partition as chunks arrive; a chunk's text goes right after.
+    let mut grouped = [Table::Adobe, Table::C2c].map(|_| idstore::Grouped::new(partitions));
+    let table_slot = |t: Table| usize::from(t != Table::Adobe);
     for (i, f) in plan.idsync_files.iter().enumerate() {
         let mut file_receipt = IdSyncFileReceipt {
             name: f.found.display.clone(),
@@ -1601,21 +1599,21 @@ fn apply_idsync(
                 file_receipt.status = "rejected".into();
                 file_receipt.reason = Some(reason.clone());
             }
-            PlanStatus::New => match read_chunks(&f.found.path, f.gzip, chunk_bytes, |c| {
-                idsync::parse_chunk(c.bytes, c.first_line, &f.spec)
-            }) {
-                Ok(outcome) if outcome.bytes == 0 => {
-                    file_receipt.status = "rejected".into();
-                    file_receipt.reason = Some("empty file (no text after decompression)".into());
-                }
-                Ok(outcome) => {
-                    file_receipt.status = "processed".into();
-                    for c in &outcome.results {
-                        file_receipt.rows += c.rows;
-                        file_receipt.rejected_rows += c.rejected.len() as u64;
-                        file_receipt.mappings += c.mappings.len() as u64;
+            PlanStatus::New => {
+                let slot = table_slot(f.spec.table);
+                let mark = grouped[slot].mark();
+                let mut read_receipt = IdSyncFileReceipt::default();
+                let result = read_chunks_each(
+                    &f.found.path,
+                    f.gzip,
+                    chunk_bytes,
+                    |c| idsync::parse_chunk(c.bytes, c.first_line, &f.spec),
+                    |c: ChunkRows| {
+                        read_receipt.rows += c.rows;
+                        read_receipt.rejected_rows += c.rejected.len() as u64;
+                        read_receipt.mappings += c.mappings.len() as u64;
                         for r in &c.rejected {
-                            file_receipt
+                            read_receipt
                                 .rejected
                                 .push(crate::report::run_report::RejectedRow {
                                     line: r.line,
@@ -1623,16 +1621,44 @@ fn apply_idsync(
                                     text: sample_text(&r.text),
                                 });
                         }
+                        for m in &c.mappings {
+                            let record = Record {
+                                id: c.bytes(m.key),
+                                value_dpid: m.value_dpid,
+                                value: idstore::Value::of(m.value_dpid, c.bytes(m.value)),
+                                timestamp: f.spec.timestamp,
+                            };
+                            grouped[slot].push(m.key_dpid, i, &record);
+                        }
+                        true
+                    },
+                );
+                let rejected = match result {
+                    Ok(totals) if totals.bytes == 0 => {
+                        Some("empty file (no text after decompression)".to_string())
                     }
-                    read.push((i, outcome.results));
+                    Ok(_) => None,
+                    Err(ReadError::Gzip { reason, .. }) => {
+                        Some(format!("corrupt or truncated gzip stream: {reason}"))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                match rejected {
+                    Some(reason) => {
+                        // Applied whole or not at all.
+                        grouped[slot].rollback(&mark);
+                        file_receipt.status = "rejected".into();
+                        file_receipt.reason = Some(reason);
+                    }
+                    None => {
+                        file_receipt.status = "processed".into();
+                        file_receipt.rows = read_receipt.rows;
+                        file_receipt.rejected_rows = read_receipt.rejected_rows;
+                        file_receipt.mappings = read_receipt.mappings;
+                        file_receipt.rejected = read_receipt.rejected;
+                    }
                 }
-                Err(ReadError::Gzip { reason, .. }) => {
-                    file_receipt.status = "rejected".into();
-                    file_receipt.reason =
-                        Some(format!("corrupt or truncated gzip stream: {reason}"));
-                }
-                Err(e) => return Err(e.into()),
-            },
+            }
         }
         if let (Some(hash), "processed" | "rejected") = (f.hash, file_receipt.status.as_str()) {
             let outcome = if file_receipt.status == "processed" {
@@ -1654,27 +1680,10 @@ fn apply_idsync(
     }
     let parts = std::sync::Mutex::new(BTreeSet::new());
     for table in [Table::Adobe, Table::C2c] {
-        let mut incoming = Vec::new();
-        for (i, chunks) in &read {
-            let spec = &plan.idsync_files[*i].spec;
-            if spec.table != table {
-                continue;
-            }
-            for c in chunks {
-                for m in &c.mappings {
-                    incoming.push(Incoming {
-                        key_dpid: m.key_dpid,
-                        record: Record {
-                            id: c.bytes(m.key),
-                            value_dpid: m.value_dpid,
-                            value: idstore::Value::of(m.value_dpid, c.bytes(m.value)),
-                            timestamp: spec.timestamp,
-                        },
-                        file: *i,
-                    });
-                }
-            }
-        }
+        let incoming = std::mem::replace(
+            &mut grouped[table_slot(table)],
+            idstore::Grouped::new(partitions),
+        );
         if incoming.is_empty() {
             continue;
         }
@@ -1686,7 +1695,7 @@ fn apply_idsync(
                 .insert(name.to_owned());
             Ok(())
         };
-        let stored_per_file = idstore::apply_with(table, &incoming, partitions, source, &write)?;
+        let stored_per_file = incoming.apply(table, source, &write)?;
         for (file, n) in stored_per_file {
             let name = &plan.idsync_files[file].found.display;
             if let Some(r) = receipt.files.iter_mut().find(|r| &r.name == name) {

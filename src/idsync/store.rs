@@ -72,35 +72,40 @@ pub fn part_of_hash(hash: u128, partitions: u32) -> u32 {
 pub fn for_each<'a>(payload: &'a [u8], mut f: impl FnMut(Record<'a>)) -> Result<(), Truncated> {
     let mut r = Reader::new(payload);
     while !r.is_empty() {
-        let id = r.short_bytes()?;
-        let value_dpid = r.varint_u32()?;
-        let at = r.offset();
-        let value = match r.varint()? {
-            0 => {
-                let u = u128::from_le_bytes(r.array()?);
-                if value_dpid != AAM_UUID_DPID || u >= 10u128.pow(38) {
-                    return Err(Truncated { offset: at });
-                }
-                Value::Uuid(Uuid(u))
-            }
-            n => {
-                let len = usize::try_from(n - 1).map_err(|_| Truncated { offset: at })?;
-                let text = r.take(len)?;
-                if Value::of(value_dpid, text) != Value::Id(text) {
-                    return Err(Truncated { offset: at });
-                }
-                Value::Id(text)
-            }
-        };
-        let timestamp = r.varint()?;
-        f(Record {
-            id,
-            value_dpid,
-            value,
-            timestamp,
-        });
+        f(read_record(&mut r)?);
     }
     Ok(())
+}
+
+/// One record as [`for_each`] reads it.
+fn read_record<'a>(r: &mut Reader<'a>) -> Result<Record<'a>, Truncated> {
+    let id = r.short_bytes()?;
+    let value_dpid = r.varint_u32()?;
+    let at = r.offset();
+    let value = match r.varint()? {
+        0 => {
+            let u = u128::from_le_bytes(r.array()?);
+            if value_dpid != AAM_UUID_DPID || u >= 10u128.pow(38) {
+                return Err(Truncated { offset: at });
+            }
+            Value::Uuid(Uuid(u))
+        }
+        n => {
+            let len = usize::try_from(n - 1).map_err(|_| Truncated { offset: at })?;
+            let text = r.take(len)?;
+            if Value::of(value_dpid, text) != Value::Id(text) {
+                return Err(Truncated { offset: at });
+            }
+            Value::Id(text)
+        }
+    };
+    let timestamp = r.varint()?;
+    Ok(Record {
+        id,
+        value_dpid,
+        value,
+        timestamp,
+    })
 }
 
 /// Every record of a partition, in stored order.
@@ -137,21 +142,26 @@ pub fn encode(records: &[Record<'_>]) -> Vec<u8> {
             .sum(),
     );
     for rec in records {
-        w.short_bytes(rec.id);
-        w.varint(u64::from(rec.value_dpid));
-        match rec.value {
-            Value::Uuid(u) => {
-                w.varint(0);
-                w.buf.extend_from_slice(&u.0.to_le_bytes());
-            }
-            Value::Id(text) => {
-                w.varint(text.len() as u64 + 1);
-                w.buf.extend_from_slice(text);
-            }
-        }
-        w.varint(rec.timestamp);
+        write_record(&mut w, rec);
     }
     w.buf
+}
+
+/// One record as [`for_each`] reads it.
+fn write_record(w: &mut Writer, rec: &Record<'_>) {
+    w.short_bytes(rec.id);
+    w.varint(u64::from(rec.value_dpid));
+    match rec.value {
+        Value::Uuid(u) => {
+            w.varint(0);
+            w.buf.extend_from_slice(&u.0.to_le_bytes());
+        }
+        Value::Id(text) => {
+            w.varint(text.len() as u64 + 1);
+            w.buf.extend_from_slice(text);
+        }
+    }
+    w.varint(rec.timestamp);
 }
 
 /// A mapping arriving tonight, with the index of the file it came from.
@@ -180,9 +190,6 @@ pub enum StoreError {
     Read(#[from] anyhow::Error),
 }
 
-/// A rewritten partition: its name and per-file stored counts.
-type MergedPart = (String, Vec<(usize, u64)>);
-
 /// Merges `incoming` (in application order) into `table`. `old` returns a partition's
 /// previous payload, if any.
 pub fn apply(
@@ -191,8 +198,12 @@ pub fn apply(
     partitions: u32,
     old: &(dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
 ) -> Result<Applied, StoreError> {
+    let mut grouped = Grouped::new(partitions);
+    for m in incoming {
+        grouped.push(m.key_dpid, m.file, &m.record);
+    }
     let parts = std::sync::Mutex::new(BTreeMap::new());
-    let stored_per_file = apply_with(table, incoming, partitions, old, &|name, payload| {
+    let stored_per_file = grouped.apply(table, old, &|name, payload| {
         parts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -207,148 +218,199 @@ pub fn apply(
     })
 }
 
-/// Like [`apply`], but hands each new partition payload to `out` (name, payload) as soon as it
-/// is merged, from the worker threads, instead of collecting them: the run writes them
-/// straight into the next generation. Returns the mappings stored per file index.
-pub fn apply_with(
-    table: Table,
-    incoming: &[Incoming<'_>],
+/// Tonight's mappings of one table grouped by (DPID, partition) as they are read, in
+/// application order within each group, compactly encoded (the file index, then the record as
+/// stored: about 50 bytes for a customer ID mapped to an AAM UUID), so the files' text and
+/// per-mapping structs need not be held until every file is read.
+pub struct Grouped {
     partitions: u32,
-    old: &(dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
-    out: &(dyn Fn(&str, Vec<u8>) -> anyhow::Result<()> + Sync),
-) -> Result<BTreeMap<usize, u64>, StoreError> {
-    // Group by (DPID, partition), keeping application order inside each group: partitions are
-    // computed in parallel, then one counting pass orders the rows' indices by group.
-    let mut dpids: Vec<Dpid> = incoming.iter().map(|m| m.key_dpid).collect();
-    dpids.sort_unstable();
-    dpids.dedup();
-    let parts = partitions as usize;
-    let group_of: Vec<u32> = {
-        use rayon::prelude::*;
-        incoming
-            .par_iter()
-            .map(|m| {
-                let d = dpids.binary_search(&m.key_dpid).unwrap_or(0);
-                (d * parts) as u32 + part_of(m.key_dpid, m.record.id, partitions)
-            })
-            .collect()
-    };
-    let mut starts = vec![0usize; dpids.len() * parts + 1];
-    for &g in &group_of {
-        starts[g as usize + 1] += 1;
-    }
-    for i in 1..starts.len() {
-        starts[i] += starts[i - 1];
-    }
-    let mut order = vec![0u32; incoming.len()];
-    let mut next = starts.clone();
-    for (i, &g) in group_of.iter().enumerate() {
-        order[next[g as usize]] = i as u32;
-        next[g as usize] += 1;
-    }
-    drop(group_of);
-    let groups: Vec<(Dpid, u32, &[u32])> = (0..dpids.len() * parts)
-        .filter(|&g| starts[g] < starts[g + 1])
-        .map(|g| {
-            (
-                dpids[g / parts],
-                (g % parts) as u32,
-                &order[starts[g]..starts[g + 1]],
-            )
-        })
-        .collect();
-    let results: Vec<Result<MergedPart, StoreError>> = {
-        use rayon::prelude::*;
-        groups
-            .into_par_iter()
-            .map(|(dpid, part, group)| {
-                let name = part_name(table, dpid, part);
-                let previous = old(&name)?;
-                let stored = match &previous {
-                    Some(bytes) => decode(bytes).map_err(|source| StoreError::Corrupt {
-                        part: name.clone(),
-                        source,
-                    })?,
-                    None => Vec::new(),
-                };
-                // Sort by ID, then application order; keep the winner per ID. The first 8
-                // bytes as an integer decide nearly every comparison without a memcmp.
-                let mut group: Vec<(u64, u32)> = group
-                    .iter()
-                    .map(|&i| (id_prefix(incoming[i as usize].record.id), i))
-                    .collect();
-                group.sort_unstable_by(|a, b| {
-                    a.0.cmp(&b.0)
-                        .then_with(|| {
-                            incoming[a.1 as usize]
-                                .record
-                                .id
-                                .cmp(incoming[b.1 as usize].record.id)
-                        })
-                        .then(a.1.cmp(&b.1))
-                });
-                let group = group.iter().map(|&(_, i)| (i, &incoming[i as usize]));
-                let mut winners: Vec<(Record<'_>, usize)> = Vec::with_capacity(group.len());
-                for (_, m) in group {
-                    match winners.last_mut() {
-                        Some(last) if last.0.id == m.record.id => {
-                            if m.record.timestamp >= last.0.timestamp {
-                                *last = (m.record, m.file);
-                            }
-                        }
-                        _ => winners.push((m.record, m.file)),
-                    }
-                }
-                let mut merged: Vec<Record<'_>> = Vec::with_capacity(stored.len() + winners.len());
-                let mut counts: BTreeMap<usize, u64> = BTreeMap::new();
-                let (mut i, mut j) = (0, 0);
-                while i < stored.len() || j < winners.len() {
-                    let take_new = match (stored.get(i), winners.get(j)) {
-                        (Some(s), Some((w, _))) => match s.id.cmp(w.id) {
-                            std::cmp::Ordering::Less => false,
-                            std::cmp::Ordering::Greater => true,
-                            std::cmp::Ordering::Equal => {
-                                i += 1; // the stored one is replaced or kept below
-                                if w.timestamp >= s.timestamp {
-                                    true
-                                } else {
-                                    merged.push(*s);
-                                    j += 1;
-                                    continue;
-                                }
-                            }
-                        },
-                        (Some(_), None) => false,
-                        (None, _) => true,
-                    };
-                    if take_new {
-                        let (w, file) = winners[j];
-                        merged.push(w);
-                        *counts.entry(file).or_default() += 1;
-                        j += 1;
-                    } else {
-                        merged.push(stored[i]);
-                        i += 1;
-                    }
-                }
-                let payload = encode(&merged);
-                // The inputs go before the payload is handed on (it may be written out).
-                drop(merged);
-                drop(stored);
-                drop(previous);
-                out(&name, payload)?;
-                Ok((name, counts.into_iter().collect()))
-            })
-            .collect()
-    };
-    let mut stored_per_file = BTreeMap::new();
-    for r in results {
-        let (_, counts) = r?;
-        for (file, n) in counts {
-            *stored_per_file.entry(file).or_default() += n;
+    groups: BTreeMap<(Dpid, u32), Writer>,
+    mappings: u64,
+}
+
+/// A position in a [`Grouped`] to roll back to: each group's length.
+pub struct GroupedMark(Vec<((Dpid, u32), usize)>);
+
+impl Grouped {
+    pub fn new(partitions: u32) -> Grouped {
+        Grouped {
+            partitions,
+            groups: BTreeMap::new(),
+            mappings: 0,
         }
     }
-    Ok(stored_per_file)
+
+    /// Mappings pushed so far.
+    pub fn len(&self) -> u64 {
+        self.mappings
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mappings == 0
+    }
+
+    /// Adds one mapping of `key_dpid`, from file index `file`.
+    pub fn push(&mut self, key_dpid: Dpid, file: usize, record: &Record<'_>) {
+        let part = part_of(key_dpid, record.id, self.partitions);
+        let w = self.groups.entry((key_dpid, part)).or_default();
+        w.varint(file as u64);
+        write_record(w, record);
+        self.mappings += 1;
+    }
+
+    /// Where the groups are now, for [`Grouped::rollback`].
+    pub fn mark(&self) -> GroupedMark {
+        GroupedMark(self.groups.iter().map(|(k, w)| (*k, w.buf.len())).collect())
+    }
+
+    /// Drops every mapping pushed since `mark` (a file rejected after it was read).
+    pub fn rollback(&mut self, mark: &GroupedMark) {
+        let lens: BTreeMap<(Dpid, u32), usize> = mark.0.iter().copied().collect();
+        self.groups.retain(|k, w| match lens.get(k) {
+            Some(&len) => {
+                w.buf.truncate(len);
+                true
+            }
+            None => false,
+        });
+        self.mappings = 0;
+        for w in self.groups.values() {
+            let mut r = Reader::new(&w.buf);
+            while !r.is_empty() && r.varint().is_ok() && read_record(&mut r).is_ok() {
+                self.mappings += 1;
+            }
+        }
+    }
+
+    /// Merges every group into its partition of `table`, in parallel, and hands each new
+    /// payload to `out` (name, payload) as soon as it is merged; a group's encoded mappings are
+    /// freed as it is merged. Returns the mappings stored per file index.
+    pub fn apply(
+        self,
+        table: Table,
+        old: &(dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
+        out: &(dyn Fn(&str, Vec<u8>) -> anyhow::Result<()> + Sync),
+    ) -> Result<BTreeMap<usize, u64>, StoreError> {
+        use rayon::prelude::*;
+        let groups: Vec<((Dpid, u32), Writer)> = self.groups.into_iter().collect();
+        let results: Vec<Result<Vec<(usize, u64)>, StoreError>> = groups
+            .into_par_iter()
+            .map(|((dpid, part), w)| {
+                let mut incoming = Vec::new();
+                let mut r = Reader::new(&w.buf);
+                let damaged = |source| StoreError::Corrupt {
+                    part: format!("tonight's mappings for {}", part_name(table, dpid, part)),
+                    source,
+                };
+                while !r.is_empty() {
+                    let file = r.varint().map_err(damaged)? as usize;
+                    let record = read_record(&mut r).map_err(damaged)?;
+                    incoming.push(Incoming {
+                        key_dpid: dpid,
+                        record,
+                        file,
+                    });
+                }
+                merge_group(table, dpid, part, &incoming, old, out)
+            })
+            .collect();
+        let mut stored_per_file = BTreeMap::new();
+        for r in results {
+            for (file, n) in r? {
+                *stored_per_file.entry(file).or_default() += n;
+            }
+        }
+        Ok(stored_per_file)
+    }
+}
+
+/// Merges one group's mappings (in application order) into partition `part` of `dpid` and
+/// hands the new payload to `out`; returns the mappings stored per file index.
+fn merge_group(
+    table: Table,
+    dpid: Dpid,
+    part: u32,
+    incoming: &[Incoming<'_>],
+    old: &(dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
+    out: &(dyn Fn(&str, Vec<u8>) -> anyhow::Result<()> + Sync),
+) -> Result<Vec<(usize, u64)>, StoreError> {
+    let name = part_name(table, dpid, part);
+    let previous = old(&name)?;
+    let stored = match &previous {
+        Some(bytes) => decode(bytes).map_err(|source| StoreError::Corrupt {
+            part: name.clone(),
+            source,
+        })?,
+        None => Vec::new(),
+    };
+    // Sort by ID, then application order; keep the winner per ID. The first 8
+    // bytes as an integer decide nearly every comparison without a memcmp.
+    let mut group: Vec<(u64, u32)> = incoming
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (id_prefix(m.record.id), i as u32))
+        .collect();
+    group.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| {
+                incoming[a.1 as usize]
+                    .record
+                    .id
+                    .cmp(incoming[b.1 as usize].record.id)
+            })
+            .then(a.1.cmp(&b.1))
+    });
+    let group = group.iter().map(|&(_, i)| (i, &incoming[i as usize]));
+    let mut winners: Vec<(Record<'_>, usize)> = Vec::with_capacity(group.len());
+    for (_, m) in group {
+        match winners.last_mut() {
+            Some(last) if last.0.id == m.record.id => {
+                if m.record.timestamp >= last.0.timestamp {
+                    *last = (m.record, m.file);
+                }
+            }
+            _ => winners.push((m.record, m.file)),
+        }
+    }
+    let mut merged: Vec<Record<'_>> = Vec::with_capacity(stored.len() + winners.len());
+    let mut counts: BTreeMap<usize, u64> = BTreeMap::new();
+    let (mut i, mut j) = (0, 0);
+    while i < stored.len() || j < winners.len() {
+        let take_new = match (stored.get(i), winners.get(j)) {
+            (Some(s), Some((w, _))) => match s.id.cmp(w.id) {
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Greater => true,
+                std::cmp::Ordering::Equal => {
+                    i += 1; // the stored one is replaced or kept below
+                    if w.timestamp >= s.timestamp {
+                        true
+                    } else {
+                        merged.push(*s);
+                        j += 1;
+                        continue;
+                    }
+                }
+            },
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if take_new {
+            let (w, file) = winners[j];
+            merged.push(w);
+            *counts.entry(file).or_default() += 1;
+            j += 1;
+        } else {
+            merged.push(stored[i]);
+            i += 1;
+        }
+    }
+    let payload = encode(&merged);
+    // The inputs go before the payload is handed on (it may be written out).
+    drop(merged);
+    drop(stored);
+    drop(previous);
+    out(&name, payload)?;
+    Ok(counts.into_iter().collect())
 }
 
 #[cfg(test)]

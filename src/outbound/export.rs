@@ -22,7 +22,6 @@ use crate::model::{Dpid, ProfileKey, Timestamp, Uuid, device_format};
 use crate::profile::Profile;
 use anyhow::{Context as _, anyhow};
 use md5::{Digest, Md5};
-use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
@@ -1039,12 +1038,9 @@ pub fn batch_timestamp_ms(as_of: Timestamp, last: Option<DestMeta>) -> i64 {
 /// A destination's export, computed and not yet written.
 pub struct DestExport {
     pub view: DestinationView,
-    /// The rows, in run files sorted by user.
+    /// The rows, in run files sorted by user. New members payloads went to
+    /// [`Outputs::on_members`] as each partition was diffed.
     pub runs: Runs,
-    /// New members payloads of the partitions that were diffed, when the caller collects
-    /// them (see [`CollectMembers`]): [`compute`] hands them to [`Outputs::on_members`] and
-    /// leaves this empty.
-    pub members: BTreeMap<u32, Vec<u8>>,
 }
 
 /// A source of partition payloads: `Ok(None)` when the partition has no file.
@@ -1073,30 +1069,6 @@ pub struct Outputs<'a> {
     pub runs_dir: &'a Path,
     /// Receives every diffed partition's new members payload, empty ones included.
     pub on_members: &'a MembersSink<'a>,
-}
-
-/// Keeps members payloads in memory for a caller that writes them after the exports: pass
-/// `&|p, payload| { collected.put(p, payload); Ok(()) }` as [`Outputs::on_members`].
-#[derive(Debug, Default)]
-pub struct CollectMembers(std::sync::Mutex<BTreeMap<u32, Vec<u8>>>);
-
-impl CollectMembers {
-    /// Keeps `payload` as partition `part`'s.
-    pub fn put(&self, part: u32, payload: Vec<u8>) {
-        // A panic elsewhere cannot leave a map half-inserted: a poisoned lock is still usable.
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.insert(part, payload);
-    }
-
-    /// The payloads kept, by partition.
-    pub fn into_map(self) -> BTreeMap<u32, Vec<u8>> {
-        self.0
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 /// Computes `dest`'s export. Only stale partitions are diffed, unless the destination is new,
@@ -1174,11 +1146,7 @@ pub fn compute(
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(DestExport {
-        view,
-        runs,
-        members: BTreeMap::new(),
-    })
+    Ok(DestExport { view, runs })
 }
 
 #[cfg(test)]
