@@ -411,6 +411,15 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     }
     // The index is not needed past this point: its memory goes before the merge's comes.
     drop(index);
+    let spilled = spool.stats();
+    if spilled.spills > 0 {
+        tracing::info!(
+            spills = spilled.spills,
+            bytes = spilled.spilled_bytes,
+            budget = config.run.ops_memory_bytes,
+            "tonight's ops outgrew run.ops_memory_bytes and were spilled to disk"
+        );
+    }
     stages.insert("parse".into(), t.elapsed().as_secs_f64());
     crate::failpoint::hit("after-parse").context("after-parse")?;
 

@@ -438,6 +438,38 @@ mod tests {
     }
 
     #[test]
+    fn grouped_rollback_drops_exactly_the_mappings_since_the_mark() {
+        let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
+        let collect = |g: Grouped| {
+            let parts = std::sync::Mutex::new(BTreeMap::new());
+            let stored = g
+                .apply(Table::Adobe, &none, &|name, payload| {
+                    parts.lock().unwrap().insert(name.to_owned(), payload);
+                    Ok(())
+                })
+                .unwrap();
+            (parts.into_inner().unwrap(), stored)
+        };
+        let first: Vec<String> = (0..500).map(|i| format!("id-{i}")).collect();
+        let mut want = Grouped::new(8);
+        let mut got = Grouped::new(8);
+        for id in &first {
+            want.push(21, 0, &rec(id, "u1", 10));
+            got.push(21, 0, &rec(id, "u1", 10));
+        }
+        let mark = got.mark();
+        for i in 0..300 {
+            // Existing groups and new DPIDs (new groups) alike.
+            got.push(21, 1, &rec(&format!("id-{i}"), "u2", 20));
+            got.push(22, 1, &rec(&format!("x-{i}"), "u3", 20));
+        }
+        assert_eq!(got.len(), 1100);
+        got.rollback(&mark);
+        assert_eq!(got.len(), 500);
+        assert_eq!(collect(got), collect(want));
+    }
+
+    #[test]
     fn latest_timestamp_wins_and_partitions_are_sorted() {
         let first = [
             Incoming {
