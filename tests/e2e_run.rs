@@ -521,28 +521,49 @@ fn determinism_day2(env: &Env) {
 }
 
 #[test]
-fn output_does_not_depend_on_threads_or_chunk_size() {
+fn output_does_not_depend_on_threads_chunk_size_or_op_budget() {
     let env = Env::new();
     let catalog = format!("{CRM}{CRM_AND_OTHER}{XDEVICE}");
-    let variants: Vec<(&str, Option<&str>)> = ["1", "2"]
+    // (threads, chunk bytes, op budget in bytes: 1 spills every chunk's ops to disk)
+    let mut variants: Vec<(&str, Option<&str>, Option<&str>)> = ["1", "2"]
         .into_iter()
         .flat_map(|t| {
             [None, Some("1"), Some("7"), Some("4096")]
                 .into_iter()
-                .map(move |c| (t, c))
+                .map(move |c| (t, c, None))
         })
         .collect();
+    variants.extend([
+        ("1", None, Some("1")),
+        ("2", Some("7"), Some("1")),
+        ("2", None, Some("3000")),
+    ]);
     let day = |as_of: &str, expected_code: i32| {
         let mut reference: Option<std::collections::BTreeMap<String, Vec<u8>>> = None;
-        for (threads, chunk) in &variants {
-            let state = format!("state-t{threads}-c{}", chunk.unwrap_or("default"));
+        for (threads, chunk, budget) in &variants {
+            let state = format!(
+                "state-t{threads}-c{}-b{}",
+                chunk.unwrap_or("default"),
+                budget.unwrap_or("default")
+            );
             env.config_with_state(&state, 8, &catalog);
+            if let Some(b) = budget {
+                let text = std::fs::read_to_string(env.config_path()).expect("config");
+                let text = text.replace("[run]\n", &format!("[run]\nops_memory_bytes = {b}\n"));
+                std::fs::write(env.config_path(), text).expect("config");
+            }
             let mut args = vec!["--threads", threads, "run", "--as-of", as_of];
             if let Some(c) = chunk {
                 args.extend_from_slice(&["--chunk-bytes", c]);
             }
+            if budget == &Some("1") {
+                args.extend_from_slice(&["--log-level", "segmill=info"]);
+            }
             let out = env.segmill(&args);
             assert_eq!(out.code, expected_code, "{state}: {out:#?}");
+            if budget == &Some("1") {
+                assert!(out.stderr.contains("spilled to disk"), "{state}: {out:#?}");
+            }
             let tree = snapshot(&env.root().join(&state), |rel| {
                 rel == "lock" || rel.starts_with("runs/")
             });

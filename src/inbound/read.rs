@@ -1146,6 +1146,66 @@ mod tests {
             .unwrap()
     }
 
+    /// `read_chunks_each` hands the sink every chunk in order, even when workers finish out
+    /// of order (chunk 0 is made slow), on 1, 2 and 4 threads, plain and gzip; a sink that
+    /// returns `false` gets nothing more.
+    #[test]
+    fn each_delivers_in_chunk_order_and_stops_when_asked() {
+        let text: Vec<u8> = (0..2000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        for gz in [false, true] {
+            let file = write_temp(&if gz { gzip(&text) } else { text.clone() });
+            for threads in [1, 2, 4] {
+                let seen = pool(threads).install(|| {
+                    let mut seen = Vec::new();
+                    let totals = read_chunks_each(
+                        file.path(),
+                        gz,
+                        64,
+                        |c| {
+                            if c.index == 0 {
+                                std::thread::sleep(std::time::Duration::from_millis(50));
+                            }
+                            (c.index, c.first_line)
+                        },
+                        |r| {
+                            seen.push(r);
+                            true
+                        },
+                    )
+                    .unwrap();
+                    assert_eq!((totals.bytes, totals.lines), (text.len() as u64, 2000));
+                    seen
+                });
+                let indices: Vec<usize> = seen.iter().map(|r| r.0).collect();
+                assert_eq!(
+                    indices,
+                    (0..seen.len()).collect::<Vec<_>>(),
+                    "gz {gz} t {threads}"
+                );
+                assert!(seen.len() > 100);
+                let stopped = pool(threads).install(|| {
+                    let mut n = 0;
+                    read_chunks_each(
+                        file.path(),
+                        gz,
+                        64,
+                        |c| c.index,
+                        |i| {
+                            assert_eq!(i, n);
+                            n += 1;
+                            n < 5
+                        },
+                    )
+                    .unwrap();
+                    n
+                });
+                assert_eq!(stopped, 5, "gz {gz} t {threads}");
+            }
+        }
+    }
+
     #[test]
     fn split_chunks_matches_naive_twin_on_edge_cases() {
         let cases: &[&[u8]] = &[

@@ -205,8 +205,26 @@ mod tests {
                 })
                 .collect(),
             rejected: Vec::new(),
-            parts: vec![OpBuf::default()],
+            parts: vec![ops_of(first_line, users)],
         }
+    }
+
+    /// One op per even user's line (the ones with `Status::Op`), as `process_chunk` makes them.
+    fn ops_of(first_line: u64, users: &[u128]) -> OpBuf {
+        let mut buf = OpBuf::default();
+        for (i, &user) in users.iter().enumerate() {
+            if user % 2 == 0 {
+                buf.ops.push(crate::ingest::Op {
+                    seq: seq(0, first_line + i as u64),
+                    key: (0, 0),
+                    acts: (0, 0),
+                    items: 1,
+                    malformed: 0,
+                    failed: 0,
+                });
+            }
+        }
+        buf
     }
 
     #[test]
@@ -218,6 +236,13 @@ mod tests {
         cap.take(&mut a);
         cap.take(&mut b);
         assert!(a.marks.is_empty() && b.marks.is_empty());
+        // Only the ops of kept lines stay: user 4's first 200 lines.
+        let kept: Vec<u64> = [&a, &b]
+            .iter()
+            .flat_map(|c| c.parts[0].ops.iter().map(|op| op.seq))
+            .collect();
+        let want_ops: Vec<u64> = (1..=150).chain(401..=450).map(|l| seq(0, l)).collect();
+        assert_eq!(kept, want_ops);
         let out = cap.finish();
         let c = &out.counters;
         assert_eq!(c.records_received, 500);
