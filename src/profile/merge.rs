@@ -8,6 +8,7 @@ use crate::ingest::{ActKind, NO_ITEM, Op, OpBuf, seq_file};
 use crate::model::{Dpid, ProfileKey, Timestamp, TraitId};
 use crate::report::receipt::{Counters, SAMPLES_PER_CATEGORY};
 use crate::rules::segment_rule::SegmentRules;
+use crate::idsync::index::prefetch_read;
 use ahash::AHashMap;
 use std::borrow::Cow;
 use std::collections::BinaryHeap;
@@ -148,6 +149,17 @@ pub fn merge_partition(
     let mut w = Writer::default();
     let (mut i, mut j) = (0usize, 0usize);
     while i < stored.len() || j < refs.len() {
+        // In key order the ops, their keys and their acts are scattered over the night's
+        // buffers: start loading those a few groups ahead (ops first, then what they point to).
+        if let Some(&(_, op, _)) = refs.get(j + 2 * PREFETCH_AHEAD) {
+            prefetch_read(op);
+        }
+        if let Some(&(key, op, buf)) = refs.get(j + PREFETCH_AHEAD) {
+            prefetch_read(key);
+            if let Some(act) = buf.acts(op).first() {
+                prefetch_read(act);
+            }
+        }
         let old_key = stored.get(i).map(|p| p.key);
         let new_key = refs.get(j).map(|r| r.0);
         let (key, old, group) = match (old_key, new_key) {
@@ -339,6 +351,9 @@ fn evaluate_segments(
     out.dedup();
     out
 }
+
+/// How many ops ahead of the merge the prefetches reach (see [`merge_partition`]).
+const PREFETCH_AHEAD: usize = 8;
 
 fn group_end(refs: &[(&[u8], &Op, &OpBuf)], start: usize) -> usize {
     let key = refs[start].0;
