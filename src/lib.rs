@@ -6,18 +6,26 @@
 //! ```text
 //! segmill run
 //!   config ─► discover (inbound::discover) ─► plan against the ledger (run)
-//!     ─► ID-sync files: parse (idsync::parse_chunk) ─► merge into the partitioned tables
-//!        (idsync::store) ─► in-memory index for tonight's DPIDs (idsync::index)
+//!     ─► ID-sync files: parse (idsync::parse_chunk) ─► group by partition as chunks arrive
+//!        (idsync::store::Grouped) ─► merge into the partitioned tables, each written out as
+//!        merged ─► in-memory index for tonight's DPIDs (idsync::index)
 //!     ─► trait files in CONTRACT §2 order, each:
 //!          read (inbound::read: mmap, or gzip on its own thread over a bounded channel)
 //!          ─► process_chunk (ingest, rayon, one pure function per chunk: parse, validate,
 //!             resolve, map items to trait instructions, bucket ops by profile partition)
-//!          ─► per-user cap in line order (ingest::cap)
-//!     ─► per partition, in parallel: sort ops by (profile, run position), TTL expiry,
-//!        .sync / .overwrite / d_unsid merge (profile::merge)
+//!          ─► in chunk order: per-user cap (ingest::cap) ─► op spool, spilling partitions
+//!             to disk past the memory budget (ingest::spool)
+//!     ─► per partition, in parallel: ops back from the spool, sort by (profile, run
+//!        position), TTL expiry, .sync / .overwrite / d_unsid merge, segments
+//!        (profile::merge), written into the new generation as merged
+//!     ─► exports: per-partition diffs into sorted run files, k-way merged into the
+//!        destination files (outbound::export)
 //!     ─► receipts, rejects, run report (report)
 //!     ─► new state generation made current by one atomic rename (state)
 //! ```
+//!
+//! Memory follows the night's ops, bounded by `run.ops_memory_bytes`, plus the ID index of
+//! tonight's DPIDs: no stage holds the whole profile store or every line of a file.
 //!
 //! Data flows one way; only [`run`] knows the order of the stages and owns the thread pool.
 //! The hot path ([`ingest::process_chunk`], [`profile::merge::merge_partition`]) is pure and

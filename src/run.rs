@@ -4,9 +4,14 @@
 //! ```text
 //! discover ─► ledger (skip duplicates) ─► ID-sync files ─► ID index for tonight's DPIDs
 //!   ─► trait files, in CONTRACT §2 order: read ─► process_chunk (parallel) ─► per-user cap
-//!   ─► merge every partition (parallel) ─► receipts, rejects, run report
+//!      ─► op spool (in chunk order)
+//!   ─► merge every partition (parallel) ─► exports ─► receipts, rejects, run report
 //!   ─► new state generation made current by one rename
 //! ```
+//!
+//! New state files (ID-sync and profile partitions, members) are written into the next
+//! generation's partial folder as soon as each is made (`staged::Staged`), not held until the
+//! commit; the rename of `CURRENT` at the end is still the only thing that makes them current.
 
 use crate::catalog::Catalog;
 use crate::config::{Config, IdType};

@@ -4,11 +4,11 @@
 
 use super::{Entry, Profile, decode, encode_into};
 use crate::codec::{Truncated, Writer};
+use crate::idsync::index::prefetch_read;
 use crate::ingest::{ActKind, NO_ITEM, Op, OpBuf, seq_file};
 use crate::model::{Dpid, ProfileKey, Timestamp, TraitId};
 use crate::report::receipt::{Counters, SAMPLES_PER_CATEGORY};
 use crate::rules::segment_rule::SegmentRules;
-use crate::idsync::index::prefetch_read;
 use ahash::AHashMap;
 use std::borrow::Cow;
 use std::collections::BinaryHeap;
