@@ -5,7 +5,8 @@
 //! receipt text as a plain-text body), the SMTP session (plain, or STARTTLS required, trusting
 //! the public web roots plus an optional private CA from `[smtp] ca_file`; optional login) and
 //! the retry policy: up to 3 attempts with 0.5 s and 2 s pauses, no retry after a
-//! permanent (5xx) answer.
+//! permanent (5xx) answer or a failure that waiting cannot fix (a certificate the TLS check
+//! refuses, a server without the STARTTLS the config requires).
 //!
 //! Does not: decide who gets which receipt, or stop the run. A failed send is returned as a
 //! [`MailError`] carrying the attempts and the last error for the run report; the run's data
@@ -247,7 +248,8 @@ impl MailOutcome {
 /// first line without its `Subject: ` prefix, the body is the rest of the text.
 ///
 /// Retries transient failures (connection refused or reset, timeouts, 4xx answers) after each
-/// of `settings.retry_delays`; a permanent 5xx answer ends the attempts at once. With no
+/// of `settings.retry_delays`; a permanent 5xx answer, a TLS failure or a client-side refusal
+/// (no STARTTLS offered) ends the attempts at once. With no
 /// recipient, nothing is sent and the result is a `Delivery` of 0 attempts. Never panics.
 pub fn send_receipts(
     settings: &MailSettings,
@@ -281,7 +283,7 @@ pub fn send_receipts(
             Err(err) => {
                 let text = err.to_string();
                 tracing::warn!(job = %receipt.job, attempts, error = %text, "receipt mail failed");
-                let next = if err.is_permanent() {
+                let next = if !worth_retrying(&err) {
                     None
                 } else {
                     delays.next()
@@ -304,6 +306,26 @@ pub fn send_receipts(
             }
         }
     }
+}
+
+/// Whether a failed attempt may succeed later: not after a permanent (5xx) answer, a client-side
+/// refusal (the server offers no STARTTLS the config requires), or a TLS failure, including a
+/// certificate the check refuses, which rustls reports as an I/O error of kind `InvalidData`
+/// inside the connection error. A refused certificate is the same 2.5 s later.
+fn worth_retrying(err: &lettre::transport::smtp::Error) -> bool {
+    if err.is_permanent() || err.is_client() || err.is_tls() {
+        return false;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return false;
+        }
+        source = e.source();
+    }
+    true
 }
 
 /// The receipt as a message: subject from the first line, the rest as text/plain UTF-8.
