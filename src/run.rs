@@ -212,7 +212,9 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     };
     let gen_number = parent.as_ref().map_or(1, |g| g.number + 1);
     let run_id = format!("{gen_number:06}-{}", compact_time(opts.as_of));
-    // Fetched inbound copies, PGP plaintexts and staged exports; removed when the run ends.
+    // Fetched inbound copies, PGP plaintexts, spilled ops and staged exports; removed when the
+    // run ends, and by the next run if this one is killed.
+    ops::TmpDir::sweep_stale(state.root(), !opts.dry_run);
     let tmp = ops::TmpDir::new(
         state.root(),
         &if opts.dry_run {

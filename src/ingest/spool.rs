@@ -100,8 +100,10 @@ impl Spool {
             let Some(part) = self.parts.get_mut(p) else {
                 continue;
             };
-            // Chunk buffers are sized for an even spread; held for hours, slack would count.
-            if buf.heap_bytes() > buf.used_bytes() + buf.used_bytes() / 4 {
+            // Chunk buffers are sized for an even spread of the chunk's lines: a partition that
+            // got far fewer gives its slack back (a copy); a little slack is cheaper to keep
+            // (it counts against the budget).
+            if buf.heap_bytes() > 2 * buf.used_bytes() {
                 buf.shrink_to_fit();
             }
             let bytes = buf.heap_bytes();

@@ -37,6 +37,34 @@ impl TmpDir {
         TmpDir { path }
     }
 
+    /// Removes scratch folders under `state_root/tmp` that no run uses any more, so that a killed
+    /// run's spilled ops and staged exports (gigabytes on a large night) do not stay forever:
+    /// dry-run folders (`…-dry-PID`) whose process is gone, and, when `locked` (the caller holds
+    /// the state lock, so no other real run is alive), every other folder. Best effort: a folder
+    /// that cannot be removed is logged and left.
+    pub(super) fn sweep_stale(state_root: &Path, locked: bool) {
+        let Ok(entries) = std::fs::read_dir(state_root.join("tmp")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stale = match name.rsplit_once("-dry-") {
+                Some((_, pid)) => pid.parse::<u32>().is_ok_and(|pid| {
+                    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+                }),
+                None => locked,
+            };
+            if stale && let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(
+                    folder = %entry.path().display(),
+                    error = %e,
+                    "cannot remove a stale temporary folder"
+                );
+            }
+        }
+    }
+
     /// `rel` (a `/`-separated relative path from a listing) under `area` of the folder, with its
     /// parent folders created. Refuses components that could leave the folder.
     pub(super) fn file(&self, area: &str, rel: &str) -> anyhow::Result<PathBuf> {
@@ -392,6 +420,33 @@ mod tests {
             assert!(tmp.file("in", "a//b").is_err());
         }
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn stale_tmp_folders_are_swept() {
+        let root = tempfile::tempdir().unwrap();
+        let tmp = root.path().join("tmp");
+        let me = format!("000002-x-dry-{}", std::process::id());
+        // A PID above the kernel's pid_max (4194304) is never alive.
+        for name in ["000001-killed", "000002-x-dry-4999999", me.as_str()] {
+            std::fs::create_dir_all(tmp.join(name).join("ops")).unwrap();
+            std::fs::write(tmp.join(name).join("ops/ops-0000"), b"spilled").unwrap();
+        }
+        let names = || {
+            let mut v: Vec<String> = std::fs::read_dir(&tmp)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        // Without the lock only dead dry runs go; with it, every real run's folder too.
+        TmpDir::sweep_stale(root.path(), false);
+        assert_eq!(names(), vec!["000001-killed".to_string(), me.clone()]);
+        TmpDir::sweep_stale(root.path(), true);
+        assert_eq!(names(), vec![me]);
+        // No tmp folder at all: nothing to do.
+        TmpDir::sweep_stale(&root.path().join("missing"), true);
     }
 
     #[test]
