@@ -8,6 +8,9 @@ use crate::report::receipt::Counters;
 
 pub const MAX_LINES_PER_USER: u32 = 200;
 
+/// How many lines ahead [`Cap::take`] prefetches a user's slot.
+const PREFETCH_AHEAD: usize = 8;
+
 /// The pre-merge receipt counters of one file and the lines the cap removed.
 #[derive(Default, Debug)]
 pub struct CapOutcome {
@@ -44,7 +47,12 @@ impl Cap {
         c.format_errors += out.format_errors;
         let mut capped_rejects = Vec::new();
         let mut capped_ops = Vec::new();
-        for mark in &out.marks {
+        for (k, mark) in out.marks.iter().enumerate() {
+            // The table is far larger than the caches once a file has millions of users: start
+            // loading the slot of a user a few lines ahead.
+            if let Some(ahead) = out.marks.get(k + PREFETCH_AHEAD) {
+                self.seen.prefetch(ahead.user);
+            }
             self.records += 1;
             if self.seen.bump(mark.user) > MAX_LINES_PER_USER {
                 c.lines_over_user_limit += 1;
@@ -109,6 +117,18 @@ struct UserCounts {
 }
 
 impl UserCounts {
+    /// Starts loading the slot where `user`'s probe begins (a hint; see [`Cap::take`]).
+    fn prefetch(&self, user: u128) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let i = user.max(1) as usize & (self.keys.len() - 1);
+        if let (Some(key), Some(count)) = (self.keys.get(i), self.counts.get(i)) {
+            crate::idsync::index::prefetch_read(key);
+            crate::idsync::index::prefetch_read(count);
+        }
+    }
+
     /// Adds one record of `user` and returns its count so far, saturating above the limit.
     fn bump(&mut self, user: u128) -> u32 {
         if (self.len + 1) * 4 > self.keys.len() * 3 {
