@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 /// Every point a run passes, in order; tests iterate over them.
 pub const POINTS: &[&str] = &[
     "after-idsync",
+    "spill-ops",
     "after-parse",
     "after-merge",
     "mid-receipts",

@@ -23,6 +23,9 @@ state = "state"
 outbound = "out"
 [run]
 partitions = 4
+# Every chunk's ops spill to disk, so the spill path is crossed (and its failpoint hit).
+ops_memory_bytes = 1
+chunk_bytes = 16
 [[data_source]]
 id = 21
 name = "CRM"

@@ -132,6 +132,7 @@ impl Spool {
             }
             let path = spill_path(&self.dir, p);
             let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+            crate::failpoint::hit("spill-ops").map_err(named)?;
             // Ops from before the checkpoint first, so the checkpoint gets its file offset.
             let (before, after) = part.bufs.split_at(part.cp_bufs.min(part.bufs.len()));
             if !before.is_empty() {
