@@ -382,20 +382,14 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 anyhow!("cannot spill tonight's ops to the run's temporary folder: {e}").into(),
             );
         }
-        let rejected = match read_result {
-            Ok(totals) if totals.bytes == 0 => {
-                Some("empty file (no text after decompression)".to_string())
-            }
-            // An input that changed while it was read is rejected whole.
-            Ok(_) if stamp.changed(&p.found.path, p.found.size) => {
-                Some(FileStamp::CHANGED.to_string())
-            }
-            Ok(_) => None,
-            Err(ReadError::Gzip { reason, .. }) => {
-                Some(format!("corrupt or truncated gzip stream: {reason}"))
-            }
-            Err(e) => return Err(anyhow::Error::from(e).into()),
-        };
+        let rejected = read_rejection(read_result)
+            .map_err(anyhow::Error::from)?
+            .or_else(|| {
+                // An input that changed while it was read is rejected whole.
+                stamp
+                    .changed(&p.found.path, p.found.size)
+                    .then(|| FileStamp::CHANGED.to_string())
+            });
         match rejected {
             Some(reason) => {
                 // A file is applied whole or not at all: drop what it already put in the spool.
@@ -1649,16 +1643,7 @@ fn apply_idsync(
                         true
                     },
                 );
-                let rejected = match result {
-                    Ok(totals) if totals.bytes == 0 => {
-                        Some("empty file (no text after decompression)".to_string())
-                    }
-                    Ok(_) => None,
-                    Err(ReadError::Gzip { reason, .. }) => {
-                        Some(format!("corrupt or truncated gzip stream: {reason}"))
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+                let rejected = read_rejection(result)?;
                 match rejected {
                     Some(reason) => {
                         // Applied whole or not at all.
@@ -1726,6 +1711,23 @@ fn apply_idsync(
         receipt,
         ledger,
     })
+}
+
+/// Why a file that was read to the end is rejected whole (no text, or a corrupt gzip stream),
+/// or `None`; a file that could not be read at all is a run problem, returned as the error.
+fn read_rejection(
+    result: Result<crate::inbound::read::ReadTotals, ReadError>,
+) -> Result<Option<String>, ReadError> {
+    match result {
+        Ok(totals) if totals.bytes == 0 => {
+            Ok(Some("empty file (no text after decompression)".to_string()))
+        }
+        Ok(_) => Ok(None),
+        Err(ReadError::Gzip { reason, .. }) => {
+            Ok(Some(format!("corrupt or truncated gzip stream: {reason}")))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn compact_time(ts: Timestamp) -> String {
