@@ -65,7 +65,7 @@ fn ops_of(text: &[u8], owners: &AHashMap<u32, u32>, rules: &TraitRules) -> OpBuf
         id_kind: IdKind::AamUuid,
         trait_owner: owners,
         rules,
-        index: &index,
+        index: Some(&index),
         partitions: 1,
     };
     let mut out = process_chunk(text, 1, &ctx);

@@ -50,7 +50,7 @@ fn kernel(c: &mut Criterion) {
             id_kind: IdKind::AamUuid,
             trait_owner: &owners,
             rules: &rules,
-            index: &index,
+            index: Some(&index),
             partitions,
         };
         group.bench_with_input(
@@ -86,7 +86,7 @@ fn customer_kernel(c: &mut Criterion) {
         },
         trait_owner: &owners,
         rules: &rules,
-        index: &index,
+        index: Some(&index),
         partitions: common::PARTITIONS,
     };
     let mut group = c.benchmark_group("process_chunk");

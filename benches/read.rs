@@ -51,7 +51,7 @@ fn read(c: &mut Criterion) {
         },
         trait_owner: &owners,
         rules: &rules,
-        index: &index,
+        index: Some(&index),
         partitions: common::PARTITIONS,
     };
     let pool = rayon::ThreadPoolBuilder::new()

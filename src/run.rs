@@ -152,7 +152,51 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunError> {
     pool.install(|| run_in_pool(config, opts))
 }
 
-fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunError> {
+/// What a run, or one stage of a staged run, works from: the state it starts from, the
+/// night's plan and the compiled catalog. Made by [`prepare`]; every stage of one night makes
+/// the same one (the staged plan pins the file hashes, see `stage`).
+struct Night<'a> {
+    config: &'a Config,
+    opts: &'a RunOptions,
+    state: StateDir,
+    parent: Option<Generation>,
+    parent_meta: Option<StateMeta>,
+    partitions: u32,
+    chunk_bytes: usize,
+    ledger: Ledger,
+    gen_number: u64,
+    run_id: String,
+    tmp: ops::TmpDir,
+    inbound_store: Option<crate::storage::Store>,
+    plan: Plan,
+    catalog: Catalog,
+    /// Plan indexes of the trait files to read, in application order. A file's position here
+    /// is its file index: the high bits of its lines' run positions (`ingest::seq`).
+    to_read: Vec<usize>,
+    progress: ops::Progress,
+    stages: BTreeMap<String, f64>,
+    started: Instant,
+}
+
+/// How [`prepare`] was called: by `run` itself, or by a stage of a staged run.
+struct Prepare<'a> {
+    /// Hold the state lock for the rest of the process (a real run, and `finalize`).
+    lock: bool,
+    /// The scratch folder's name when not the run ID (`None`: a real run's).
+    tmp_name: Option<String>,
+    /// The night's files and their content hashes as the staged plan recorded them; files
+    /// that arrived since are left for the next night, and nothing is hashed again.
+    recorded: Option<&'a BTreeMap<String, Option<u128>>>,
+    /// Fetch only the remote inbound files for which this is true (a map task's share).
+    fetch: &'a dyn Fn(&str) -> bool,
+}
+
+/// Opens the state, discovers and plans the night's files (CONTRACT §2).
+fn prepare<'a>(
+    config: &'a Config,
+    opts: &'a RunOptions,
+    how: &Prepare<'_>,
+) -> Result<(Night<'a>, Option<crate::state::LockGuard>), RunError> {
     let started = Instant::now();
     let mut stages: BTreeMap<String, f64> = BTreeMap::new();
     let state = StateDir::open(&config.paths.state).with_context(|| {
@@ -161,9 +205,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             config.paths.state.display()
         )
     })?;
-    let _lock = if opts.dry_run {
-        None
-    } else {
+    let lock = if how.lock {
         match state.lock() {
             Ok(guard) => Some(guard),
             Err(StateError::Locked { .. }) => {
@@ -174,6 +216,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             }
             Err(e) => return Err(anyhow::Error::from(e).into()),
         }
+    } else {
+        None
     };
     let parent = state
         .current()
@@ -206,7 +250,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         .as_ref()
         .map_or(config.run.partitions, |m| m.partitions);
     let chunk_bytes = opts.chunk_bytes.unwrap_or(config.run.chunk_bytes);
-    let mut ledger = match &parent {
+    let ledger = match &parent {
         Some(g) => g.ledger().context("cannot read the ledger")?,
         None => Ledger::new(),
     };
@@ -214,13 +258,13 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     let run_id = format!("{gen_number:06}-{}", compact_time(opts.as_of));
     // Fetched inbound copies, PGP plaintexts, spilled ops and staged exports; removed when the
     // run ends, and by the next run if this one is killed.
-    ops::TmpDir::sweep_stale(state.root(), !opts.dry_run);
+    ops::TmpDir::sweep_stale(state.root(), lock.is_some() && how.tmp_name.is_none());
     let tmp = ops::TmpDir::new(
         state.root(),
-        &if opts.dry_run {
-            format!("{run_id}-dry-{}", std::process::id())
-        } else {
-            run_id.clone()
+        &match &how.tmp_name {
+            Some(name) => name.clone(),
+            None if opts.dry_run => format!("{run_id}-dry-{}", std::process::id()),
+            None => run_id.clone(),
         },
     );
     let mut inbound_store: Option<crate::storage::Store> = None;
@@ -241,15 +285,19 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 None => crate::storage::discover(&store, config),
             }
             .map_err(anyhow::Error::from)?;
+            if let Some(recorded) = how.recorded {
+                keep_recorded(&mut found, recorded);
+            }
             if !matches!(store, crate::storage::Store::Local(_)) {
                 // Names the ledger has as processed are duplicates: never fetched.
                 let reprocess: BTreeSet<&str> = opts.reprocess.iter().map(String::as_str).collect();
                 let skip = |display: &str| {
                     let key = basename(display);
-                    !reprocess.contains(key.as_str())
-                        && ledger
-                            .by_name(&key)
-                            .is_some_and(|e| e.outcome == Outcome::Processed)
+                    !(how.fetch)(display)
+                        || !reprocess.contains(key.as_str())
+                            && ledger
+                                .by_name(&key)
+                                .is_some_and(|e| e.outcome == Outcome::Processed)
                 };
                 ops::fetch_discovered(&store, &mut found, &skip, &tmp)?;
             }
@@ -270,76 +318,155 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             .rejected
             .retain(|r| !matches!(r.name, Classified::Trait(_)));
     }
-    let plan = plan_files(discovery, &ledger, opts, config)?;
+    let plan = plan_files(discovery, &ledger, opts, config, how.recorded)?;
     stages.insert("discover".into(), t.elapsed().as_secs_f64());
-    // New state files are written as they are made (a dry run keeps them in memory); nothing
-    // is current until the commit at the end.
-    let staged = staged::Staged::new(if opts.dry_run {
-        None
-    } else {
-        Some(state.begin(parent.as_ref())?)
-    });
+    let catalog = Catalog::compile(config)?;
+    let to_read: Vec<usize> = plan
+        .trait_files
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.status == PlanStatus::New && !opts.idsync_only)
+        .map(|(i, _)| i)
+        .collect();
+    let night = Night {
+        config,
+        opts,
+        state,
+        parent,
+        parent_meta,
+        partitions,
+        chunk_bytes,
+        ledger,
+        gen_number,
+        run_id,
+        tmp,
+        inbound_store,
+        plan,
+        catalog,
+        to_read,
+        progress,
+        stages,
+        started,
+    };
+    Ok((night, lock))
+}
 
-    // ID sync.
-    progress.stage("applying ID-sync files");
-    let t = Instant::now();
-    let source = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
-        match &parent {
+impl Night<'_> {
+    /// A data file of the generation this night starts from, or `None`.
+    fn parent_file(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        match &self.parent {
             Some(g) => Ok(g.read(name)?),
             None => Ok(None),
         }
-    };
-    let idsync_result = apply_idsync(&plan, partitions, chunk_bytes, &source, &staged)?;
-    stages.insert("idsync".into(), t.elapsed().as_secs_f64());
-    crate::failpoint::hit("after-idsync").context("after-idsync")?;
+    }
 
-    // Trait files.
-    let t = Instant::now();
-    let catalog = Catalog::compile(config)?;
-    let jobs: Vec<JobKey> = plan.jobs.keys().copied().collect();
-    let mut to_read: Vec<(usize, &PlannedTrait)> = Vec::new();
-    for (i, p) in plan.trait_files.iter().enumerate() {
-        if p.status == PlanStatus::New && !opts.idsync_only {
-            to_read.push((i, p));
+    /// A state file as this night leaves it so far: written tonight (`staged`), else the
+    /// parent's.
+    fn current_file(&self, staged: &staged::Staged, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        match staged.read(name)? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => self.parent_file(name),
         }
     }
-    let customer_dpids: BTreeSet<Dpid> = to_read
-        .iter()
-        .filter_map(|(_, p)| match id_kind(config, &p.name, p.job) {
-            IdKind::Customer { dpid, .. } => Some(dpid),
-            _ => None,
-        })
-        .collect();
-    let index_source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-        match staged.read(name)? {
-            Some(bytes) => Ok(Some(std::borrow::Cow::Owned(bytes))),
-            None => Ok(source(name)?.map(std::borrow::Cow::Owned)),
-        }
-    };
-    let index = IdIndex::build(&customer_dpids, partitions, &index_source)?;
-    stages.insert("index".into(), t.elapsed().as_secs_f64());
 
-    let t = Instant::now();
-    // Files are numbered in application order; `read` holds what each produced.
-    let mut read: Vec<ReadFile> = Vec::new();
-    let mut trait_outcomes: Vec<(usize, TraitFileResult)> = Vec::new();
-    let mut pgp = ops::PgpKeys::new(config);
-    let job_clock = ops::JobClock::new();
-    let mut spool = Spool::new(partitions, config.run.ops_memory_bytes, tmp.dir("ops")?);
-    progress.stage("reading trait files");
-    progress.files(to_read.len());
-    for (plan_idx, p) in &to_read {
-        let _timed = job_clock.time(p.job);
-        progress.file_done();
-        let file = read.len() as u32;
+    /// The DPIDs whose customer IDs tonight's trait files look up.
+    fn customer_dpids(&self) -> BTreeSet<Dpid> {
+        self.to_read
+            .iter()
+            .filter_map(|&i| {
+                let p = &self.plan.trait_files[i];
+                match id_kind(self.config, &p.name, p.job) {
+                    IdKind::Customer { dpid, .. } => Some(dpid),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    fn jobs(&self) -> Vec<JobKey> {
+        self.plan.jobs.keys().copied().collect()
+    }
+
+    /// What the merge needs to know of each file read tonight, by file index.
+    fn file_metas(&self) -> Vec<FileMeta> {
+        let job_index: BTreeMap<JobKey, usize> = self
+            .jobs()
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (*j, i))
+            .collect();
+        self.to_read
+            .iter()
+            .map(|&i| {
+                let p = &self.plan.trait_files[i];
+                FileMeta {
+                    job: job_index[&p.job],
+                    overwrite: p.name.mode == Mode::Overwrite,
+                    target_ds: p.job.target(),
+                }
+            })
+            .collect()
+    }
+
+    /// New or edited segment definitions: every stored membership is evaluated again.
+    fn reevaluate_all(&self) -> bool {
+        self.parent_meta
+            .as_ref()
+            .is_some_and(|m| m.segments_fingerprint != self.catalog.segments_fingerprint)
+    }
+
+    fn merge_ctx<'m>(&'m self, metas: &'m [FileMeta]) -> MergeCtx<'m> {
+        MergeCtx {
+            files: metas,
+            jobs: self.plan.jobs.len(),
+            ttl_days: &self.catalog.ttl_days,
+            as_of: self.opts.as_of,
+            segments: &self.catalog.segments,
+            reevaluate_all: self.reevaluate_all(),
+            recency_days: &self.catalog.recency_days,
+            previous_as_of: self.parent_meta.as_ref().map(|m| m.as_of),
+        }
+    }
+
+    /// Whether partition `p` can be carried over unchanged: no op tonight, and nothing in it
+    /// expires or changes membership by the clock.
+    fn quiet(&self, p: u32, no_ops: bool) -> bool {
+        no_ops
+            && !self.reevaluate_all()
+            && self.parent_meta.as_ref().is_some_and(|m| {
+                m.ttl_fingerprint == self.config.fingerprint_ttl()
+                    && m.min_expiry
+                        .get(p as usize)
+                        .copied()
+                        .flatten()
+                        .is_none_or(|t| self.opts.as_of < t)
+                    && m.min_flip
+                        .get(p as usize)
+                        .copied()
+                        .flatten()
+                        .is_none_or(|t| self.opts.as_of < t)
+            })
+    }
+
+    /// Reads, parses and validates trait file `file` (plan index `plan_idx`) into the spools:
+    /// ops that landed on a profile into `spool`, ops whose customer ID is still to be looked up
+    /// (no `index`) into `pending`. A file is applied whole or not at all: a file rejected
+    /// after its ops were pushed is rolled back from both.
+    fn read_trait_file(
+        &self,
+        file: u32,
+        pgp: &mut ops::PgpKeys<'_>,
+        index: Option<&IdIndex>,
+        spool: &mut Spool,
+        pending: &mut Spool,
+    ) -> anyhow::Result<Result<ReadFile, String>> {
+        let plan_idx = self.to_read[file as usize];
+        let p = &self.plan.trait_files[plan_idx];
         let stamp = FileStamp::of(&p.found.path).map_err(anyhow::Error::from)?;
         let (source_path, gzip) = if p.name.pgp {
-            match pgp.decrypt(&p.found.path, &p.found.display, &tmp)? {
+            match pgp.decrypt(&p.found.path, &p.found.display, &self.tmp)? {
                 ops::Decrypted::Plain(path) => (path, false),
-                ops::Decrypted::Rejected(reason) => {
-                    trait_outcomes.push((*plan_idx, TraitFileResult::Rejected(reason)));
-                    continue;
-                }
+                ops::Decrypted::Rejected(reason) => return Ok(Err(reason)),
             }
         } else {
             (p.found.path.clone(), p.name.gzip)
@@ -348,41 +475,48 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             file,
             target_ds: p.job.target(),
             overwrite: p.name.mode == Mode::Overwrite,
-            id_kind: id_kind(config, &p.name, p.job),
-            trait_owner: &catalog.trait_owner,
-            rules: &catalog.trait_rules,
-            index: &index,
-            partitions,
+            id_kind: id_kind(self.config, &p.name, p.job),
+            trait_owner: &self.catalog.trait_owner,
+            rules: &self.catalog.trait_rules,
+            index,
+            partitions: self.partitions,
         };
-        // Chunk outputs arrive in order: the cap drops capped lines' ops, the spool takes the
+        // Chunk outputs arrive in order: the cap drops capped lines' ops, the spools take the
         // rest; what stays per chunk is its rejected lines, for the rejects file.
         spool.checkpoint();
+        pending.checkpoint();
         let mut cap = Cap::new(file);
-        let mut outs: Vec<ChunkOut> = Vec::new();
+        let mut rejected: Vec<RejectRow> = Vec::new();
         let mut spill_error = None;
         let read_result = read_chunks_each(
             &source_path,
             gzip,
-            chunk_bytes,
+            self.chunk_bytes,
             |c| process_chunk(c.bytes, c.first_line, &ctx),
             |mut out: ChunkOut| {
                 cap.take(&mut out);
-                if let Err(e) = spool.push(std::mem::take(&mut out.parts)) {
+                let pushed = spool
+                    .push(std::mem::take(&mut out.parts))
+                    .and_then(|()| pending.push(std::mem::take(&mut out.pending)));
+                if let Err(e) = pushed {
                     spill_error = Some(e);
                     return false;
                 }
-                if !out.rejected.is_empty() {
-                    outs.push(out);
-                }
+                rejected.extend(out.rejected.into_iter().map(|r| RejectRow {
+                    line: r.line,
+                    category: r.category,
+                    reason: r.reason.text(),
+                    text: r.text,
+                }));
                 true
             },
         );
         if let Some(e) = spill_error {
-            return Err(
-                anyhow!("cannot spill tonight's ops to the run's temporary folder: {e}").into(),
-            );
+            return Err(anyhow!(
+                "cannot spill tonight's ops to the run's temporary folder: {e}"
+            ));
         }
-        let rejected = read_rejection(read_result)
+        let reason = read_rejection(read_result)
             .map_err(anyhow::Error::from)?
             .or_else(|| {
                 // An input that changed while it was read is rejected whole.
@@ -390,25 +524,113 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                     .changed(&p.found.path, p.found.size)
                     .then(|| FileStamp::CHANGED.to_string())
             });
-        match rejected {
+        match reason {
             Some(reason) => {
-                // A file is applied whole or not at all: drop what it already put in the spool.
+                // A file is applied whole or not at all: drop what it already put in the spools.
                 spool
                     .rollback()
+                    .and_then(|()| pending.rollback())
                     .map_err(|e| anyhow!("cannot roll back tonight's spilled ops: {e}"))?;
-                trait_outcomes.push((*plan_idx, TraitFileResult::Rejected(reason)));
+                Ok(Err(reason))
             }
-            None => {
-                trait_outcomes.push((*plan_idx, TraitFileResult::Read(read.len())));
-                read.push(ReadFile {
-                    plan_idx: *plan_idx,
-                    source: source_path,
-                    gzip,
-                    outs,
-                    cap: cap.finish(),
-                });
-            }
+            None => Ok(Ok(ReadFile {
+                plan_idx,
+                source: source_path,
+                gzip,
+                rejected,
+                unmatched: Vec::new(),
+                cap: cap.finish(),
+            })),
         }
+    }
+
+    /// Merges partition `p`'s ops (`None` when it got none tonight) with its stored profiles
+    /// and writes its new payload to `staged`; `None` when the partition is quiet.
+    fn merge_part(
+        &self,
+        ctx: &MergeCtx<'_>,
+        p: u32,
+        ops: Option<Vec<OpBuf>>,
+        staged: &staged::Staged,
+    ) -> anyhow::Result<Option<PartOut>> {
+        if self.quiet(p, ops.as_ref().is_none_or(Vec::is_empty)) {
+            return Ok(None);
+        }
+        let bufs = ops.unwrap_or_default();
+        let refs: Vec<&OpBuf> = bufs.iter().collect();
+        let name = crate::profile::part_name(p);
+        let old = self.parent_file(&name)?;
+        let mut out = merge_partition(old.as_deref(), &refs, ctx)
+            .map_err(|e| anyhow!("profile partition {name}: {e}"))?;
+        drop(refs);
+        drop(bufs);
+        drop(old);
+        if let Some(payload) = out.payload.take() {
+            staged.write(&name, &payload)?;
+        }
+        Ok(Some(out))
+    }
+}
+
+fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunError> {
+    let (mut n, _lock) = prepare(
+        config,
+        opts,
+        &Prepare {
+            lock: !opts.dry_run,
+            tmp_name: None,
+            recorded: None,
+            fetch: &|_| true,
+        },
+    )?;
+    // New state files are written as they are made (a dry run keeps them in memory); nothing
+    // is current until the commit at the end.
+    let staged = staged::Staged::new(if opts.dry_run {
+        None
+    } else {
+        Some(n.state.begin(n.parent.as_ref())?)
+    });
+
+    // ID sync.
+    n.progress.stage("applying ID-sync files");
+    let t = Instant::now();
+    let parent_file = |name: &str| n.parent_file(name);
+    let idsync_result = apply_idsync(&n.plan, n.partitions, n.chunk_bytes, &parent_file, &staged)?;
+    n.stages.insert("idsync".into(), t.elapsed().as_secs_f64());
+    crate::failpoint::hit("after-idsync").context("after-idsync")?;
+
+    // The ID index of tonight's customer DPIDs: map and resolve fused into one pass.
+    let t = Instant::now();
+    let index_source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+        Ok(n.current_file(&staged, name)?.map(std::borrow::Cow::Owned))
+    };
+    let index = IdIndex::build(&n.customer_dpids(), n.partitions, &index_source)?;
+    n.stages.insert("index".into(), t.elapsed().as_secs_f64());
+
+    // Trait files.
+    let t = Instant::now();
+    let mut read: Vec<Option<ReadFile>> = Vec::new();
+    let mut trait_outcomes: Vec<(usize, TraitFileResult)> = Vec::new();
+    let mut pgp = ops::PgpKeys::new(config);
+    let job_clock = ops::JobClock::new();
+    let mut spool = Spool::new(n.partitions, config.run.ops_memory_bytes, n.tmp.dir("ops")?);
+    // Stays empty: every lookup happens in the parse.
+    let mut pending = Spool::new(n.partitions, usize::MAX, n.tmp.dir("pending")?);
+    n.progress.stage("reading trait files");
+    n.progress.files(n.to_read.len());
+    for file in 0..n.to_read.len() {
+        let p = &n.plan.trait_files[n.to_read[file]];
+        let _timed = job_clock.time(p.job);
+        n.progress.file_done();
+        let result = n.read_trait_file(
+            file as u32,
+            &mut pgp,
+            Some(&index),
+            &mut spool,
+            &mut pending,
+        )?;
+        trait_outcomes.push((n.to_read[file], file_result(file, &result)));
+        read.push(result.ok());
     }
     // The index is not needed past this point: its memory goes before the merge's comes.
     drop(index);
@@ -421,40 +643,14 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             "tonight's ops outgrew run.ops_memory_bytes and were spilled to disk"
         );
     }
-    stages.insert("parse".into(), t.elapsed().as_secs_f64());
+    n.stages.insert("parse".into(), t.elapsed().as_secs_f64());
     crate::failpoint::hit("after-parse").context("after-parse")?;
 
     // Merge every partition.
-    progress.stage("merging profiles");
+    n.progress.stage("merging profiles");
     let t = Instant::now();
-    let job_index: BTreeMap<JobKey, usize> =
-        jobs.iter().enumerate().map(|(i, j)| (*j, i)).collect();
-    let metas: Vec<FileMeta> = read
-        .iter()
-        .map(|r| {
-            let p = &plan.trait_files[r.plan_idx];
-            FileMeta {
-                job: job_index[&p.job],
-                overwrite: p.name.mode == Mode::Overwrite,
-                target_ds: p.job.target(),
-            }
-        })
-        .collect();
-    let ttl_fingerprint = config.fingerprint_ttl();
-    // New or edited segment definitions: every stored membership is evaluated again.
-    let reevaluate_all = parent_meta
-        .as_ref()
-        .is_some_and(|m| m.segments_fingerprint != catalog.segments_fingerprint);
-    let merge_ctx = MergeCtx {
-        files: &metas,
-        jobs: jobs.len(),
-        ttl_days: &catalog.ttl_days,
-        as_of: opts.as_of,
-        segments: &catalog.segments,
-        reevaluate_all,
-        recency_days: &catalog.recency_days,
-        previous_as_of: parent_meta.as_ref().map(|m| m.as_of),
-    };
+    let metas = n.file_metas();
+    let merge_ctx = n.merge_ctx(&metas);
     // Each partition's ops come back from the spool in run order (file, then chunk) as it is
     // merged, and its new payload is written as soon as it is made: memory holds the
     // partitions in flight, not the night's ops or the whole store.
@@ -463,49 +659,77 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         .into_par_iter()
         .enumerate()
         .map(|(p, ops)| {
-            let p = p as u32;
-            let quiet = ops.is_empty()
-                && !reevaluate_all
-                && parent_meta.as_ref().is_some_and(|m| {
-                    m.ttl_fingerprint == ttl_fingerprint
-                        && m.min_expiry
-                            .get(p as usize)
-                            .copied()
-                            .flatten()
-                            .is_none_or(|t| opts.as_of < t)
-                        && m.min_flip
-                            .get(p as usize)
-                            .copied()
-                            .flatten()
-                            .is_none_or(|t| opts.as_of < t)
-                });
-            if quiet {
-                return Ok(None);
-            }
-            let bufs = ops
-                .load()
-                .map_err(|e| anyhow!("cannot read back tonight's spilled ops: {e}"))?;
-            let ops: Vec<&OpBuf> = bufs.iter().collect();
-            let name = crate::profile::part_name(p);
-            let old = source(&name)?;
-            let mut out = merge_partition(old.as_deref(), &ops, &merge_ctx)
-                .map_err(|e| anyhow!("profile partition {name}: {e}"))?;
-            drop(ops);
-            drop(bufs);
-            drop(old);
-            if let Some(payload) = out.payload.take() {
-                staged.write(&name, &payload)?;
-            }
-            Ok(Some(out))
+            let ops = if ops.is_empty() {
+                None
+            } else {
+                Some(
+                    ops.load()
+                        .map_err(|e| anyhow!("cannot read back tonight's spilled ops: {e}"))?,
+                )
+            };
+            n.merge_part(&merge_ctx, p as u32, ops, &staged)
         })
         .collect();
-    let mut parts: Vec<Option<PartOut>> = Vec::with_capacity(partitions as usize);
+    let mut parts: Vec<Option<PartOut>> = Vec::with_capacity(n.partitions as usize);
     for r in part_results {
         parts.push(r?);
     }
-    stages.insert("merge".into(), t.elapsed().as_secs_f64());
+    n.stages.insert("merge".into(), t.elapsed().as_secs_f64());
     crate::failpoint::hit("after-merge").context("after-merge")?;
+    finish(
+        n,
+        staged,
+        idsync_result,
+        read,
+        trait_outcomes,
+        parts,
+        &job_clock,
+    )
+}
 
+/// How a trait file's read ended, for the plan's bookkeeping.
+fn file_result(file: usize, result: &Result<ReadFile, String>) -> TraitFileResult {
+    match result {
+        Ok(_) => TraitFileResult::Read(file),
+        Err(reason) => TraitFileResult::Rejected(reason.clone()),
+    }
+}
+
+/// Everything after the merge: exports, receipts, ledger, run report and the commit.
+fn finish(
+    mut n: Night<'_>,
+    staged: staged::Staged,
+    idsync_result: IdSyncResult,
+    read: Vec<Option<ReadFile>>,
+    trait_outcomes: Vec<(usize, TraitFileResult)>,
+    parts: Vec<Option<PartOut>>,
+    job_clock: &ops::JobClock,
+) -> Result<RunSummary, RunError> {
+    let config = n.config;
+    let opts = n.opts;
+    let partitions = n.partitions;
+    let gen_number = n.gen_number;
+    let run_id = n.run_id.clone();
+    let jobs = n.jobs();
+    let ttl_fingerprint = config.fingerprint_ttl();
+    let parent_meta = n.parent_meta.clone();
+    let mut stages = std::mem::take(&mut n.stages);
+    let started = n.started;
+    let mut ledger = std::mem::replace(&mut n.ledger, Ledger::new());
+    let n = n;
+    let (catalog, plan, tmp, state, progress, parent) = (
+        &n.catalog,
+        &n.plan,
+        &n.tmp,
+        &n.state,
+        &n.progress,
+        &n.parent,
+    );
+    let inbound_store = &n.inbound_store;
+    let source = |name: &str| n.parent_file(name);
+    let index_source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+        Ok(n.current_file(&staged, name)?.map(std::borrow::Cow::Owned))
+    };
     // What the manifest keeps per partition, for the partitions this run did not touch.
     let mut min_expiry = vec![None; partitions as usize];
     let mut min_flip = vec![None; partitions as usize];
@@ -624,7 +848,14 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
 
     // Receipts.
     let t = Instant::now();
-    let mut file_counters: Vec<Counters> = read.iter().map(|r| r.cap.counters.clone()).collect();
+    let mut file_counters: Vec<Counters> = read
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .map(|r| r.cap.counters.clone())
+                .unwrap_or_default()
+        })
+        .collect();
     let mut job_devices = vec![0u64; jobs.len()];
     let mut job_failed = vec![0u64; jobs.len()];
     let mut ntr: Vec<Vec<u64>> = vec![Vec::new(); jobs.len()];
@@ -681,10 +912,13 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
                 }
                 (PlanStatus::SkippedRejected(_), _) => continue,
                 (_, Some(TraitFileResult::Read(r))) => {
-                    let rf = &read[*r];
+                    let Some(rf) = read[*r].as_ref() else {
+                        continue;
+                    };
                     receipt.counters = file_counters[*r].clone();
                     counters.add(&receipt.counters);
-                    collect_rejects(p, rf, &mut samples, &mut tsv)
+                    let unmatched_reason = crate::ingest::Reason::NotSynced(p.job.dpid).text();
+                    collect_rejects(p, rf, &unmatched_reason, &mut samples, &mut tsv)
                         .with_context(|| format!("cannot write {}", tsv_path.display()))?;
                 }
                 (PlanStatus::New, None) => continue, // idsync-only run
@@ -700,7 +934,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         let ntr_samples = fetch_samples(
             &seqs,
             &read,
-            &plan,
+            plan,
             "no trait realized: no item realized or removed a trait",
         )?;
         if !ntr_samples.is_empty() {
@@ -833,7 +1067,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     progress.stage("writing receipts, exports and state");
     let t = Instant::now();
     let receipts_dir = state.receipts_dir(&run_id);
-    clear_uncommitted(&state, gen_number)?;
+    clear_uncommitted(state, gen_number)?;
     std::fs::create_dir_all(&receipts_dir)
         .with_context(|| format!("cannot create {}", receipts_dir.display()))?;
     for r in &receipts {
@@ -908,7 +1142,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     let writer = staged
         .into_writer()
         .ok_or_else(|| anyhow!("a dry run has no generation to write"))?;
-    if let Some(g) = &parent {
+    if let Some(g) = parent {
         // Members of destinations no longer configured are dropped with them.
         let configured = |name: &str| match name.strip_prefix("members/") {
             Some(rest) => rest
@@ -965,10 +1199,11 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     progress.stage("markers, mail and metrics");
     let mut warnings = Vec::new();
     if config.run.markers
-        && let Some(store) = &inbound_store
+        && let Some(store) = inbound_store
     {
         let mut processed: Vec<String> = read
             .iter()
+            .flatten()
             .map(|r| plan.trait_files[r.plan_idx].found.display.clone())
             .collect();
         processed.extend(
@@ -1041,12 +1276,14 @@ fn clear_uncommitted(state: &StateDir, gen_number: u64) -> anyhow::Result<()> {
 fn collect_rejects(
     p: &PlannedTrait,
     rf: &ReadFile,
+    unmatched_reason: &str,
     samples: &mut BTreeMap<Category, Vec<Sample>>,
     tsv: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
-    // Lines rejected by the parser carry their text; capped lines are read again from the
-    // source, one at a time, as the two line-ordered lists are merged.
-    let mut cursor = if rf.cap.capped_lines.is_empty() {
+    // Lines rejected by the parser carry their text; capped lines and lines found unmatched
+    // after the parse are read again from the source, one at a time, as the three
+    // line-ordered lists are merged.
+    let mut cursor = if rf.cap.capped_lines.is_empty() && rf.unmatched.is_empty() {
         None
     } else {
         Some(
@@ -1058,50 +1295,70 @@ fn collect_rejects(
         "over the limit of {} lines per user ID per file",
         crate::ingest::cap::MAX_LINES_PER_USER
     );
-    let mut rejected = rf.outs.iter().flat_map(|o| &o.rejected).peekable();
+    let mut rejected = rf.rejected.iter().peekable();
     let mut capped = rf.cap.capped_lines.iter().copied().peekable();
+    let mut unmatched = rf.unmatched.iter().copied().peekable();
     let mut row = String::new();
+    let mut emit = |line: u64, category: Category, reason: &str, text: &[u8]| {
+        let list = samples.entry(category).or_default();
+        if list.len() < SAMPLES_PER_CATEGORY {
+            list.push(Sample {
+                file: p.found.display.clone(),
+                line,
+                reason: reason.to_string(),
+                text: sample_text(text),
+            });
+        }
+        row.clear();
+        escape_tsv(p.found.display.as_bytes(), &mut row);
+        row.push('\t');
+        row.push_str(&line.to_string());
+        row.push('\t');
+        row.push_str(reason);
+        row.push('\t');
+        escape_tsv(text, &mut row);
+        row.push('\n');
+        tsv.write_all(row.as_bytes())
+    };
+    let mut reread = |line: u64| -> anyhow::Result<Vec<u8>> {
+        Ok(match cursor.as_mut() {
+            Some(cur) => cur
+                .line(line, usize::MAX)
+                .with_context(|| format!("cannot re-read {}", p.found.display))?
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        })
+    };
     loop {
-        let parser_first = match (rejected.peek(), capped.peek()) {
-            (Some(r), Some(&c)) => r.line < c,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => break,
+        let next = [
+            rejected.peek().map(|r| r.line),
+            capped.peek().copied(),
+            unmatched.peek().copied(),
+        ];
+        let Some((which, _)) = next
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.map(|l| (i, l)))
+            .min_by_key(|&(i, l)| (l, i))
+        else {
+            break;
         };
-        let mut emit = |line: u64, category: Category, reason: &str, text: &[u8]| {
-            let list = samples.entry(category).or_default();
-            if list.len() < SAMPLES_PER_CATEGORY {
-                list.push(Sample {
-                    file: p.found.display.clone(),
-                    line,
-                    reason: reason.to_string(),
-                    text: sample_text(text),
-                });
+        match which {
+            0 => {
+                let Some(r) = rejected.next() else { break };
+                emit(r.line, r.category, &r.reason, &r.text)?;
             }
-            row.clear();
-            escape_tsv(p.found.display.as_bytes(), &mut row);
-            row.push('\t');
-            row.push_str(&line.to_string());
-            row.push('\t');
-            row.push_str(reason);
-            row.push('\t');
-            escape_tsv(text, &mut row);
-            row.push('\n');
-            tsv.write_all(row.as_bytes())
-        };
-        if parser_first {
-            let Some(r) = rejected.next() else { break };
-            emit(r.line, r.category, &r.reason.text(), &r.text)?;
-        } else {
-            let Some(c) = capped.next() else { break };
-            let text = match cursor.as_mut() {
-                Some(cur) => cur
-                    .line(c, usize::MAX)
-                    .with_context(|| format!("cannot re-read {}", p.found.display))?
-                    .unwrap_or_default(),
-                None => &[],
-            };
-            emit(c, Category::LinesOverUserLimit, &over_reason, text)?;
+            1 => {
+                let Some(c) = capped.next() else { break };
+                let text = reread(c)?;
+                emit(c, Category::LinesOverUserLimit, &over_reason, &text)?;
+            }
+            _ => {
+                let Some(u) = unmatched.next() else { break };
+                let text = reread(u)?;
+                emit(u, Category::NoMatchingAamId, unmatched_reason, &text)?;
+            }
         }
     }
     Ok(())
@@ -1109,7 +1366,7 @@ fn collect_rejects(
 
 fn fetch_samples(
     seqs: &[u64],
-    read: &[ReadFile],
+    read: &[Option<ReadFile>],
     plan: &Plan,
     reason: &str,
 ) -> anyhow::Result<Vec<Sample>> {
@@ -1119,7 +1376,9 @@ fn fetch_samples(
     }
     let mut out = Vec::new();
     for (file, lines) in by_file {
-        let rf = &read[file as usize];
+        let Some(rf) = read.get(file as usize).and_then(Option::as_ref) else {
+            continue;
+        };
         let p = &plan.trait_files[rf.plan_idx];
         let texts = lines_at(
             &rf.source,
@@ -1246,9 +1505,29 @@ struct ReadFile {
     source: PathBuf,
     /// Whether `source` is gzip.
     gzip: bool,
-    /// The chunks that rejected lines, with those lines (ops and marks already taken).
-    outs: Vec<ChunkOut>,
+    /// Lines rejected by the parser (capped lines excluded), ascending.
+    rejected: Vec<RejectRow>,
+    /// Lines whose customer ID was looked up after the parse (a staged run's resolve stage) and
+    /// is not synced, ascending; their texts are read again for the rejects file.
+    unmatched: Vec<u64>,
     cap: CapOutcome,
+}
+
+/// A line rejected by the parser, as the rejects file and the samples show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RejectRow {
+    line: u64,
+    category: Category,
+    reason: std::borrow::Cow<'static, str>,
+    text: Vec<u8>,
+}
+
+/// Keeps only the files a staged plan recorded (see [`Prepare::recorded`]).
+fn keep_recorded(d: &mut Discovery, recorded: &BTreeMap<String, Option<u128>>) {
+    d.trait_files.retain(|f| recorded.contains_key(&f.display));
+    d.idsync_files.retain(|f| recorded.contains_key(&f.display));
+    d.rejected.retain(|f| recorded.contains_key(&f.display));
+    d.ignored.retain(|name| recorded.contains_key(name));
 }
 
 fn basename(display: &str) -> String {
@@ -1293,7 +1572,15 @@ fn plan_files(
     ledger: &Ledger,
     opts: &RunOptions,
     _config: &Config,
+    recorded: Option<&BTreeMap<String, Option<u128>>>,
 ) -> anyhow::Result<Plan> {
+    // A staged run's later stages take the hashes its plan recorded.
+    let hash_of = |found_path: &Path, display: &str| -> anyhow::Result<u128> {
+        match recorded.and_then(|r| r.get(display).copied().flatten()) {
+            Some(hash) => Ok(hash),
+            None => hash_of(found_path),
+        }
+    };
     let mut plan = Plan {
         trait_files: Vec::new(),
         idsync_files: Vec::new(),
@@ -1326,7 +1613,7 @@ fn plan_files(
                 None,
             ));
         }
-        let hash = hash_of(&found.path)?;
+        let hash = hash_of(&found.path, &found.display)?;
         if let Some(e) = entry
             && e.outcome == Outcome::Rejected
             && e.size == found.size
@@ -1425,7 +1712,7 @@ fn plan_files(
             }
             _ => {
                 let key = basename(&rejected.display);
-                let hash = hash_of(&rejected.path)?;
+                let hash = hash_of(&rejected.path, &rejected.display)?;
                 let unchanged = check_ledger
                     && ledger.by_name(&key).is_some_and(|e| {
                         e.outcome == Outcome::Rejected && e.size == rejected.size && e.hash == hash

@@ -18,7 +18,7 @@ use crate::model::{AAM_UUID_DPID, Dpid, Uuid, device_format, id_hash};
 use ahash::AHashMap;
 use rayon::prelude::*;
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Longest master chain followed before giving up (a cycle, or a pathological graph).
 const MAX_CHAIN: usize = 16;
@@ -177,30 +177,49 @@ impl IdIndex {
         partitions: u32,
         source: &PartSource<'_>,
     ) -> anyhow::Result<IdIndex> {
-        let mut tables: Vec<(Dpid, Vec<Shard>)> = Vec::new();
+        IdIndex::build_parts(dpids, partitions, None, source)
+    }
+
+    /// [`build`](Self::build) restricted to the ID-sync partitions `only` of `dpids` (all when
+    /// `None`): what the resolve stage of one partition group needs. A chain whose master lives
+    /// in another partition loads just that master's partition, so lookups of keys in `only`
+    /// answer exactly as in a full index; keys in other partitions are not found.
+    pub fn build_parts(
+        dpids: &BTreeSet<Dpid>,
+        partitions: u32,
+        only: Option<&BTreeSet<u32>>,
+        source: &PartSource<'_>,
+    ) -> anyhow::Result<IdIndex> {
+        let mut tables: BTreeMap<Dpid, Vec<Shard>> = BTreeMap::new();
         let mut pending: AHashMap<u128, (Dpid, Box<[u8]>)> = AHashMap::new();
-        let mut loaded_dpids: BTreeSet<Dpid> = BTreeSet::new();
-        let mut frontier: BTreeSet<Dpid> = dpids
+        let mut loaded: BTreeSet<(Dpid, u32)> = BTreeSet::new();
+        let mut frontier: BTreeSet<(Dpid, u32)> = dpids
             .iter()
             .copied()
             .filter(|&d| d != AAM_UUID_DPID)
+            .flat_map(|d| {
+                (0..partitions)
+                    .filter(|p| only.is_none_or(|o| o.contains(p)))
+                    .map(move |p| (d, p))
+            })
             .collect();
+        for &(d, _) in &frontier {
+            tables.entry(d).or_default();
+        }
         for _round in 0..MAX_CHAIN {
             if frontier.is_empty() {
                 break;
             }
-            loaded_dpids.extend(frontier.iter().copied());
-            let names: Vec<(Dpid, String)> = frontier
-                .iter()
-                .flat_map(|&d| (0..partitions).map(move |p| (d, part_name(Table::Adobe, d, p))))
-                .collect();
-            let loaded: Vec<anyhow::Result<(Shard, Vec<Other>)>> = names
+            loaded.extend(frontier.iter().copied());
+            let wanted: Vec<(Dpid, u32)> = frontier.iter().copied().collect();
+            let results: Vec<anyhow::Result<(Shard, Vec<Other>)>> = wanted
                 .par_iter()
-                .map(|(dpid, name)| {
-                    let Some(bytes) = source(name)? else {
+                .map(|&(dpid, p)| {
+                    let name = part_name(Table::Adobe, dpid, p);
+                    let Some(bytes) = source(&name)? else {
                         return Ok((Shard::default(), Vec::new()));
                     };
-                    let (keys, others) = load_part(*dpid, &bytes)
+                    let (keys, others) = load_part(dpid, &bytes)
                         .map_err(|e| anyhow::anyhow!("ID-sync table {name}: {e}"))?;
                     let shard = Shard::build(&keys).map_err(|e| {
                         anyhow::anyhow!("ID-sync table {name}: cannot map its index table: {e}")
@@ -209,25 +228,34 @@ impl IdIndex {
                 })
                 .collect();
             let mut next = BTreeSet::new();
-            let mut shards = Vec::with_capacity(loaded.len());
-            for part in loaded {
-                let (shard, others) = part?;
-                shards.push(shard);
+            for (&(dpid, p), result) in wanted.iter().zip(results) {
+                let (shard, others) = result?;
+                let shards = tables.entry(dpid).or_default();
+                if shards.is_empty() {
+                    shards.resize_with(partitions as usize, Shard::default);
+                }
+                shards[p as usize] = shard;
                 for (key, value_dpid, value) in others {
-                    if !loaded_dpids.contains(&value_dpid) {
-                        next.insert(value_dpid);
+                    // The master's own mapping, if any, is in its partition of its DPID.
+                    let at = (
+                        value_dpid,
+                        part_of_hash(id_hash(value_dpid, &value), partitions),
+                    );
+                    if !loaded.contains(&at) {
+                        next.insert(at);
                     }
                     pending.insert(key, (value_dpid, value));
                 }
             }
-            // `names` went DPID by DPID, partition by partition.
-            let mut shards = shards.into_iter();
-            for &d in &frontier {
-                tables.push((d, shards.by_ref().take(partitions as usize).collect()));
-            }
             frontier = next;
         }
-        tables.sort_by_key(|(d, _)| *d);
+        let tables: Vec<(Dpid, Vec<Shard>)> = tables
+            .into_iter()
+            .map(|(d, mut shards)| {
+                shards.resize_with(partitions as usize, Shard::default);
+                (d, shards)
+            })
+            .collect();
         let mut index = IdIndex {
             dpids: tables.iter().map(|(d, _)| *d).collect(),
             partitions,
@@ -382,6 +410,14 @@ mod tests {
     const U1: &str = "68079982765673198504052656074456196039";
 
     fn build(mappings: &[(Dpid, &str, Dpid, &str)], dpids: &[Dpid]) -> IdIndex {
+        build_only(mappings, dpids, None)
+    }
+
+    fn build_only(
+        mappings: &[(Dpid, &str, Dpid, &str)],
+        dpids: &[Dpid],
+        only: Option<&BTreeSet<u32>>,
+    ) -> IdIndex {
         let incoming: Vec<Incoming<'_>> = mappings
             .iter()
             .map(|&(kd, k, vd, v)| Incoming {
@@ -401,7 +437,7 @@ mod tests {
         let source = |name: &str| -> anyhow::Result<Option<Cow<'_, [u8]>>> {
             Ok(parts.get(name).map(|b| Cow::Borrowed(b.as_slice())))
         };
-        IdIndex::build(&dpids.iter().copied().collect(), 4, &source).unwrap()
+        IdIndex::build_parts(&dpids.iter().copied().collect(), 4, only, &source).unwrap()
     }
 
     #[test]
@@ -469,6 +505,47 @@ mod tests {
         }
         // Same ID, other DPID: not loaded, not found.
         assert_eq!(index.lookup(22, ids[0].as_bytes()), None);
+    }
+
+    #[test]
+    fn a_partition_group_answers_its_keys_like_the_full_index() {
+        // Chains from DPID 21 through 22 (other partitions, another DPID) to UUIDs and devices.
+        let uuid = |i: u64| format!("{:038}", u128::from(i) * 7_919 + 11);
+        let gaid = "e4fe9bde-caa0-47b6-908d-ffba3fa184f2";
+        let (ids, mids, uuids): (Vec<String>, Vec<String>, Vec<String>) = (0..400u64)
+            .map(|i| (format!("c-{i}"), format!("m-{i}"), uuid(i)))
+            .collect();
+        let mut mappings: Vec<(Dpid, &str, Dpid, &str)> = Vec::new();
+        for i in 0..400 {
+            match i % 3 {
+                0 => mappings.push((21, &ids[i], 0, &uuids[i])),
+                1 => {
+                    mappings.push((21, &ids[i], 22, &mids[i]));
+                    mappings.push((22, &mids[i], 0, &uuids[i]));
+                }
+                _ => mappings.push((21, &ids[i], 20914, gaid)),
+            }
+        }
+        let full = build(&mappings, &[21]);
+        let mut answered = 0;
+        for group in [[0u32, 1], [2, 3]] {
+            let only: BTreeSet<u32> = group.into_iter().collect();
+            let part = build_only(&mappings, &[21], Some(&only));
+            for id in ids.iter().chain(&mids) {
+                let p = part_of_hash(IdIndex::hash(21, id.as_bytes()), 4);
+                let got = part.lookup(21, id.as_bytes());
+                if only.contains(&p) {
+                    assert_eq!(got, full.lookup(21, id.as_bytes()), "{id}");
+                    answered += usize::from(got.is_some());
+                } else {
+                    assert_eq!(got, None, "{id} is in partition {p}, not loaded");
+                }
+            }
+        }
+        assert_eq!(
+            answered, 400,
+            "every synced ID answered by exactly one group"
+        );
     }
 
     #[test]

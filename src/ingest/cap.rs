@@ -58,7 +58,9 @@ impl Cap {
                 c.lines_over_user_limit += 1;
                 self.outcome.capped_lines.push(mark.line);
                 match mark.status {
-                    Status::Op { .. } => capped_ops.push(seq(self.file, mark.line)),
+                    Status::Op { .. } | Status::Pending { .. } => {
+                        capped_ops.push(seq(self.file, mark.line))
+                    }
                     _ => capped_rejects.push(mark.line),
                 }
                 continue;
@@ -67,7 +69,8 @@ impl Cap {
                 Status::InvalidAamId => c.invalid_aam_id += 1,
                 Status::InvalidDeviceId => c.invalid_device_id += 1,
                 Status::NoMatchingAamId => c.no_matching_aam_id += 1,
-                Status::Op { .. } => {}
+                // Whether a pending line's ID is synced is counted where it is looked up.
+                Status::Op { .. } | Status::Pending { .. } => {}
             }
         }
         // Marks serve the cap only: free them as soon as they are counted.
@@ -84,7 +87,7 @@ impl Cap {
         }
         if !capped_ops.is_empty() {
             // Each buffer's ops ascend by seq, like `capped_ops`.
-            for buf in &mut out.parts {
+            for buf in out.parts.iter_mut().chain(&mut out.pending) {
                 let mut capped = capped_ops.iter().peekable();
                 buf.retain(|op| {
                     while capped.peek().is_some_and(|&&s| s < op.seq) {
@@ -209,6 +212,7 @@ mod tests {
 
     fn chunk(first_line: u64, users: &[u128]) -> ChunkOut {
         ChunkOut {
+            pending: Vec::new(),
             records: users.len() as u64,
             format_errors: 0,
             marks: users

@@ -43,7 +43,10 @@ pub struct FileCtx<'a> {
     pub trait_owner: &'a AHashMap<TraitId, Dpid>,
     /// Rule-based qualification of key-value and `ic` signals.
     pub rules: &'a TraitRules,
-    pub index: &'a IdIndex,
+    /// The ID index customer IDs are looked up in. `None` defers the lookups to the resolve
+    /// stage (`segmill map`): such lines' ops go to [`ChunkOut::pending`] instead, keyed by
+    /// [`pending_key`] and bucketed by ID-sync partition.
+    pub index: Option<&'a IdIndex>,
     pub partitions: u32,
 }
 
@@ -133,6 +136,20 @@ impl OpBuf {
         self.acts.shrink_to_fit();
     }
 
+    /// Appends a copy of `src`'s `op` (its acts and counts) under another key.
+    pub fn push_copy(&mut self, key: &[u8], src: &OpBuf, op: &Op) {
+        let key_start = self.keys.len() as u32;
+        self.keys.extend_from_slice(key);
+        let acts_start = self.acts.len() as u32;
+        let acts = src.acts(op);
+        self.acts.extend_from_slice(acts);
+        self.ops.push(Op {
+            key: (key_start, key.len() as u32),
+            acts: (acts_start, acts.len() as u32),
+            ..*op
+        });
+    }
+
     /// Keeps only the ops for which `keep` is true (their keys and acts stay allocated).
     pub fn retain(&mut self, keep: impl FnMut(&Op) -> bool) {
         self.ops.retain(keep);
@@ -147,6 +164,11 @@ pub enum Status {
     NoMatchingAamId,
     /// Reached trait mapping: an op exists in partition `part`.
     Op {
+        part: u32,
+    },
+    /// Reached trait mapping with its customer ID not looked up yet: an op exists in
+    /// [`ChunkOut::pending`] bucket `part` (an ID-sync partition).
+    Pending {
         part: u32,
     },
 }
@@ -205,27 +227,41 @@ pub struct ChunkOut {
     pub marks: Vec<Mark>,
     pub rejected: Vec<Rejected>,
     pub parts: Vec<OpBuf>,
+    /// Ops whose customer ID is still to be looked up, by ID-sync partition (empty unless
+    /// [`FileCtx::index`] is `None` and the file's IDs are customer IDs).
+    pub pending: Vec<OpBuf>,
 }
 
 /// Parses, validates and resolves every line of `chunk`, and maps items to trait instructions.
 /// Pure: the same bytes and context always give the same output.
 pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkOut {
+    let deferred = ctx.index.is_none() && matches!(ctx.id_kind, IdKind::Customer { .. });
+    // Size the buffers for the chunk up front (lines of ~64 bytes spread evenly over the
+    // partitions): growing them line by line copies every op several times.
+    let sized = |partitions: u32| -> Vec<OpBuf> {
+        let per_part = chunk.len() / 64 / partitions as usize + 4;
+        (0..partitions)
+            .map(|_| OpBuf {
+                keys: Vec::with_capacity(per_part * 17),
+                ops: Vec::with_capacity(per_part),
+                acts: Vec::with_capacity(per_part * 4),
+            })
+            .collect()
+    };
     let mut out = ChunkOut {
         records: 0,
         format_errors: 0,
         marks: Vec::with_capacity(chunk.len() / 64 + 4),
         rejected: Vec::new(),
-        parts: {
-            // Size the buffers for the chunk up front (lines of ~64 bytes spread evenly over
-            // the partitions): growing them line by line copies every op several times.
-            let per_part = chunk.len() / 64 / ctx.partitions as usize + 4;
-            (0..ctx.partitions)
-                .map(|_| OpBuf {
-                    keys: Vec::with_capacity(per_part * 17),
-                    ops: Vec::with_capacity(per_part),
-                    acts: Vec::with_capacity(per_part * 4),
-                })
-                .collect()
+        parts: if deferred {
+            (0..ctx.partitions).map(|_| OpBuf::default()).collect()
+        } else {
+            sized(ctx.partitions)
+        },
+        pending: if deferred {
+            sized(ctx.partitions)
+        } else {
+            Vec::new()
         },
     };
     let mut key_scratch = Vec::with_capacity(64);
@@ -251,7 +287,9 @@ pub fn process_chunk(chunk: &[u8], first_line: u64, ctx: &FileCtx<'_>) -> ChunkO
             let hash = match (&kind, lookup_dpid) {
                 (LineKind::Record(r), Some(dpid)) => {
                     let h = IdIndex::hash(dpid, r.id);
-                    ctx.index.prefetch(dpid, h);
+                    if let Some(index) = ctx.index {
+                        index.prefetch(dpid, h);
+                    }
                     h
                 }
                 (LineKind::Record(r), None) => id_hash(0, r.id),
@@ -314,6 +352,27 @@ fn process_line(
         LineKind::Record(r) => r,
     };
     out.records += 1;
+    if let (None, IdKind::Customer { dpid, cross_device }) = (ctx.index, ctx.id_kind) {
+        // Looked up later, in the ID-sync partition the ID's hash picks.
+        let part = crate::idsync::store::part_of_hash(user, ctx.partitions);
+        key_scratch.clear();
+        pending_key(dpid, cross_device, record.id, key_scratch);
+        let buf = &mut out.pending[part as usize];
+        push_op(
+            buf,
+            ctx,
+            seq(ctx.file, line_no),
+            key_scratch,
+            record.items,
+            rules,
+        );
+        out.marks.push(Mark {
+            user,
+            line: line_no,
+            status: Status::Pending { part },
+        });
+        return;
+    }
     let resolved = resolve(ctx, record.id, record.id_type, user, key_scratch);
     let status = match resolved {
         Err((category, reason)) => {
@@ -388,22 +447,96 @@ fn resolve(
                 Reason::UnknownOdcType(id_type.unwrap_or_default().into()),
             )),
         },
-        IdKind::Customer { dpid, cross_device } => match ctx.index.lookup_hashed(dpid, hash) {
-            Some(Target::Uuid(u)) => {
-                ProfileKey::Uuid(u).encode_into(key);
+        IdKind::Customer { dpid, cross_device } => {
+            let target = ctx.index.and_then(|index| index.lookup_hashed(dpid, hash));
+            if resolve_target(target, dpid, cross_device, id, key) {
                 Ok(())
+            } else {
+                Err((Category::NoMatchingAamId, Reason::NotSynced(dpid)))
             }
-            Some(Target::Device(d, device_id)) => {
-                ProfileKey::encode_device(d, device_id, key);
-                Ok(())
-            }
-            None if cross_device => {
-                ProfileKey::encode_customer(dpid, id, key);
-                Ok(())
-            }
-            None => Err((Category::NoMatchingAamId, Reason::NotSynced(dpid))),
-        },
+        }
     }
+}
+
+/// Writes the profile key a customer ID `(dpid, id)` lands on, given its index entry: the
+/// mapped profile, else its own customer-ID profile when the data source is cross-device.
+/// `false` when it lands nowhere (No Matching AAM ID).
+fn resolve_target(
+    target: Option<Target<'_>>,
+    dpid: Dpid,
+    cross_device: bool,
+    id: &[u8],
+    key: &mut Vec<u8>,
+) -> bool {
+    use crate::model::ProfileKey;
+    match target {
+        Some(Target::Uuid(u)) => ProfileKey::Uuid(u).encode_into(key),
+        Some(Target::Device(d, device_id)) => ProfileKey::encode_device(d, device_id, key),
+        None if cross_device => ProfileKey::encode_customer(dpid, id, key),
+        None => return false,
+    }
+    true
+}
+
+/// The key of a pending op (see [`FileCtx::index`]): a cross-device flag byte, the DPID
+/// (big-endian) and the customer ID, everything the resolve stage needs to look it up.
+pub fn pending_key(dpid: Dpid, cross_device: bool, id: &[u8], out: &mut Vec<u8>) {
+    out.push(u8::from(cross_device));
+    out.extend_from_slice(&dpid.to_be_bytes());
+    out.extend_from_slice(id);
+}
+
+/// What [`resolve_pending`] did with one ID-sync partition's pending ops.
+#[derive(Default)]
+pub struct Resolved {
+    /// The ops that landed on a profile, by profile partition.
+    pub parts: Vec<OpBuf>,
+    /// Run positions ([`seq`]) of the lines whose ID is not synced (No Matching AAM ID),
+    /// ascending.
+    pub unmatched: Vec<u64>,
+}
+
+/// The resolve stage: looks up the customer ID of every pending op (see [`FileCtx::index`])
+/// and moves the op to the profile it lands on. Pure, like [`process_chunk`]; `index` must hold
+/// the ID-sync partition the ops were bucketed by.
+///
+/// # Errors
+///
+/// A pending key too short to hold its DPID (the buffers were not made by [`process_chunk`]).
+pub fn resolve_pending(
+    pending: &[OpBuf],
+    index: &IdIndex,
+    partitions: u32,
+) -> Result<Resolved, &'static str> {
+    let mut out = Resolved {
+        parts: (0..partitions).map(|_| OpBuf::default()).collect(),
+        unmatched: Vec::new(),
+    };
+    let mut key = Vec::with_capacity(64);
+    for buf in pending {
+        for op in &buf.ops {
+            let pk = buf.key(op);
+            let (Some(&flag), Some(dpid), Some(id)) = (
+                pk.first(),
+                pk.get(1..5)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map(Dpid::from_be_bytes),
+                pk.get(5..),
+            ) else {
+                return Err("a pending op's key is too short");
+            };
+            key.clear();
+            let target = index.lookup(dpid, id);
+            if resolve_target(target, dpid, flag != 0, id, &mut key) {
+                let part = partition_of(&key, partitions);
+                out.parts[part as usize].push_copy(&key, buf, op);
+            } else {
+                out.unmatched.push(op.seq);
+            }
+        }
+    }
+    out.unmatched.sort_unstable();
+    Ok(out)
 }
 
 /// The device source an ODC line's ID-type column names (AAM-REFERENCE §2.11).

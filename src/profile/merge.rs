@@ -573,7 +573,7 @@ mod tests {
                     id_kind: IdKind::AamUuid,
                     trait_owner: &w.owners,
                     rules: &w.rules,
-                    index: &index,
+                    index: Some(&index),
                     partitions: 1,
                 };
                 process_chunk(text.as_bytes(), 1, &ctx)
