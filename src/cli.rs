@@ -67,6 +67,23 @@ pub enum Command {
         #[command(subcommand)]
         command: IdsyncCommand,
     },
+    /// Staged run, step 1 of 5 (one task): discover the night's files, skip duplicates, apply
+    /// tonight's ID-sync files and write the plan every later task reads. The stages run in
+    /// order (plan, map, resolve, merge, finalize); the tasks of one stage may run at once, on
+    /// any machines that mount the state and work folders.
+    Plan(PlanArgs),
+    /// Staged run, step 2 (M tasks): parse and validate the plan's trait files i, i+M, i+2M...
+    /// into records bucketed by ID-sync partition.
+    Map(TaskArgs),
+    /// Staged run, step 3 (N tasks): look up the customer IDs of task i's share of the ID-sync
+    /// partitions; write ops bucketed by profile partition.
+    Resolve(TaskArgs),
+    /// Staged run, step 4 (N tasks): merge task i's share of the profile partitions, expire
+    /// traits and evaluate segments.
+    Merge(TaskArgs),
+    /// Staged run, step 5 (one task): exports, receipts, ledger and run report, and the switch
+    /// to the new state generation. Exit codes as for `run`.
+    Finalize(WorkArgs),
     /// Synthetic sample data of any size (a drop folder, ID-sync files and a config) from a
     /// fixed seed, for benchmarks and demos.
     Gen(GenArgs),
@@ -106,6 +123,38 @@ pub struct RunArgs {
     /// Parser chunk size in bytes (default: the config's `run.chunk_bytes`).
     #[arg(long, hide = true)]
     pub chunk_bytes: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkArgs {
+    /// The night's work folder, which every task must mount (default: `<paths.state>/stage`).
+    #[arg(long, value_name = "DIR")]
+    pub work: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub work: WorkArgs,
+    /// The night's logical time, RFC 3339 in UTC (default: now); every later task uses it.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Parser chunk size in bytes (default: the config's `run.chunk_bytes`).
+    #[arg(long, hide = true)]
+    pub chunk_bytes: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TaskArgs {
+    #[command(flatten)]
+    pub work: WorkArgs,
+    /// This task's index, from 0 (default: `JOB_COMPLETION_INDEX` of a Kubernetes Indexed Job,
+    /// else `AWS_BATCH_JOB_ARRAY_INDEX` of an AWS Batch array job).
+    #[arg(long)]
+    pub task: Option<u32>,
+    /// How many tasks the stage has.
+    #[arg(long)]
+    pub of: u32,
 }
 
 /// How log lines are written.

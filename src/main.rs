@@ -4,7 +4,9 @@ use segmill::config::Config;
 use segmill::generator::GenOptions;
 use segmill::inbound::names::{Classified, classify};
 use segmill::report::receipt::printable;
-use segmill::run::{BackfillDay, RunError, RunOptions, RunSummary, backfill, parse_as_of, run};
+use segmill::run::{
+    BackfillDay, RunError, RunOptions, RunSummary, Stage, StageOutcome, backfill, parse_as_of, run,
+};
 use std::process::ExitCode;
 
 /// `println!` that never panics: when stdout is closed early (`segmill run | head`), the rest
@@ -77,6 +79,47 @@ fn as_of(text: Option<&str>) -> anyhow::Result<i64> {
     }
 }
 
+/// A staged run's task index: `--task`, else the scheduler's index variable.
+fn task_index(given: Option<u32>) -> anyhow::Result<u32> {
+    if let Some(t) = given {
+        return Ok(t);
+    }
+    for var in ["JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX"] {
+        if let Ok(text) = std::env::var(var) {
+            return text
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{var}={text:?} is not a task index"));
+        }
+    }
+    Err(anyhow::anyhow!(
+        "no --task given, and neither JOB_COMPLETION_INDEX nor AWS_BATCH_JOB_ARRAY_INDEX is set"
+    ))
+}
+
+/// Runs one task of a staged run and says what it did.
+fn staged_task(
+    config: &Config,
+    opts: &RunOptions,
+    which: Stage,
+    work: Option<std::path::PathBuf>,
+) -> Result<u8, RunError> {
+    match segmill::run::stage(config, opts, which, work)? {
+        StageOutcome::Done(what) => {
+            eprintln!("{what}");
+            Ok(0)
+        }
+        StageOutcome::AlreadyDone(what) => {
+            eprintln!("{what}: already done, nothing to do");
+            Ok(0)
+        }
+        StageOutcome::Finalized(summary) => {
+            print_summary(&summary);
+            Ok(summary.exit_code)
+        }
+    }
+}
+
 fn try_main(cli: Cli) -> Result<u8, RunError> {
     let load = || Config::load(&cli.config).map_err(anyhow::Error::from);
     match cli.command {
@@ -92,6 +135,36 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
             let summary = run(&load()?, &opts)?;
             print_summary(&summary);
             Ok(summary.exit_code)
+        }
+        Command::Plan(args) => {
+            let opts = RunOptions {
+                as_of: as_of(args.as_of.as_deref())?,
+                threads: cli.threads,
+                chunk_bytes: args.chunk_bytes,
+                ..RunOptions::default()
+            };
+            staged_task(&load()?, &opts, Stage::Plan, args.work.work)
+        }
+        Command::Map(ref args) | Command::Resolve(ref args) | Command::Merge(ref args) => {
+            let task = task_index(args.task)?;
+            let of = args.of;
+            let which = match cli.command {
+                Command::Map(_) => Stage::Map { task, of },
+                Command::Resolve(_) => Stage::Resolve { task, of },
+                _ => Stage::Merge { task, of },
+            };
+            let opts = RunOptions {
+                threads: cli.threads,
+                ..RunOptions::default()
+            };
+            staged_task(&load()?, &opts, which, args.work.work.clone())
+        }
+        Command::Finalize(args) => {
+            let opts = RunOptions {
+                threads: cli.threads,
+                ..RunOptions::default()
+            };
+            staged_task(&load()?, &opts, Stage::Finalize, args.work)
         }
         Command::Validate {
             files,

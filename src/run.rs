@@ -47,10 +47,12 @@ use std::time::Instant;
 mod backfill;
 mod explain;
 mod ops;
+mod stage;
 mod staged;
 
 pub use backfill::{BackfillDay, backfill, day_end};
 pub use explain::explain;
+pub use stage::{Stage, StageOutcome, stage};
 
 /// How a run was asked for.
 #[derive(Clone, Debug, Default)]
@@ -187,8 +189,6 @@ struct Prepare<'a> {
     /// The night's files and their content hashes as the staged plan recorded them; files
     /// that arrived since are left for the next night, and nothing is hashed again.
     recorded: Option<&'a BTreeMap<String, Option<u128>>>,
-    /// Fetch only the remote inbound files for which this is true (a map task's share).
-    fetch: &'a dyn Fn(&str) -> bool,
 }
 
 /// Opens the state, discovers and plans the night's files (CONTRACT §2).
@@ -293,11 +293,10 @@ fn prepare<'a>(
                 let reprocess: BTreeSet<&str> = opts.reprocess.iter().map(String::as_str).collect();
                 let skip = |display: &str| {
                     let key = basename(display);
-                    !(how.fetch)(display)
-                        || !reprocess.contains(key.as_str())
-                            && ledger
-                                .by_name(&key)
-                                .is_some_and(|e| e.outcome == Outcome::Processed)
+                    !reprocess.contains(key.as_str())
+                        && ledger
+                            .by_name(&key)
+                            .is_some_and(|e| e.outcome == Outcome::Processed)
                 };
                 ops::fetch_discovered(&store, &mut found, &skip, &tmp)?;
             }
@@ -580,7 +579,6 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             lock: !opts.dry_run,
             tmp_name: None,
             recorded: None,
-            fetch: &|_| true,
         },
     )?;
     // New state files are written as they are made (a dry run keeps them in memory); nothing

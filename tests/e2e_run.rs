@@ -1462,3 +1462,183 @@ fn missing_inbound_folder_message_says_the_os_error_once() {
         )
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. The staged run (issue #7): the same night as separate processes, byte for byte.
+
+/// Segments over the determinism drop's traits and two destinations, one of them exporting
+/// the cross-device data source's profiles through their mappings. `{OUT}` is replaced by the
+/// variant's outbound folder.
+const STAGED_EXPORTS: &str = r#"
+[[segment]]
+id = 1
+rule = "101T OR 102T"
+
+[[segment]]
+id = 2
+rule = "(103T AND NOT 104T) OR 301T"
+
+[[destination]]
+id = 1234
+sync_type = "s3"
+location = "{OUT}/1234"
+mode = "iter"
+segments = [1, 2]
+gzip = true
+split_bytes = 300
+
+[[destination]]
+id = 1235
+sync_type = "ftp"
+location = "{OUT}/1235"
+master_dpid = 20914
+mode = "full"
+segments = [2]
+gzip = false
+"#;
+
+/// `plan`, 3 `map` tasks, 4 `resolve` and 4 `merge` tasks (out of order, one retried) and
+/// `finalize`, each its own process, give the state, receipts and exports `run` gives, night
+/// after night.
+#[test]
+fn staged_run_matches_run_byte_for_byte() {
+    let env = Env::new();
+    let catalog = |out: &str| {
+        format!(
+            "{CRM}{CRM_AND_OTHER}{XDEVICE}{}",
+            STAGED_EXPORTS.replace("{OUT}", out)
+        )
+    };
+    let tree = |state: &str, out: &str| {
+        let mut t = snapshot(&env.root().join(state), |rel| {
+            rel == "lock" || rel.starts_with("runs/") || rel.starts_with("stage/")
+        });
+        for (k, v) in snapshot(&env.root().join(out), |_| false) {
+            t.insert(format!("out/{k}"), v);
+        }
+        t
+    };
+    let expect_code = |out: Out, code: i32, what: &str| {
+        assert_eq!(out.code, code, "{what}: {out:#?}");
+        out
+    };
+    let night = |as_of: &str, code: i32| {
+        env.config_with_state("state-run", 8, &catalog("out-run"));
+        expect_code(env.run(as_of, &["--chunk-bytes", "7"]), code, "run");
+        let reference = tree("state-run", "out-run");
+
+        env.config_with_state("state-staged", 8, &catalog("out-staged"));
+        let out = env.segmill(&["plan", "--as-of", as_of, "--chunk-bytes", "7"]);
+        let out = expect_code(out, 0, "plan");
+        assert!(out.stderr.contains("planned night"), "{out:#?}");
+        let again = expect_code(env.segmill(&["plan", "--as-of", as_of]), 0, "plan again");
+        assert!(again.stderr.contains("already planned"), "{again:#?}");
+        for (stage, tasks, of) in [
+            ("map", ["2", "0", "1", "1"].as_slice(), "3"),
+            ("resolve", &["3", "1", "0", "2"], "4"),
+            ("merge", &["1", "3", "2", "0", "3"], "4"),
+        ] {
+            // The first attempt of map and resolve task 0 is killed while it writes its ops;
+            // the scheduler retries it.
+            if stage != "merge" {
+                let killed = env.segmill_env(
+                    &[stage, "--task", "0", "--of", of],
+                    &[("SEGMILL_FAILPOINT", "spill-ops:abort")],
+                );
+                assert_eq!(killed.code, -1, "{stage} 0 was not killed: {killed:#?}");
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for t in tasks {
+                let out = expect_code(
+                    env.segmill(&["--threads", "2", stage, "--task", t, "--of", of]),
+                    0,
+                    stage,
+                );
+                // A task run again finds its outputs and does nothing.
+                assert_eq!(
+                    out.stderr.contains("already done"),
+                    !seen.insert(*t),
+                    "{stage} {t}: {out:#?}"
+                );
+            }
+        }
+        let killed = env.segmill_env(
+            &["finalize"],
+            &[("SEGMILL_FAILPOINT", "before-commit:abort")],
+        );
+        assert_eq!(killed.code, -1, "finalize was not killed: {killed:#?}");
+        expect_code(env.segmill(&["finalize"]), code, "finalize");
+        let again = expect_code(env.segmill(&["finalize"]), 0, "finalize again");
+        assert!(again.stderr.contains("already finalized"), "{again:#?}");
+        let staged = tree("state-staged", "out-staged");
+        assert_same_tree("staged run", &reference, &staged);
+        reference
+    };
+    determinism_day1(&env);
+    let t1 = night("2026-11-22T02:00:00Z", 1);
+    determinism_day2(&env);
+    // Far enough on that traits expire: every partition is merged, exports carry removals.
+    let t2 = night("2027-04-01T02:00:00Z", 1);
+    // The drop did reach every stage: unmatched IDs, capped lines, exports on both nights.
+    let receipt = |t: &std::collections::BTreeMap<String, Vec<u8>>, name: &str| {
+        serde_json::from_slice::<serde_json::Value>(&t[name]).expect("receipt JSON")
+    };
+    let r = receipt(&t1, "receipts/000001-20261122T020000Z/21.json");
+    assert!(r["no_matching_aam_id"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["lines_over_user_limit"], 46);
+    assert!(
+        t1.keys().any(|k| k.starts_with("out/1234/")),
+        "{:?}",
+        t1.keys()
+    );
+    assert!(
+        t2.keys().filter(|k| k.starts_with("out/1234/")).count()
+            > t1.keys().filter(|k| k.starts_with("out/1234/")).count()
+    );
+    assert!(t2.keys().any(|k| k.starts_with("gen-000002/profiles/")));
+}
+
+/// A task of a stage that is not done yet, or a plan made on a state that moved on, is refused
+/// with a message that says what to do.
+#[test]
+fn staged_run_refuses_tasks_out_of_order_and_stale_plans() {
+    let env = Env::new();
+    env.config(4, CRM);
+    env.put(
+        "adobe_id_0_21_1763683200.sync",
+        format!("{}\tcust-1\n", uuid(1)).as_bytes(),
+    );
+    env.put("ftp_dpm_21_1763700000.sync", b"cust-1\td_sid=101\n");
+    let out = env.segmill(&["map", "--task", "0", "--of", "1"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(out.stderr.contains("run `segmill plan` first"), "{out:#?}");
+    assert_eq!(env.segmill(&["plan", "--as-of", AS_OF]).code, 0);
+    let out = env.segmill(&["resolve", "--task", "0", "--of", "2"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(
+        out.stderr.contains("no `segmill map` task has finished"),
+        "{out:#?}"
+    );
+    assert_eq!(env.segmill(&["map", "--task", "0", "--of", "2"]).code, 0);
+    let out = env.segmill(&["resolve", "--task", "0", "--of", "2"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(
+        out.stderr.contains("task 1 of 2 has not finished"),
+        "{out:#?}"
+    );
+    let out = env.segmill(&["map", "--task", "2", "--of", "2"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(out.stderr.contains("must be below the count"), "{out:#?}");
+    // Another run commits in between: the staged night cannot finish on top of it.
+    env.run_ok(AS_OF, 0);
+    let out = env.segmill(&["map", "--task", "1", "--of", "2"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(
+        out.stderr.contains("moved on since `segmill plan`"),
+        "{out:#?}"
+    );
+    // Planning again starts over on the new state.
+    let out = env.segmill(&["plan", "--as-of", "2026-11-23T02:00:00Z"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(out.stderr.contains("0 trait files to read"), "{out:#?}");
+}

@@ -119,11 +119,29 @@ impl Spool {
 
     /// Spills the partitions holding the most until at most half the budget is held.
     fn spill(&mut self) -> io::Result<()> {
+        self.spill_to(self.budget / 2)
+    }
+
+    /// Writes every op still in memory to the spill files: a staged run's map and resolve
+    /// tasks hand their ops on as those files ([`spill_file`] names them).
+    ///
+    /// # Errors
+    ///
+    /// A spill file that cannot be written; the message names it.
+    pub fn spill_all(&mut self) -> io::Result<()> {
+        if self.held == 0 {
+            return Ok(());
+        }
+        self.spill_to(0)
+    }
+
+    /// Spills the partitions holding the most until at most `target` bytes are held.
+    fn spill_to(&mut self, target: usize) -> io::Result<()> {
         self.stats.spills += 1;
         let mut order: Vec<usize> = (0..self.parts.len()).collect();
         order.sort_by_key(|&p| std::cmp::Reverse(self.parts[p].held));
         for p in order {
-            if self.held <= self.budget / 2 {
+            if self.held <= target {
                 break;
             }
             let part = &mut self.parts[p];
@@ -238,7 +256,31 @@ impl PartOps {
 }
 
 fn spill_path(dir: &Path, part: usize) -> PathBuf {
-    dir.join(format!("ops-{part:04}"))
+    dir.join(spill_file(part as u32))
+}
+
+/// The name of partition `part`'s spill file in the spool's folder.
+pub fn spill_file(part: u32) -> String {
+    format!("ops-{part:04}")
+}
+
+/// Reads back a whole spill file written by [`Spool::spill_all`] (by another process), or
+/// nothing if there is none (the partition got no op).
+///
+/// # Errors
+///
+/// A file that cannot be read or does not decode; the message names it.
+pub fn read_spilled(path: &Path) -> io::Result<Vec<OpBuf>> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(named(e)),
+    };
+    let mut out = Vec::new();
+    decode(&bytes, &mut out)
+        .map_err(|reason| named(io::Error::new(io::ErrorKind::InvalidData, reason)))?;
+    Ok(out)
 }
 
 /// Appends `bufs` to `path`; returns the bytes written.

@@ -41,10 +41,12 @@ pub struct MergeCtx<'a> {
     pub previous_as_of: Option<Timestamp>,
 }
 
-/// The result of merging one partition.
-#[derive(Debug)]
+/// The result of merging one partition. Serialized without its payload by a staged run's
+/// merge task, for `segmill finalize`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct PartOut {
     /// The new payload, or `None` when nothing changed (the old file can be carried over).
+    #[serde(skip)]
     pub payload: Option<Vec<u8>>,
     /// Merge-stage counters per file index (categories decided here, item counts, devices).
     pub files: Vec<Counters>,

@@ -49,7 +49,11 @@ impl TmpDir {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let stale = match name.rsplit_once("-dry-") {
+            // Dry runs and the tasks of a staged run name their folders after their process.
+            let stale = match name
+                .rsplit_once("-dry-")
+                .or_else(|| name.rsplit_once("-pid-"))
+            {
                 Some((_, pid)) => pid.parse::<u32>().is_ok_and(|pid| {
                     pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
                 }),

@@ -1,16 +1,26 @@
 //! The run's new state files, written as soon as each is made instead of held until the
 //! commit: into the next generation's partial folder (read back from disk when a later stage
-//! needs one), or, for a dry run, which writes nothing, kept in memory.
+//! needs one); for a dry run, which writes nothing, kept in memory; for a task of a staged run
+//! (`segmill plan`, `merge`), written as loose data files into the night's work folder, where
+//! `segmill finalize` adopts them into the generation.
 
-use crate::state::GenerationWriter;
+use crate::state::{GenerationWriter, read_loose, write_loose};
 use anyhow::Context as _;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
+/// Marks a loose file that was written empty (the partition became empty): no data file.
+const EMPTY_SUFFIX: &str = ".empty";
+
+enum Target {
+    Writer(GenerationWriter),
+    Memory(Mutex<BTreeMap<String, Vec<u8>>>),
+    Loose(PathBuf),
+}
+
 pub(super) struct Staged {
-    /// `None` for a dry run.
-    gen_writer: Option<GenerationWriter>,
-    memory: Mutex<BTreeMap<String, Vec<u8>>>,
+    target: Target,
     /// Every name written, empty payloads included.
     written: Mutex<BTreeSet<String>>,
 }
@@ -19,8 +29,19 @@ impl Staged {
     /// Files go into `gen_writer`'s generation, or stay in memory when it is `None`.
     pub(super) fn new(gen_writer: Option<GenerationWriter>) -> Staged {
         Staged {
-            gen_writer,
-            memory: Mutex::new(BTreeMap::new()),
+            target: match gen_writer {
+                Some(w) => Target::Writer(w),
+                None => Target::Memory(Mutex::new(BTreeMap::new())),
+            },
+            written: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Files go to `dir` as loose data files, create-once: a file already there (written by an
+    /// earlier attempt of the same task, with the same bytes) is kept.
+    pub(super) fn loose(dir: PathBuf) -> Staged {
+        Staged {
+            target: Target::Loose(dir),
             written: Mutex::new(BTreeSet::new()),
         }
     }
@@ -29,16 +50,33 @@ impl Staged {
     /// but `name` still counts as written: the previous generation's file is not carried over.
     /// May be called from several threads at once.
     pub(super) fn write(&self, name: &str, payload: &[u8]) -> anyhow::Result<()> {
-        if !payload.is_empty() {
-            match &self.gen_writer {
-                Some(w) => w
-                    .write(name, payload)
-                    .with_context(|| format!("cannot write state file {name}"))?,
-                None => {
-                    self.memory
-                        .lock()
+        match &self.target {
+            Target::Writer(w) => {
+                if !payload.is_empty() {
+                    w.write(name, payload)
+                        .with_context(|| format!("cannot write state file {name}"))?;
+                }
+            }
+            Target::Memory(m) => {
+                if !payload.is_empty() {
+                    m.lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(name.to_owned(), payload.to_vec());
+                }
+            }
+            Target::Loose(dir) => {
+                let path = if payload.is_empty() {
+                    dir.join(format!("{name}{EMPTY_SUFFIX}"))
+                } else {
+                    dir.join(name)
+                };
+                if !path.exists() {
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)
+                            .with_context(|| format!("cannot create {}", parent.display()))?;
+                    }
+                    write_loose(&path, payload)
+                        .with_context(|| format!("cannot write state file {name}"))?;
                 }
             }
         }
@@ -71,22 +109,87 @@ impl Staged {
         if !self.contains(name) {
             return Ok(None);
         }
-        let payload = match &self.gen_writer {
-            Some(w) => w
+        let payload = match &self.target {
+            Target::Writer(w) => w
                 .read(name)
                 .with_context(|| format!("cannot read back state file {name}"))?,
-            None => self
-                .memory
+            Target::Memory(m) => m
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(name)
                 .cloned(),
+            Target::Loose(dir) => {
+                let path = dir.join(name);
+                if path.exists() {
+                    Some(
+                        read_loose(&path)
+                            .with_context(|| format!("cannot read back state file {name}"))?,
+                    )
+                } else {
+                    None
+                }
+            }
         };
         Ok(Some(payload.unwrap_or_default()))
     }
 
-    /// The generation writer, to finish and commit; `None` for a dry run.
-    pub(super) fn into_writer(self) -> Option<GenerationWriter> {
-        self.gen_writer
+    /// Takes every loose file under `dir` (see [`Staged::loose`]) as written by this run:
+    /// linked into the generation being written. Returns how many names were taken.
+    pub(super) fn adopt_loose(&self, dir: &Path) -> anyhow::Result<usize> {
+        let Target::Writer(w) = &self.target else {
+            anyhow::bail!("only a generation being written can adopt loose state files");
+        };
+        let mut files = Vec::new();
+        if dir.exists() {
+            walk(dir, "", &mut files)?;
+        }
+        files.sort();
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        for rel in &files {
+            match rel.strip_suffix(EMPTY_SUFFIX) {
+                Some(name) => {
+                    written.insert(name.to_owned());
+                }
+                None => {
+                    w.adopt(rel, &dir.join(rel))
+                        .with_context(|| format!("cannot take state file {rel} from the stages"))?;
+                    written.insert(rel.clone());
+                }
+            }
+        }
+        Ok(files.len())
     }
+
+    /// The generation writer, to finish and commit; `None` for a dry run or loose files.
+    pub(super) fn into_writer(self) -> Option<GenerationWriter> {
+        match self.target {
+            Target::Writer(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+/// Relative names of the files under `dir/prefix`, temp files of killed writers left out.
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> anyhow::Result<()> {
+    let here = dir.join(prefix);
+    for entry in
+        std::fs::read_dir(&here).with_context(|| format!("cannot list {}", here.display()))?
+    {
+        let entry = entry.with_context(|| format!("cannot list {}", here.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let kind = entry
+            .file_type()
+            .with_context(|| format!("cannot list {}", here.display()))?;
+        if kind.is_dir() {
+            walk(dir, &rel, out)?;
+        } else if !crate::state::is_temp_name(&name) {
+            out.push(rel);
+        }
+    }
+    Ok(())
 }

@@ -650,6 +650,22 @@ impl GenerationWriter {
         self.record(rel, entry.clone(), &dst)
     }
 
+    /// Takes data file `rel` from `path`, a file written elsewhere in the data-file format by
+    /// [`write_loose`] (a staged run's task, possibly on another machine). Its whole payload is
+    /// verified against its footer, then it is linked in (copied where links are not possible).
+    pub fn adopt(&self, rel: &str, path: &Path) -> Result<(), StateError> {
+        let payload = read_loose(path)?;
+        let entry = FileEntry::new(payload.len() as u64, fsutil::checksum(&payload));
+        drop(payload);
+        let dst = self.prepare(rel)?;
+        if fs::hard_link(path, &dst).is_err() {
+            fs::copy(path, &dst)
+                .and_then(|_| File::open(&dst).and_then(|f| f.sync_all()))
+                .map_err(|source| StateError::io("copy into", &dst, source))?;
+        }
+        self.record(rel, entry, &dst)
+    }
+
     /// Validates `rel`, creates its parent folders and returns its path inside the partial folder.
     fn prepare(&self, rel: &str) -> Result<PathBuf, StateError> {
         validate_rel(rel)?;
@@ -791,6 +807,41 @@ fn prune(root: &Path, current: u64, keep: usize) {
     if removed && let Err(err) = fsutil::sync_dir(root) {
         tracing::warn!(%err, "cannot fsync state folder after pruning");
     }
+}
+
+/// Writes `payload` as a loose data file at `path` (payload, footer; temp file, fsync, rename),
+/// for [`GenerationWriter::adopt`] to take into a generation later.
+pub fn write_loose(path: &Path, payload: &[u8]) -> Result<(), StateError> {
+    let mut file = fsutil::atomic_writer(path)?;
+    file.write_all(payload)
+        .and_then(|()| {
+            file.write_all(&fsutil::encode_footer(
+                payload.len() as u64,
+                fsutil::checksum(payload),
+            ))
+        })
+        .map_err(|source| StateError::io("write", path, source))?;
+    file.finish()
+}
+
+/// Reads a loose data file written by [`write_loose`], verified against its footer.
+pub fn read_loose(path: &Path) -> Result<Vec<u8>, StateError> {
+    let mut buf = fs::read(path).map_err(|source| StateError::io("read", path, source))?;
+    let payload_len = buf
+        .len()
+        .checked_sub(FOOTER_LEN)
+        .ok_or_else(|| StateError::corrupt(path, "shorter than a data-file footer"))?;
+    let (payload, footer) = buf.split_at(payload_len);
+    let (len, sum) = fsutil::decode_footer(footer).map_err(|e| StateError::corrupt(path, e))?;
+    if len != payload_len as u64 {
+        return Err(StateError::corrupt(
+            path,
+            format!("footer says {len} payload bytes, the file holds {payload_len}"),
+        ));
+    }
+    check_sum(path, fsutil::checksum(payload), sum)?;
+    buf.truncate(payload_len);
+    Ok(buf)
 }
 
 /// A data file being written as a stream into a new generation; see

@@ -33,11 +33,13 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub(crate) use fsutil::is_temp_name;
 pub use fsutil::{
     AtomicFile, FOOTER_LEN, atomic_writer, create_dir_all_durable, sync_dir, write_atomic,
 };
 pub use generation::{
-    FileEntry, FileWriter, Generation, GenerationWriter, Manifest, VerifiedReader,
+    FileEntry, FileWriter, Generation, GenerationWriter, Manifest, VerifiedReader, read_loose,
+    write_loose,
 };
 pub use ledger::{LEDGER_FILE, Ledger, LedgerEntry, LedgerError, Outcome};
 pub use lock::LockGuard;

@@ -112,6 +112,23 @@ impl Env {
         segmill(&full)
     }
 
+    /// [`Env::segmill`] with extra environment variables.
+    pub fn segmill_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Out {
+        let out = Command::new(env!("CARGO_BIN_EXE_segmill"))
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(vars.iter().copied())
+            .output()
+            .expect("spawn segmill");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// `segmill run --as-of AS_OF` plus extra arguments.
     pub fn run(&self, as_of: &str, extra: &[&str]) -> Out {
         let mut args = vec!["run", "--as-of", as_of];

@@ -1,0 +1,883 @@
+//! The nightly run as separate stages, for a scheduler that runs each stage's tasks on many
+//! machines (DESIGN, "Beyond one machine"; issue #7). Every task is a process of its own over
+//! a shared work folder (default `<state>/stage`), which every task must mount:
+//!
+//! ```text
+//! plan          discover, skip duplicates, apply tonight's ID-sync files   → plan.json, gen/idsync/…
+//! map  i of M   parse + validate + cap + trait rules of files i, i+M, …    → map/i/{ops,pending}/ops-P, files.json, rejects-F
+//! resolve j/N   look up the pending customer IDs of ID-sync partitions     → resolve/j/ops/ops-P, unmatched.json
+//! merge   j/N   merge, expire and evaluate profile partitions              → gen/profiles/part-P, merge/j/parts.json
+//! finalize      exports, receipts, ledger, run report, generation switch   → the state, as `segmill run` leaves it
+//! ```
+//!
+//! Each stage calls the same functions as `segmill run` (which fuses map and resolve: its parse
+//! looks IDs up as it goes), so the outputs are byte-identical. A task writes its outputs into a
+//! folder of its own and renames it into place when complete, or writes create-once files: a
+//! retried task that finds its outputs committed exits at once, and a task killed halfway left
+//! nothing another task reads. Only `finalize` changes the state, by the same single rename as
+//! a run; it refuses to commit when another run committed since `plan`.
+
+use super::{
+    IdSyncResult, Night, Prepare, ReadFile, RejectRow, RunError, RunOptions, RunSummary,
+    TraitFileResult, apply_idsync, finish, id_kind, ops, prepare, staged,
+};
+use crate::config::Config;
+use crate::idsync::index::IdIndex;
+use crate::ingest::spool::{Spool, read_spilled, spill_file};
+use crate::ingest::{IdKind, OpBuf, resolve_pending, seq_file, seq_line};
+use crate::model::Timestamp;
+use crate::profile::merge::PartOut;
+use crate::report::receipt::{Category, Counters};
+use crate::report::run_report::IdSyncReceipt;
+use crate::state::{LedgerEntry, Outcome, write_atomic};
+use anyhow::{Context as _, anyhow};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// One stage of a staged run, as the command line names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Plan,
+    Map { task: u32, of: u32 },
+    Resolve { task: u32, of: u32 },
+    Merge { task: u32, of: u32 },
+    Finalize,
+}
+
+/// How a stage ended.
+#[derive(Debug)]
+pub enum StageOutcome {
+    /// The task did its work; the text says what.
+    Done(String),
+    /// The task's outputs were already there (a retry, or a night already finalized).
+    AlreadyDone(String),
+    /// `finalize` committed the night.
+    Finalized(Box<RunSummary>),
+}
+
+/// Version of the work folder's layout; a plan of another version is refused.
+const WORK_FORMAT: u32 = 1;
+
+/// The night as `plan` fixed it, read by every later task.
+#[derive(Debug, Serialize, Deserialize)]
+struct NightPlan {
+    format: u32,
+    run_id: String,
+    /// The generation the night will commit, and the one it starts from.
+    generation: u64,
+    parent: Option<u64>,
+    as_of: Timestamp,
+    partitions: u32,
+    chunk_bytes: usize,
+    /// Every file the night covers (by display name) with its content hash when one was taken
+    /// (32 hex digits); files that arrive later are left for the next night.
+    files: BTreeMap<String, Option<String>>,
+    idsync_parts: BTreeSet<String>,
+    idsync_receipt: IdSyncReceipt,
+    idsync_ledger: Vec<LedgerLine>,
+}
+
+/// A ledger entry of an ID-sync file, as the plan keeps it for `finalize`.
+#[derive(Debug, Serialize, Deserialize)]
+struct LedgerLine {
+    name: String,
+    path: String,
+    size: u64,
+    hash: String,
+    outcome: Outcome,
+    reason: Option<String>,
+}
+
+/// What a map task did with one trait file.
+#[derive(Debug, Serialize, Deserialize)]
+struct MapFile {
+    /// The file index (position among the night's files to read).
+    file: u32,
+    /// Why the file was rejected whole, or `None` when it was read.
+    rejected: Option<String>,
+    counters: Counters,
+    capped_lines: Vec<u64>,
+}
+
+/// A task's record of itself, in its output folder.
+#[derive(Debug, Serialize, Deserialize)]
+struct TaskDone {
+    task: u32,
+    of: u32,
+    run_id: String,
+}
+
+/// The work folder of a staged night.
+struct Work {
+    dir: PathBuf,
+}
+
+impl Work {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    fn read_json<T: for<'de> Deserialize<'de>>(&self, rel: &str) -> anyhow::Result<Option<T>> {
+        let path = self.path(rel);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("{}: not a segmill stage file", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    fn plan(&self) -> anyhow::Result<NightPlan> {
+        let plan: NightPlan = self.read_json("plan.json")?.ok_or_else(|| {
+            anyhow!(
+                "{} holds no plan: run `segmill plan` first",
+                self.dir.display()
+            )
+        })?;
+        if plan.format != WORK_FORMAT {
+            return Err(anyhow!(
+                "{}: work folder format {} (this segmill reads {WORK_FORMAT}): run `segmill plan` \
+                 again after removing the folder",
+                self.path("plan.json").display(),
+                plan.format
+            ));
+        }
+        Ok(plan)
+    }
+
+    fn finalized(&self) -> bool {
+        self.path("finalized.json").exists()
+    }
+
+    /// A fresh folder for a task's outputs, renamed into place by [`Work::publish`].
+    fn staging(&self, rel: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.path(&format!("{rel}.partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Makes a task's output folder durable and visible under `rel`, unless an earlier attempt
+    /// already did (then this attempt's copy, the same bytes, is dropped). `false` in that case.
+    fn publish(&self, staging: &Path, rel: &str, done: &TaskDone) -> anyhow::Result<bool> {
+        let bytes = serde_json::to_vec(done).map_err(anyhow::Error::from)?;
+        write_atomic(&staging.join("task.json"), &bytes)?;
+        sync_tree(staging)?;
+        let target = self.path(rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        if target.exists() {
+            let _ = std::fs::remove_dir_all(staging);
+            return Ok(false);
+        }
+        std::fs::rename(staging, &target).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                staging.display(),
+                target.display()
+            )
+        })?;
+        if let Some(parent) = target.parent() {
+            crate::state::sync_dir(parent)?;
+        }
+        Ok(true)
+    }
+
+    /// The output folders of every task of `stage` (`map`, `resolve`, `merge`), checked
+    /// complete: tasks 0..M all published, for the same night.
+    fn tasks(&self, stage: &str, run_id: &str) -> anyhow::Result<Vec<PathBuf>> {
+        let root = self.path(stage);
+        let mut found: BTreeMap<u32, (u32, PathBuf)> = BTreeMap::new();
+        let entries = match std::fs::read_dir(&root) {
+            Ok(entries) => entries.collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(anyhow!("cannot list {}: {e}", root.display())),
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list {}", root.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.parse::<u32>().is_err() {
+                continue; // a task still running, or killed: `N.partial-PID`
+            }
+            let done: TaskDone = self
+                .read_json(&format!("{stage}/{name}/task.json"))?
+                .ok_or_else(|| anyhow!("{}: no task.json", entry.path().display()))?;
+            if done.run_id != run_id {
+                return Err(anyhow!(
+                    "{}: written for run {}, not {run_id}",
+                    entry.path().display(),
+                    done.run_id
+                ));
+            }
+            found.insert(done.task, (done.of, entry.path()));
+        }
+        let of = found.values().next().map_or(0, |(of, _)| *of);
+        if of == 0 {
+            return Err(anyhow!(
+                "no `segmill {stage}` task has finished in {}",
+                root.display()
+            ));
+        }
+        for t in 0..of {
+            match found.get(&t) {
+                Some((o, _)) if *o == of => {}
+                Some((o, _)) => {
+                    return Err(anyhow!(
+                        "`segmill {stage}` tasks disagree on their count ({of} and {o}) in {}",
+                        root.display()
+                    ));
+                }
+                None => {
+                    return Err(anyhow!(
+                        "`segmill {stage}` task {t} of {of} has not finished (no {}/{t})",
+                        root.display()
+                    ));
+                }
+            }
+        }
+        Ok(found.into_values().map(|(_, p)| p).collect())
+    }
+}
+
+/// Fsyncs every file and folder under `dir`.
+fn sync_tree(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot fsync {}", path.display()))?;
+        }
+    }
+    crate::state::sync_dir(dir)?;
+    Ok(())
+}
+
+/// The contiguous range of `partitions` that task `task` of `of` owns.
+fn part_range(task: u32, of: u32, partitions: u32) -> std::ops::Range<u32> {
+    let at = |t: u32| (u64::from(t) * u64::from(partitions) / u64::from(of)) as u32;
+    at(task)..at(task + 1)
+}
+
+fn hex(hash: u128) -> String {
+    format!("{hash:032x}")
+}
+
+fn unhex(text: &str) -> anyhow::Result<u128> {
+    u128::from_str_radix(text, 16).map_err(|_| anyhow!("{text:?} is not a 32-digit hex hash"))
+}
+
+/// Runs one stage task. `opts.as_of` is used by `plan` only; later tasks take the plan's.
+pub fn stage(
+    config: &Config,
+    opts: &RunOptions,
+    which: Stage,
+    work: Option<PathBuf>,
+) -> Result<StageOutcome, RunError> {
+    if config.paths.inbound.as_local().is_none() {
+        return Err(anyhow!(
+            "the staged run reads inbound files from a folder every task mounts; {} is not one \
+             (use `segmill run`, or copy the night's files to a shared folder)",
+            config.paths.inbound
+        )
+        .into());
+    }
+    match which {
+        Stage::Map { task, of } | Stage::Resolve { task, of } | Stage::Merge { task, of }
+            if of == 0 || task >= of =>
+        {
+            return Err(
+                anyhow!("--task {task} --of {of}: the task must be below the count").into(),
+            );
+        }
+        _ => {}
+    }
+    let work = Work {
+        dir: work.unwrap_or_else(|| config.paths.state.join("stage")),
+    };
+    let threads = opts.threads.unwrap_or(config.run.threads);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| anyhow!("cannot start {threads} worker threads: {e}"))?;
+    pool.install(|| match which {
+        Stage::Plan => plan(config, opts, &work),
+        Stage::Map { task, of } => map(config, opts, &work, task, of),
+        Stage::Resolve { task, of } => resolve(config, opts, &work, task, of),
+        Stage::Merge { task, of } => merge(config, opts, &work, task, of),
+        Stage::Finalize => finalize(config, opts, &work),
+    })
+}
+
+/// The options every task after `plan` runs with: the plan's as-of time and chunk size.
+fn task_opts(opts: &RunOptions, plan: &NightPlan) -> RunOptions {
+    RunOptions {
+        as_of: plan.as_of,
+        threads: opts.threads,
+        chunk_bytes: Some(plan.chunk_bytes),
+        ..RunOptions::default()
+    }
+}
+
+/// [`prepare`] for a task after `plan`, checked against the plan.
+fn prepare_task<'a>(
+    config: &'a Config,
+    opts: &'a RunOptions,
+    plan: &NightPlan,
+    recorded: &BTreeMap<String, Option<u128>>,
+    name: &str,
+    lock: bool,
+) -> Result<(Night<'a>, Option<crate::state::LockGuard>), RunError> {
+    let (n, guard) = prepare(
+        config,
+        opts,
+        &Prepare {
+            lock,
+            tmp_name: Some(format!("{}-{name}-pid-{}", plan.run_id, std::process::id())),
+            recorded: Some(recorded),
+        },
+    )?;
+    let current = n.parent.as_ref().map(|g| g.number);
+    if current != plan.parent || n.run_id != plan.run_id || n.partitions != plan.partitions {
+        return Err(anyhow!(
+            "the state in {} moved on since `segmill plan` (current generation {:?}, planned on \
+             {:?}): another run committed; run `segmill plan` again",
+            config.paths.state.display(),
+            current,
+            plan.parent
+        )
+        .into());
+    }
+    Ok((n, guard))
+}
+
+fn recorded_files(plan: &NightPlan) -> anyhow::Result<BTreeMap<String, Option<u128>>> {
+    plan.files
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_deref().map(unhex).transpose()?)))
+        .collect()
+}
+
+fn plan(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome, RunError> {
+    if work.finalized() {
+        // The previous night is done: its work folder goes.
+        std::fs::remove_dir_all(&work.dir)
+            .with_context(|| format!("cannot clear {}", work.dir.display()))?;
+    }
+    let (n, _lock) = prepare(
+        config,
+        opts,
+        &Prepare {
+            lock: true,
+            tmp_name: Some(format!("plan-pid-{}", std::process::id())),
+            recorded: None,
+        },
+    )?;
+    if let Some(existing) = work.read_json::<NightPlan>("plan.json")? {
+        if existing.parent == n.parent.as_ref().map(|g| g.number) {
+            return Ok(StageOutcome::AlreadyDone(format!(
+                "night {} is already planned in {}",
+                existing.run_id,
+                work.dir.display()
+            )));
+        }
+        // Planned on a state that another run has moved on from: plan again.
+        tracing::warn!(
+            planned = %existing.run_id,
+            "the work folder's plan is stale (the state moved on); planning again"
+        );
+        std::fs::remove_dir_all(&work.dir)
+            .with_context(|| format!("cannot clear {}", work.dir.display()))?;
+    }
+    std::fs::create_dir_all(&work.dir)
+        .with_context(|| format!("cannot create {}", work.dir.display()))?;
+    let mut files: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for f in &n.plan.trait_files {
+        files.insert(f.found.display.clone(), f.hash.map(hex));
+    }
+    for f in &n.plan.idsync_files {
+        files.insert(f.found.display.clone(), f.hash.map(hex));
+    }
+    for ((r, hash), _) in &n.plan.name_rejected {
+        files.insert(r.display.clone(), hash.map(hex));
+    }
+    for name in &n.plan.ignored {
+        files.insert(name.clone(), None);
+    }
+    // Tonight's ID-sync mappings go into the next generation's ID-sync partitions now, so
+    // that every resolve task looks IDs up in them.
+    let gen_dir = work.path("gen");
+    let staged = staged::Staged::loose(gen_dir);
+    let parent_file = |name: &str| n.parent_file(name);
+    let idsync = apply_idsync(&n.plan, n.partitions, n.chunk_bytes, &parent_file, &staged)?;
+    let night = NightPlan {
+        format: WORK_FORMAT,
+        run_id: n.run_id.clone(),
+        generation: n.gen_number,
+        parent: n.parent.as_ref().map(|g| g.number),
+        as_of: opts.as_of,
+        partitions: n.partitions,
+        chunk_bytes: n.chunk_bytes,
+        files,
+        idsync_parts: idsync.parts,
+        idsync_receipt: idsync.receipt,
+        idsync_ledger: idsync
+            .ledger
+            .iter()
+            .map(|e| LedgerLine {
+                name: e.name.clone(),
+                path: e.path.clone(),
+                size: e.size,
+                hash: hex(e.hash),
+                outcome: e.outcome,
+                reason: e.reason.clone(),
+            })
+            .collect(),
+    };
+    let bytes = serde_json::to_vec_pretty(&night).map_err(anyhow::Error::from)?;
+    write_atomic(&work.path("plan.json"), &bytes)?;
+    Ok(StageOutcome::Done(format!(
+        "planned night {}: {} trait files to read, {} ID-sync partitions written, in {}",
+        n.run_id,
+        n.to_read.len(),
+        night.idsync_parts.len(),
+        work.dir.display()
+    )))
+}
+
+fn map(
+    config: &Config,
+    opts: &RunOptions,
+    work: &Work,
+    task: u32,
+    of: u32,
+) -> Result<StageOutcome, RunError> {
+    let plan = work.plan()?;
+    let rel = format!("map/{task}");
+    if work.finalized() || work.path(&rel).exists() {
+        return Ok(StageOutcome::AlreadyDone(format!(
+            "map task {task} of {of}"
+        )));
+    }
+    let opts = task_opts(opts, &plan);
+    let recorded = recorded_files(&plan)?;
+    let (n, _) = prepare_task(
+        config,
+        &opts,
+        &plan,
+        &recorded,
+        &format!("map-{task}"),
+        false,
+    )?;
+    let out = work.staging(&rel)?;
+    let mut spool = Spool::new(n.partitions, config.run.ops_memory_bytes, out.join("ops"));
+    let mut pending = Spool::new(
+        n.partitions,
+        config.run.ops_memory_bytes,
+        out.join("pending"),
+    );
+    let mut pgp = ops::PgpKeys::new(config);
+    let mut files = Vec::new();
+    for file in (task as usize..n.to_read.len()).step_by(of as usize) {
+        let result = n.read_trait_file(file as u32, &mut pgp, None, &mut spool, &mut pending)?;
+        files.push(match result {
+            Ok(rf) => {
+                write_rejects(&out.join(format!("rejects-{file}")), &rf.rejected)?;
+                MapFile {
+                    file: file as u32,
+                    rejected: None,
+                    counters: rf.cap.counters,
+                    capped_lines: rf.cap.capped_lines,
+                }
+            }
+            Err(reason) => MapFile {
+                file: file as u32,
+                rejected: Some(reason),
+                counters: Counters::default(),
+                capped_lines: Vec::new(),
+            },
+        });
+    }
+    spool
+        .spill_all()
+        .and_then(|()| pending.spill_all())
+        .map_err(|e| anyhow!("cannot write the map task's ops: {e}"))?;
+    write_atomic(
+        &out.join("files.json"),
+        &serde_json::to_vec(&files).map_err(anyhow::Error::from)?,
+    )?;
+    let done = TaskDone {
+        task,
+        of,
+        run_id: plan.run_id.clone(),
+    };
+    let fresh = work.publish(&out, &rel, &done)?;
+    let what = format!("map task {task} of {of}: {} files", files.len());
+    Ok(if fresh {
+        StageOutcome::Done(what)
+    } else {
+        StageOutcome::AlreadyDone(what)
+    })
+}
+
+/// A map task's rejected lines: per line its number, category, reason and text.
+fn write_rejects(path: &Path, rows: &[RejectRow]) -> anyhow::Result<()> {
+    let mut w = crate::codec::Writer::default();
+    for r in rows {
+        w.varint(r.line);
+        let cat = Category::ALL
+            .iter()
+            .position(|c| *c == r.category)
+            .unwrap_or(0);
+        w.u8(cat as u8);
+        w.short_bytes(r.reason.as_bytes());
+        w.short_bytes(&r.text);
+    }
+    write_atomic(path, &w.buf)?;
+    Ok(())
+}
+
+fn read_rejects(path: &Path) -> anyhow::Result<Vec<RejectRow>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut r = crate::codec::Reader::new(&bytes);
+    let mut rows = Vec::new();
+    let bad = |e: crate::codec::Truncated| anyhow!("{}: {e}", path.display());
+    while !r.is_empty() {
+        let line = r.varint().map_err(bad)?;
+        let category = *Category::ALL
+            .get(usize::from(r.u8().map_err(bad)?))
+            .ok_or_else(|| anyhow!("{}: unknown category", path.display()))?;
+        let reason = String::from_utf8_lossy(r.short_bytes().map_err(bad)?).into_owned();
+        let text = r.short_bytes().map_err(bad)?.to_vec();
+        rows.push(RejectRow {
+            line,
+            category,
+            reason: reason.into(),
+            text,
+        });
+    }
+    Ok(rows)
+}
+
+/// The ID-sync partitions tonight's plan wrote (loose, in the work folder), else the
+/// parent generation's.
+fn state_file(n: &Night<'_>, work: &Work, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let loose = work.path("gen").join(name);
+    if loose.exists() {
+        return Ok(Some(crate::state::read_loose(&loose)?));
+    }
+    if work.path("gen").join(format!("{name}.empty")).exists() {
+        return Ok(Some(Vec::new()));
+    }
+    n.parent_file(name)
+}
+
+fn resolve(
+    config: &Config,
+    opts: &RunOptions,
+    work: &Work,
+    task: u32,
+    of: u32,
+) -> Result<StageOutcome, RunError> {
+    let plan = work.plan()?;
+    let rel = format!("resolve/{task}");
+    if work.finalized() || work.path(&rel).exists() {
+        return Ok(StageOutcome::AlreadyDone(format!(
+            "resolve task {task} of {of}"
+        )));
+    }
+    let opts = task_opts(opts, &plan);
+    let recorded = recorded_files(&plan)?;
+    let (n, _) = prepare_task(
+        config,
+        &opts,
+        &plan,
+        &recorded,
+        &format!("resolve-{task}"),
+        false,
+    )?;
+    let maps = work.tasks("map", &plan.run_id)?;
+    let range = part_range(task, of, n.partitions);
+    let only: BTreeSet<u32> = range.clone().collect();
+    let source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+        Ok(state_file(&n, work, name)?.map(std::borrow::Cow::Owned))
+    };
+    let index = IdIndex::build_parts(&n.customer_dpids(), n.partitions, Some(&only), &source)?;
+    let out = work.staging(&rel)?;
+    let mut spool = Spool::new(n.partitions, config.run.ops_memory_bytes, out.join("ops"));
+    let mut unmatched: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    // A few ID-sync partitions at a time, each looked up on a thread of its own.
+    let parts: Vec<u32> = range.collect();
+    for batch in parts.chunks(rayon::current_num_threads().max(1)) {
+        let resolved: Vec<anyhow::Result<crate::ingest::Resolved>> = batch
+            .par_iter()
+            .map(|&q| {
+                let mut bufs: Vec<OpBuf> = Vec::new();
+                for m in &maps {
+                    bufs.extend(read_spilled(&m.join("pending").join(spill_file(q)))?);
+                }
+                resolve_pending(&bufs, &index, n.partitions)
+                    .map_err(|e| anyhow!("ID-sync partition {q}: {e}"))
+            })
+            .collect();
+        for r in resolved {
+            let r = r?;
+            for seq in r.unmatched {
+                unmatched
+                    .entry(seq_file(seq))
+                    .or_default()
+                    .push(seq_line(seq));
+            }
+            spool
+                .push(r.parts)
+                .map_err(|e| anyhow!("cannot write the resolve task's ops: {e}"))?;
+        }
+    }
+    spool
+        .spill_all()
+        .map_err(|e| anyhow!("cannot write the resolve task's ops: {e}"))?;
+    for lines in unmatched.values_mut() {
+        lines.sort_unstable();
+    }
+    write_atomic(
+        &out.join("unmatched.json"),
+        &serde_json::to_vec(&unmatched).map_err(anyhow::Error::from)?,
+    )?;
+    let done = TaskDone {
+        task,
+        of,
+        run_id: plan.run_id.clone(),
+    };
+    let fresh = work.publish(&out, &rel, &done)?;
+    let what = format!(
+        "resolve task {task} of {of}: ID-sync partitions {:?}, {} unmatched lines",
+        part_range(task, of, n.partitions),
+        unmatched.values().map(Vec::len).sum::<usize>()
+    );
+    Ok(if fresh {
+        StageOutcome::Done(what)
+    } else {
+        StageOutcome::AlreadyDone(what)
+    })
+}
+
+fn merge(
+    config: &Config,
+    opts: &RunOptions,
+    work: &Work,
+    task: u32,
+    of: u32,
+) -> Result<StageOutcome, RunError> {
+    let plan = work.plan()?;
+    let rel = format!("merge/{task}");
+    if work.finalized() || work.path(&rel).exists() {
+        return Ok(StageOutcome::AlreadyDone(format!(
+            "merge task {task} of {of}"
+        )));
+    }
+    let opts = task_opts(opts, &plan);
+    let recorded = recorded_files(&plan)?;
+    let (n, _) = prepare_task(
+        config,
+        &opts,
+        &plan,
+        &recorded,
+        &format!("merge-{task}"),
+        false,
+    )?;
+    let mut inputs = work.tasks("map", &plan.run_id)?;
+    let resolves = work.tasks("resolve", &plan.run_id)?;
+    let mut op_dirs: Vec<PathBuf> = inputs.drain(..).map(|m| m.join("ops")).collect();
+    op_dirs.extend(resolves.iter().map(|r| r.join("ops")));
+    let metas = n.file_metas();
+    let ctx = n.merge_ctx(&metas);
+    let staged = staged::Staged::loose(work.path("gen"));
+    let range = part_range(task, of, n.partitions);
+    let results: Vec<anyhow::Result<(u32, Option<PartOut>)>> = range
+        .clone()
+        .into_par_iter()
+        .map(|p| {
+            let mut bufs: Vec<OpBuf> = Vec::new();
+            for d in &op_dirs {
+                bufs.extend(read_spilled(&d.join(spill_file(p)))?);
+            }
+            let ops = (!bufs.is_empty()).then_some(bufs);
+            Ok((p, n.merge_part(&ctx, p, ops, &staged)?))
+        })
+        .collect();
+    let mut parts: BTreeMap<u32, Option<PartOut>> = BTreeMap::new();
+    for r in results {
+        let (p, out) = r?;
+        parts.insert(p, out);
+    }
+    let out = work.staging(&rel)?;
+    write_atomic(
+        &out.join("parts.json"),
+        &serde_json::to_vec(&parts).map_err(anyhow::Error::from)?,
+    )?;
+    let done = TaskDone {
+        task,
+        of,
+        run_id: plan.run_id.clone(),
+    };
+    let fresh = work.publish(&out, &rel, &done)?;
+    let what = format!("merge task {task} of {of}: profile partitions {range:?}");
+    Ok(if fresh {
+        StageOutcome::Done(what)
+    } else {
+        StageOutcome::AlreadyDone(what)
+    })
+}
+
+fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome, RunError> {
+    if work.finalized() {
+        return Ok(StageOutcome::AlreadyDone(format!(
+            "the night in {} is already finalized",
+            work.dir.display()
+        )));
+    }
+    let plan = work.plan()?;
+    let opts = task_opts(opts, &plan);
+    let recorded = recorded_files(&plan)?;
+    let (n, _lock) = prepare_task(config, &opts, &plan, &recorded, "finalize", true)?;
+
+    // Trait files: what map found, plus what resolve found unmatched.
+    let mut map_files: BTreeMap<u32, (MapFile, PathBuf)> = BTreeMap::new();
+    for m in work.tasks("map", &plan.run_id)? {
+        let list: Vec<MapFile> = work
+            .read_json(&format!(
+                "map/{}/files.json",
+                m.file_name()
+                    .map(|s| s.to_string_lossy())
+                    .unwrap_or_default()
+            ))?
+            .ok_or_else(|| anyhow!("{}: no files.json", m.display()))?;
+        for f in list {
+            map_files.insert(f.file, (f, m.clone()));
+        }
+    }
+    let mut unmatched: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for r in work.tasks("resolve", &plan.run_id)? {
+        let path = r.join("unmatched.json");
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let part: BTreeMap<u32, Vec<u64>> = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a segmill stage file", path.display()))?;
+        for (file, lines) in part {
+            unmatched.entry(file).or_default().extend(lines);
+        }
+    }
+    let mut pgp = ops::PgpKeys::new(config);
+    let mut read: Vec<Option<ReadFile>> = Vec::with_capacity(n.to_read.len());
+    let mut trait_outcomes: Vec<(usize, TraitFileResult)> = Vec::new();
+    for (file, &plan_idx) in n.to_read.iter().enumerate() {
+        let Some((mf, dir)) = map_files.remove(&(file as u32)) else {
+            return Err(anyhow!("no map task read file {file} of the night").into());
+        };
+        if let Some(reason) = mf.rejected {
+            trait_outcomes.push((plan_idx, TraitFileResult::Rejected(reason)));
+            read.push(None);
+            continue;
+        }
+        let p = &n.plan.trait_files[plan_idx];
+        let (source, gzip) = if p.name.pgp {
+            match pgp.decrypt(&p.found.path, &p.found.display, &n.tmp)? {
+                ops::Decrypted::Plain(path) => (path, false),
+                ops::Decrypted::Rejected(reason) => {
+                    return Err(anyhow!(
+                        "{}: decrypted by its map task, but not now: {reason}",
+                        p.found.display
+                    )
+                    .into());
+                }
+            }
+        } else {
+            (p.found.path.clone(), p.name.gzip)
+        };
+        let mut lines = unmatched.remove(&(file as u32)).unwrap_or_default();
+        lines.sort_unstable();
+        let mut counters = mf.counters;
+        if let IdKind::Customer { .. } = id_kind(config, &p.name, p.job) {
+            counters.no_matching_aam_id += lines.len() as u64;
+        }
+        trait_outcomes.push((plan_idx, TraitFileResult::Read(file)));
+        read.push(Some(ReadFile {
+            plan_idx,
+            source,
+            gzip,
+            rejected: read_rejects(&dir.join(format!("rejects-{file}")))?,
+            unmatched: lines,
+            cap: crate::ingest::cap::CapOutcome {
+                counters,
+                capped_lines: mf.capped_lines,
+            },
+        }));
+    }
+
+    // Profile partitions: what merge made.
+    let mut parts: Vec<Option<PartOut>> = (0..n.partitions).map(|_| None).collect();
+    let mut covered = 0u32;
+    for m in work.tasks("merge", &plan.run_id)? {
+        let path = m.join("parts.json");
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let list: BTreeMap<u32, Option<PartOut>> = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a segmill stage file", path.display()))?;
+        for (p, out) in list {
+            if let Some(slot) = parts.get_mut(p as usize) {
+                *slot = out;
+                covered += 1;
+            }
+        }
+    }
+    if covered != n.partitions {
+        return Err(anyhow!(
+            "the merge tasks covered {covered} of {} profile partitions",
+            n.partitions
+        )
+        .into());
+    }
+
+    // The state files the stages wrote become part of the new generation.
+    let staged = staged::Staged::new(Some(n.state.begin(n.parent.as_ref())?));
+    staged.adopt_loose(&work.path("gen"))?;
+    let idsync = IdSyncResult {
+        parts: plan.idsync_parts.clone(),
+        receipt: plan.idsync_receipt.clone(),
+        ledger: plan
+            .idsync_ledger
+            .iter()
+            .map(|l| {
+                Ok(LedgerEntry {
+                    name: l.name.clone(),
+                    path: l.path.clone(),
+                    size: l.size,
+                    hash: unhex(&l.hash)?,
+                    outcome: l.outcome,
+                    reason: l.reason.clone(),
+                    run_id: String::new(),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let job_clock = ops::JobClock::new();
+    let summary = finish(n, staged, idsync, read, trait_outcomes, parts, &job_clock)?;
+    // Committed: the night's work folder is done with.
+    write_atomic(
+        &work.path("finalized.json"),
+        format!("{{\"run_id\": {:?}}}\n", summary.run_id).as_bytes(),
+    )?;
+    for area in ["map", "resolve", "merge", "gen"] {
+        let _ = std::fs::remove_dir_all(work.path(area));
+    }
+    Ok(StageOutcome::Finalized(Box::new(summary)))
+}
