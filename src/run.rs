@@ -571,6 +571,114 @@ impl Night<'_> {
     }
 }
 
+/// What the exports need to know of each profile partition.
+struct PartFacts<'a> {
+    /// Whether it holds cross-device customer-ID profiles.
+    customer: &'a [bool],
+    /// The generation that last rewrote it (this one's number if tonight did).
+    changed_generation: &'a [u64],
+    /// Whether a mapping of a cross-device data source arrived tonight.
+    cross_synced_tonight: bool,
+}
+
+impl Night<'_> {
+    /// Whether tonight's ID-sync partitions (`parts`) hold mappings of a cross-device data
+    /// source: its customer-ID profiles are then due for every destination.
+    fn cross_synced(&self, parts: &BTreeSet<String>) -> bool {
+        self.config
+            .data_sources
+            .values()
+            .filter(|d| d.cross_device)
+            .any(|d| {
+                let prefix = format!("{}/dpid-{}/", Table::Adobe.dir(), d.id);
+                parts.iter().any(|name| name.starts_with(&prefix))
+            })
+    }
+
+    /// Diffs every destination's profile partitions in `range` against what it last received,
+    /// writing each diffed partition's sorted run file into `runs_dir(destination)` and its new
+    /// members into `staged`. `segmill run` diffs every partition at once; a staged run's merge
+    /// tasks diff their own ranges, and `finalize` merges the run files.
+    fn compute_exports(
+        &self,
+        staged: &staged::Staged,
+        facts: &PartFacts<'_>,
+        range: std::ops::Range<u32>,
+        runs_dir: &dyn Fn(u32) -> anyhow::Result<PathBuf>,
+    ) -> anyhow::Result<Vec<DestExport>> {
+        let config = self.config;
+        // Cross-device customer-ID profiles are exported through their ID-sync mapping.
+        let cross_device: BTreeSet<Dpid> = config
+            .data_sources
+            .values()
+            .filter(|d| d.cross_device)
+            .map(|d| d.id)
+            .collect();
+        let any_customer = range
+            .clone()
+            .any(|p| facts.customer.get(p as usize).copied().unwrap_or(false));
+        let index_source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+            Ok(self
+                .current_file(staged, name)?
+                .map(std::borrow::Cow::Owned))
+        };
+        let cross_index = if any_customer && !cross_device.is_empty() {
+            IdIndex::build(&cross_device, self.partitions, &index_source)?
+        } else {
+            IdIndex::default()
+        };
+        let resolve = |dpid: Dpid, id: &[u8]| match cross_index.lookup(dpid, id) {
+            Some(crate::idsync::index::Target::Uuid(u)) => Some(u),
+            _ => None,
+        };
+        let profile_source = |p: u32| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+            let name = crate::profile::part_name(p);
+            Ok(self
+                .current_file(staged, &name)?
+                .map(std::borrow::Cow::Owned))
+        };
+        let members = |name: &str| self.parent_file(name);
+        let mut out = Vec::new();
+        for dest in config.destinations.values() {
+            let full = match self.opts.export_only {
+                Some((did, full)) if did == dest.id => full,
+                Some(_) => continue,
+                None => false,
+            };
+            let last = self
+                .parent_meta
+                .as_ref()
+                .and_then(|m| m.destinations.get(&dest.id).copied());
+            let stale = |p: u32| {
+                let p = p as usize;
+                last.is_none_or(|m| {
+                    facts.changed_generation.get(p).copied().unwrap_or(0) > m.exported_generation
+                }) || (facts.cross_synced_tonight
+                    && facts.customer.get(p).copied().unwrap_or(false))
+            };
+            let sources = export::Sources {
+                parts: range.clone(),
+                stale: &stale,
+                profiles: &profile_source,
+                members: &members,
+                resolve: &resolve,
+            };
+            // What the destination now holds goes straight into the new generation.
+            let outputs = export::Outputs {
+                runs_dir: &runs_dir(dest.id)?,
+                on_members: &|p, payload| {
+                    staged.write(&export::members_part_name(dest.id, p), &payload)
+                },
+            };
+            let template = self.catalog.templates.get(&dest.id);
+            out.push(export::compute(
+                config, dest, template, full, last, &sources, &outputs,
+            )?);
+        }
+        Ok(out)
+    }
+}
+
 fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunError> {
     let (mut n, _lock) = prepare(
         config,
@@ -674,15 +782,14 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     }
     n.stages.insert("merge".into(), t.elapsed().as_secs_f64());
     crate::failpoint::hit("after-merge").context("after-merge")?;
-    finish(
-        n,
-        staged,
-        idsync_result,
+    let tonight = Tonight {
+        idsync: idsync_result,
         read,
         trait_outcomes,
         parts,
-        &job_clock,
-    )
+        exports: None,
+    };
+    finish(n, staged, tonight, &job_clock)
 }
 
 /// How a trait file's read ended, for the plan's bookkeeping.
@@ -693,16 +800,34 @@ fn file_result(file: usize, result: &Result<ReadFile, String>) -> TraitFileResul
     }
 }
 
+/// What the stages before [`finish`] made of the night.
+struct Tonight {
+    idsync: IdSyncResult,
+    /// By file index: what each file to read gave (`None`: rejected).
+    read: Vec<Option<ReadFile>>,
+    /// (plan index, how its read ended), in file order.
+    trait_outcomes: Vec<(usize, TraitFileResult)>,
+    /// By profile partition: its merge (`None`: quiet, carried over).
+    parts: Vec<Option<PartOut>>,
+    /// The destinations' diffs when made already (a staged run's merge tasks); `None` makes
+    /// them now.
+    exports: Option<Vec<DestExport>>,
+}
+
 /// Everything after the merge: exports, receipts, ledger, run report and the commit.
 fn finish(
     mut n: Night<'_>,
     staged: staged::Staged,
-    idsync_result: IdSyncResult,
-    read: Vec<Option<ReadFile>>,
-    trait_outcomes: Vec<(usize, TraitFileResult)>,
-    parts: Vec<Option<PartOut>>,
+    tonight: Tonight,
     job_clock: &ops::JobClock,
 ) -> Result<RunSummary, RunError> {
+    let Tonight {
+        idsync: idsync_result,
+        read,
+        trait_outcomes,
+        parts,
+        exports,
+    } = tonight;
     let config = n.config;
     let opts = n.opts;
     let partitions = n.partitions;
@@ -724,10 +849,6 @@ fn finish(
         &n.parent,
     );
     let inbound_store = &n.inbound_store;
-    let source = |name: &str| n.parent_file(name);
-    let index_source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-        Ok(n.current_file(&staged, name)?.map(std::borrow::Cow::Owned))
-    };
     // What the manifest keeps per partition, for the partitions this run did not touch.
     let mut min_expiry = vec![None; partitions as usize];
     let mut min_flip = vec![None; partitions as usize];
@@ -752,29 +873,7 @@ fn finish(
 
     // Destination exports, against the profiles as this run leaves them.
     let t = Instant::now();
-    // Cross-device customer-ID profiles are exported through their ID-sync mapping; a mapping
-    // that arrived tonight makes their partitions due for every destination.
-    let cross_device: BTreeSet<Dpid> = config
-        .data_sources
-        .values()
-        .filter(|d| d.cross_device)
-        .map(|d| d.id)
-        .collect();
-    let any_customer = customer_partitions.iter().any(|&c| c);
-    let cross_index = if any_customer && !cross_device.is_empty() && !opts.idsync_only {
-        IdIndex::build(&cross_device, partitions, &index_source)?
-    } else {
-        IdIndex::default()
-    };
-    let cross_synced_tonight = idsync_result.parts.iter().any(|name| {
-        cross_device
-            .iter()
-            .any(|d| name.starts_with(&format!("{}/dpid-{d}/", Table::Adobe.dir())))
-    });
-    let resolve = |dpid: Dpid, id: &[u8]| match cross_index.lookup(dpid, id) {
-        Some(crate::idsync::index::Target::Uuid(u)) => Some(u),
-        _ => None,
-    };
+    let cross_synced_tonight = n.cross_synced(&idsync_result.parts);
     let mut changed_generation: Vec<u64> = (0..partitions as usize)
         .map(|p| {
             parent_meta
@@ -790,47 +889,17 @@ fn finish(
     }
     let exports: Vec<DestExport> = if opts.idsync_only || opts.no_export {
         Vec::new()
+    } else if let Some(exports) = exports {
+        exports
     } else {
-        let profile_source = |p: u32| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-            let name = crate::profile::part_name(p);
-            match staged.read(&name)? {
-                Some(bytes) => Ok(Some(std::borrow::Cow::Owned(bytes))),
-                None => Ok(source(&name)?.map(std::borrow::Cow::Owned)),
-            }
+        let facts = PartFacts {
+            customer: &customer_partitions,
+            changed_generation: &changed_generation,
+            cross_synced_tonight,
         };
-        let mut out = Vec::new();
-        for dest in config.destinations.values() {
-            let full = match opts.export_only {
-                Some((did, full)) if did == dest.id => full,
-                Some(_) => continue,
-                None => false,
-            };
-            let last = parent_meta
-                .as_ref()
-                .and_then(|m| m.destinations.get(&dest.id).copied());
-            let stale = |p: u32| {
-                last.is_none_or(|m| changed_generation[p as usize] > m.exported_generation)
-                    || (cross_synced_tonight && customer_partitions[p as usize])
-            };
-            let sources = export::Sources {
-                partitions,
-                stale: &stale,
-                profiles: &profile_source,
-                members: &source,
-                resolve: &resolve,
-            };
-            // What the destination now holds goes straight into the new generation.
-            let outputs = export::Outputs {
-                runs_dir: &tmp.dir(&format!("export-runs/{}", dest.id))?,
-                on_members: &|p, payload| {
-                    staged.write(&export::members_part_name(dest.id, p), &payload)
-                },
-            };
-            let template = catalog.templates.get(&dest.id);
-            out.push(export::compute(
-                config, dest, template, full, last, &sources, &outputs,
-            )?);
-        }
+        let out = n.compute_exports(&staged, &facts, 0..partitions, &|did| {
+            tmp.dir(&format!("export-runs/{did}"))
+        })?;
         if let Some((did, _)) = opts.export_only
             && out.is_empty()
         {

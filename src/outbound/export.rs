@@ -441,6 +441,17 @@ impl Runs {
         Ok(runs)
     }
 
+    /// Takes run files written by [`compute`] in other processes (a staged run's merge
+    /// tasks), in partition order; they are removed when the result is dropped.
+    pub fn from_files(files: Vec<PathBuf>, traits: bool) -> Runs {
+        Runs { files, traits }
+    }
+
+    /// Gives up the run files without removing them (another process merges them).
+    pub fn into_files(mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.files)
+    }
+
     /// The run files, in partition order.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
@@ -1049,7 +1060,8 @@ pub type PayloadSource<'a> =
 
 /// Where an export reads the state from.
 pub struct Sources<'a, 'p> {
-    pub partitions: u32,
+    /// The profile partitions to diff (all of them, or a staged merge task's share).
+    pub parts: std::ops::Range<u32>,
     /// Whether partition `p`'s profiles changed since the destination's last export.
     pub stale: &'a (dyn Fn(u32) -> bool + Sync),
     /// Profile partition payloads as this run leaves them.
@@ -1088,7 +1100,7 @@ pub fn compute(
 ) -> anyhow::Result<DestExport> {
     use rayon::prelude::*;
     let Sources {
-        partitions,
+        ref parts,
         stale,
         profiles,
         members,
@@ -1098,9 +1110,7 @@ pub fn compute(
     let traits = template.is_some_and(Template::uses_traits);
     let everything =
         view.mode == ExportMode::Full || last.is_none_or(|m| m.fingerprint != view.fingerprint());
-    let todo: Vec<u32> = (0..partitions)
-        .filter(|&p| everything || stale(p))
-        .collect();
+    let todo: Vec<u32> = parts.clone().filter(|&p| everything || stale(p)).collect();
     let results: Vec<anyhow::Result<Option<PathBuf>>> = todo
         .par_iter()
         .map(|&p| {

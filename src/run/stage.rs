@@ -6,8 +6,10 @@
 //! plan          discover, skip duplicates, apply tonight's ID-sync files   → plan.json, gen/idsync/…
 //! map  i of M   parse + validate + cap + trait rules of files i, i+M, …    → map/i/{ops,pending}/ops-P, files.json, rejects-F
 //! resolve j/N   look up the pending customer IDs of ID-sync partitions     → resolve/j/ops/ops-P, unmatched.json
-//! merge   j/N   merge, expire and evaluate profile partitions              → gen/profiles/part-P, merge/j/parts.json
-//! finalize      exports, receipts, ledger, run report, generation switch   → the state, as `segmill run` leaves it
+//! merge   j/N   merge, expire and evaluate profile partitions; diff them   → gen/profiles/part-P, gen/members/…,
+//!               against what each destination last received                  merge/j/{parts.json,export/DID/part-P.run}
+//! finalize      k-way merge of the exports, receipts, ledger, run report,  → the state, as `segmill run` leaves it
+//!               generation switch
 //! ```
 //!
 //! Each stage calls the same functions as `segmill run` (which fuses map and resolve: its parse
@@ -18,8 +20,8 @@
 //! a run; it refuses to commit when another run committed since `plan`.
 
 use super::{
-    IdSyncResult, Night, Prepare, ReadFile, RejectRow, RunError, RunOptions, RunSummary,
-    TraitFileResult, apply_idsync, finish, id_kind, ops, prepare, staged,
+    IdSyncResult, Night, PartFacts, Prepare, ReadFile, RejectRow, RunError, RunOptions, RunSummary,
+    Tonight, TraitFileResult, apply_idsync, finish, id_kind, ops, prepare, staged,
 };
 use crate::config::Config;
 use crate::idsync::index::IdIndex;
@@ -415,8 +417,7 @@ fn plan(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome,
     }
     // Tonight's ID-sync mappings go into the next generation's ID-sync partitions now, so
     // that every resolve task looks IDs up in them.
-    let gen_dir = work.path("gen");
-    let staged = staged::Staged::loose(gen_dir);
+    let staged = staged::Staged::loose(work.path("gen"), &BTreeSet::new());
     let parent_file = |name: &str| n.parent_file(name);
     let idsync = apply_idsync(&n.plan, n.partitions, n.chunk_bytes, &parent_file, &staged)?;
     let night = NightPlan {
@@ -568,19 +569,6 @@ fn read_rejects(path: &Path) -> anyhow::Result<Vec<RejectRow>> {
     Ok(rows)
 }
 
-/// The ID-sync partitions tonight's plan wrote (loose, in the work folder), else the
-/// parent generation's.
-fn state_file(n: &Night<'_>, work: &Work, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
-    let loose = work.path("gen").join(name);
-    if loose.exists() {
-        return Ok(Some(crate::state::read_loose(&loose)?));
-    }
-    if work.path("gen").join(format!("{name}.empty")).exists() {
-        return Ok(Some(Vec::new()));
-    }
-    n.parent_file(name)
-}
-
 fn resolve(
     config: &Config,
     opts: &RunOptions,
@@ -608,8 +596,9 @@ fn resolve(
     let maps = work.tasks("map", &plan.run_id)?;
     let range = part_range(task, of, n.partitions);
     let only: BTreeSet<u32> = range.clone().collect();
+    let tonight = staged::Staged::loose(work.path("gen"), &plan.idsync_parts);
     let source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-        Ok(state_file(&n, work, name)?.map(std::borrow::Cow::Owned))
+        Ok(n.current_file(&tonight, name)?.map(std::borrow::Cow::Owned))
     };
     let index = IdIndex::build_parts(&n.customer_dpids(), n.partitions, Some(&only), &source)?;
     let out = work.staging(&rel)?;
@@ -700,7 +689,7 @@ fn merge(
     op_dirs.extend(resolves.iter().map(|r| r.join("ops")));
     let metas = n.file_metas();
     let ctx = n.merge_ctx(&metas);
-    let staged = staged::Staged::loose(work.path("gen"));
+    let staged = staged::Staged::loose(work.path("gen"), &plan.idsync_parts);
     let range = part_range(task, of, n.partitions);
     let results: Vec<anyhow::Result<(u32, Option<PartOut>)>> = range
         .clone()
@@ -720,6 +709,38 @@ fn merge(
         parts.insert(p, out);
     }
     let out = work.staging(&rel)?;
+    // The exports of these partitions: diffed here, merged by finalize.
+    let meta = n.parent_meta.as_ref();
+    let mut customer = Vec::with_capacity(n.partitions as usize);
+    let mut changed_generation = Vec::with_capacity(n.partitions as usize);
+    for p in 0..n.partitions {
+        let i = p as usize;
+        customer.push(match parts.get(&p) {
+            Some(Some(o)) => o.has_customer,
+            _ => meta.and_then(|m| m.customer_partitions.get(i).copied()) == Some(true),
+        });
+        changed_generation.push(if staged.contains(&crate::profile::part_name(p)) {
+            n.gen_number
+        } else {
+            meta.and_then(|m| m.changed_generation.get(i).copied())
+                .unwrap_or(0)
+        });
+    }
+    let facts = PartFacts {
+        customer: &customer,
+        changed_generation: &changed_generation,
+        cross_synced_tonight: n.cross_synced(&plan.idsync_parts),
+    };
+    let exports = n.compute_exports(&staged, &facts, range.clone(), &|did| {
+        let dir = out.join("export").join(did.to_string());
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(dir)
+    })?;
+    for e in exports {
+        // They move with the task's folder when it is published.
+        e.runs.into_files();
+    }
     write_atomic(
         &out.join("parts.json"),
         &serde_json::to_vec(&parts).map_err(anyhow::Error::from)?,
@@ -869,8 +890,47 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
             })
             .collect::<anyhow::Result<_>>()?,
     };
+    // Every destination's run files, in partition order, for the k-way merge.
+    let merges = work.tasks("merge", &plan.run_id)?;
+    let mut exports = Vec::new();
+    for dest in config.destinations.values() {
+        let mut files: Vec<(String, PathBuf)> = Vec::new();
+        for m in &merges {
+            let dir = m.join("export").join(dest.id.to_string());
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".run") {
+                    files.push((name, entry.path()));
+                }
+            }
+        }
+        files.sort();
+        let traits = n
+            .catalog
+            .templates
+            .get(&dest.id)
+            .is_some_and(crate::outbound::template::Template::uses_traits);
+        exports.push(crate::outbound::export::DestExport {
+            view: crate::outbound::export::DestinationView::new(config, dest, false),
+            runs: crate::outbound::export::Runs::from_files(
+                files.into_iter().map(|(_, p)| p).collect(),
+                traits,
+            ),
+        });
+    }
     let job_clock = ops::JobClock::new();
-    let summary = finish(n, staged, idsync, read, trait_outcomes, parts, &job_clock)?;
+    let tonight = Tonight {
+        idsync,
+        read,
+        trait_outcomes,
+        parts,
+        exports: Some(exports),
+    };
+    let summary = finish(n, staged, tonight, &job_clock)?;
     // Committed: the night's work folder is done with.
     write_atomic(
         &work.path("finalized.json"),

@@ -38,11 +38,13 @@ impl Staged {
     }
 
     /// Files go to `dir` as loose data files, create-once: a file already there (written by an
-    /// earlier attempt of the same task, with the same bytes) is kept.
-    pub(super) fn loose(dir: PathBuf) -> Staged {
+    /// earlier attempt of the same task, with the same bytes) is kept. `earlier` names the
+    /// files an earlier stage of the night wrote there (tonight's ID-sync partitions), read
+    /// from there too.
+    pub(super) fn loose(dir: PathBuf, earlier: &BTreeSet<String>) -> Staged {
         Staged {
             target: Target::Loose(dir),
-            written: Mutex::new(BTreeSet::new()),
+            written: Mutex::new(earlier.clone()),
         }
     }
 
