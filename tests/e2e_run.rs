@@ -1522,7 +1522,9 @@ fn staged_run_matches_run_byte_for_byte() {
         assert_eq!(out.code, code, "{what}: {out:#?}");
         out
     };
-    let night = |as_of: &str, code: i32| {
+    // `kill_finalize`: where the first attempt of finalize is killed: before its commit, or
+    // after it, before the work folder says so.
+    let night = |as_of: &str, code: i32, kill_finalize: &str| {
         env.config_with_state("state-run", 8, &catalog("out-run"));
         expect_code(env.run(as_of, &["--chunk-bytes", "7"]), code, "run");
         let reference = tree("state-run", "out-run");
@@ -1564,10 +1566,15 @@ fn staged_run_matches_run_byte_for_byte() {
         }
         let killed = env.segmill_env(
             &["finalize"],
-            &[("SEGMILL_FAILPOINT", "before-commit:abort")],
+            &[("SEGMILL_FAILPOINT", &format!("{kill_finalize}:abort"))],
         );
         assert_eq!(killed.code, -1, "finalize was not killed: {killed:#?}");
-        expect_code(env.segmill(&["finalize"]), code, "finalize");
+        if kill_finalize == "finalize-committed" {
+            let out = expect_code(env.segmill(&["finalize"]), 0, "finalize after its commit");
+            assert!(out.stderr.contains("already committed"), "{out:#?}");
+        } else {
+            expect_code(env.segmill(&["finalize"]), code, "finalize");
+        }
         let again = expect_code(env.segmill(&["finalize"]), 0, "finalize again");
         assert!(again.stderr.contains("already finalized"), "{again:#?}");
         let staged = tree("state-staged", "out-staged");
@@ -1575,10 +1582,10 @@ fn staged_run_matches_run_byte_for_byte() {
         reference
     };
     determinism_day1(&env);
-    let t1 = night("2026-11-22T02:00:00Z", 1);
+    let t1 = night("2026-11-22T02:00:00Z", 1, "before-commit");
     determinism_day2(&env);
     // Far enough on that traits expire: every partition is merged, exports carry removals.
-    let t2 = night("2027-04-01T02:00:00Z", 1);
+    let t2 = night("2027-04-01T02:00:00Z", 1, "finalize-committed");
     // The drop did reach every stage: unmatched IDs, capped lines, exports on both nights.
     let receipt = |t: &std::collections::BTreeMap<String, Vec<u8>>, name: &str| {
         serde_json::from_slice::<serde_json::Value>(&t[name]).expect("receipt JSON")
