@@ -352,28 +352,19 @@ fn process_line(
         LineKind::Record(r) => r,
     };
     out.records += 1;
-    if let (None, IdKind::Customer { dpid, cross_device }) = (ctx.index, ctx.id_kind) {
-        // Looked up later, in the ID-sync partition the ID's hash picks.
-        let part = crate::idsync::store::part_of_hash(user, ctx.partitions);
-        key_scratch.clear();
-        pending_key(dpid, cross_device, record.id, key_scratch);
-        let buf = &mut out.pending[part as usize];
-        push_op(
-            buf,
-            ctx,
-            seq(ctx.file, line_no),
-            key_scratch,
-            record.items,
-            rules,
-        );
-        out.marks.push(Mark {
-            user,
-            line: line_no,
-            status: Status::Pending { part },
-        });
-        return;
-    }
-    let resolved = resolve(ctx, record.id, record.id_type, user, key_scratch);
+    let deferred = match (ctx.index, ctx.id_kind) {
+        (None, IdKind::Customer { dpid, cross_device }) => {
+            key_scratch.clear();
+            pending_key(dpid, cross_device, record.id, key_scratch);
+            true
+        }
+        _ => false,
+    };
+    let resolved = if deferred {
+        Ok(())
+    } else {
+        resolve(ctx, record.id, record.id_type, user, key_scratch)
+    };
     let status = match resolved {
         Err((category, reason)) => {
             out.rejected.push(Rejected {
@@ -389,17 +380,23 @@ fn process_line(
             }
         }
         Ok(()) => {
-            let part = partition_of(key_scratch, ctx.partitions);
-            let buf = &mut out.parts[part as usize];
+            // A deferred ID is looked up later, in the ID-sync partition its hash picks.
+            let (bufs, part, status) = if deferred {
+                let part = crate::idsync::store::part_of_hash(user, ctx.partitions);
+                (&mut out.pending, part, Status::Pending { part })
+            } else {
+                let part = partition_of(key_scratch, ctx.partitions);
+                (&mut out.parts, part, Status::Op { part })
+            };
             push_op(
-                buf,
+                &mut bufs[part as usize],
                 ctx,
                 seq(ctx.file, line_no),
                 key_scratch,
                 record.items,
                 rules,
             );
-            Status::Op { part }
+            status
         }
     };
     out.marks.push(Mark {

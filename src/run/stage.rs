@@ -313,9 +313,11 @@ pub fn stage(
         .map_err(|e| anyhow!("cannot start {threads} worker threads: {e}"))?;
     pool.install(|| match which {
         Stage::Plan => plan(config, opts, &work),
-        Stage::Map { task, of } => map(config, opts, &work, task, of),
-        Stage::Resolve { task, of } => resolve(config, opts, &work, task, of),
-        Stage::Merge { task, of } => merge(config, opts, &work, task, of),
+        Stage::Map { task, of } => map(config, opts, &work, &Task::new("map", task, of)),
+        Stage::Resolve { task, of } => {
+            resolve(config, opts, &work, &Task::new("resolve", task, of))
+        }
+        Stage::Merge { task, of } => merge(config, opts, &work, &Task::new("merge", task, of)),
         Stage::Finalize => finalize(config, opts, &work),
     })
 }
@@ -332,6 +334,94 @@ fn current_generation(config: &Config) -> anyhow::Result<Option<u64>> {
         .current()
         .context("cannot read the current state generation")?
         .map(|g| g.number))
+}
+
+/// A task's plan, its options and the plan's recorded files.
+struct Started {
+    plan: NightPlan,
+    opts: RunOptions,
+    recorded: BTreeMap<String, Option<u128>>,
+}
+
+/// One task of the map, resolve or merge stage.
+struct Task {
+    stage: &'static str,
+    task: u32,
+    of: u32,
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} task {} of {}", self.stage, self.task, self.of)
+    }
+}
+
+impl Started {
+    /// Opens the state and plans the night as `plan` did, for task `t`.
+    fn prepare<'a>(
+        &'a self,
+        config: &'a Config,
+        t: &Task,
+    ) -> Result<(Night<'a>, &'a NightPlan), RunError> {
+        let (n, _) = prepare_task(
+            config,
+            &self.opts,
+            &self.plan,
+            &self.recorded,
+            &t.tmp_name(),
+            false,
+        )?;
+        Ok((n, &self.plan))
+    }
+}
+
+impl Task {
+    fn new(stage: &'static str, task: u32, of: u32) -> Task {
+        Task { stage, task, of }
+    }
+
+    /// Where its outputs are published in the work folder.
+    fn rel(&self) -> String {
+        format!("{}/{}", self.stage, self.task)
+    }
+
+    fn tmp_name(&self) -> String {
+        format!("{}-{}", self.stage, self.task)
+    }
+
+    /// What to prepare the night with; `None` when the task's outputs, or the whole night,
+    /// are committed already.
+    fn start(&self, work: &Work, opts: &RunOptions) -> anyhow::Result<Option<Started>> {
+        let plan = work.plan()?;
+        if work.finalized() || work.path(&self.rel()).exists() {
+            return Ok(None);
+        }
+        Ok(Some(Started {
+            opts: task_opts(opts, &plan),
+            recorded: recorded_files(&plan)?,
+            plan,
+        }))
+    }
+
+    /// Publishes the task's outputs from `out` and says what it did (`what`).
+    fn finish(
+        &self,
+        work: &Work,
+        out: &Path,
+        run_id: &str,
+        what: String,
+    ) -> Result<StageOutcome, RunError> {
+        let done = TaskDone {
+            task: self.task,
+            of: self.of,
+            run_id: run_id.to_owned(),
+        };
+        Ok(if work.publish(out, &self.rel(), &done)? {
+            StageOutcome::Done(what)
+        } else {
+            StageOutcome::AlreadyDone(what)
+        })
+    }
 }
 
 /// The options every task after `plan` runs with: the plan's as-of time and chunk size.
@@ -473,27 +563,13 @@ fn map(
     config: &Config,
     opts: &RunOptions,
     work: &Work,
-    task: u32,
-    of: u32,
+    t: &Task,
 ) -> Result<StageOutcome, RunError> {
-    let plan = work.plan()?;
-    let rel = format!("map/{task}");
-    if work.finalized() || work.path(&rel).exists() {
-        return Ok(StageOutcome::AlreadyDone(format!(
-            "map task {task} of {of}"
-        )));
-    }
-    let opts = task_opts(opts, &plan);
-    let recorded = recorded_files(&plan)?;
-    let (n, _) = prepare_task(
-        config,
-        &opts,
-        &plan,
-        &recorded,
-        &format!("map-{task}"),
-        false,
-    )?;
-    let out = work.staging(&rel)?;
+    let Some(started) = t.start(work, opts)? else {
+        return Ok(StageOutcome::AlreadyDone(t.to_string()));
+    };
+    let (n, plan) = started.prepare(config, t)?;
+    let out = work.staging(&t.rel())?;
     let mut spool = Spool::new(n.partitions, config.run.ops_memory_bytes, out.join("ops"));
     let mut pending = Spool::new(
         n.partitions,
@@ -502,7 +578,7 @@ fn map(
     );
     let mut pgp = ops::PgpKeys::new(config);
     let mut files = Vec::new();
-    for file in (task as usize..n.to_read.len()).step_by(of as usize) {
+    for file in (t.task as usize..n.to_read.len()).step_by(t.of as usize) {
         let result = n.read_trait_file(file as u32, &mut pgp, None, &mut spool, &mut pending)?;
         files.push(match result {
             Ok(rf) => {
@@ -530,18 +606,8 @@ fn map(
         &out.join("files.json"),
         &serde_json::to_vec(&files).map_err(anyhow::Error::from)?,
     )?;
-    let done = TaskDone {
-        task,
-        of,
-        run_id: plan.run_id.clone(),
-    };
-    let fresh = work.publish(&out, &rel, &done)?;
-    let what = format!("map task {task} of {of}: {} files", files.len());
-    Ok(if fresh {
-        StageOutcome::Done(what)
-    } else {
-        StageOutcome::AlreadyDone(what)
-    })
+    let what = format!("{t}: {} files", files.len());
+    t.finish(work, &out, &plan.run_id, what)
 }
 
 /// A map task's rejected lines: per line its number, category, reason and text.
@@ -587,35 +653,21 @@ fn resolve(
     config: &Config,
     opts: &RunOptions,
     work: &Work,
-    task: u32,
-    of: u32,
+    t: &Task,
 ) -> Result<StageOutcome, RunError> {
-    let plan = work.plan()?;
-    let rel = format!("resolve/{task}");
-    if work.finalized() || work.path(&rel).exists() {
-        return Ok(StageOutcome::AlreadyDone(format!(
-            "resolve task {task} of {of}"
-        )));
-    }
-    let opts = task_opts(opts, &plan);
-    let recorded = recorded_files(&plan)?;
-    let (n, _) = prepare_task(
-        config,
-        &opts,
-        &plan,
-        &recorded,
-        &format!("resolve-{task}"),
-        false,
-    )?;
+    let Some(started) = t.start(work, opts)? else {
+        return Ok(StageOutcome::AlreadyDone(t.to_string()));
+    };
+    let (n, plan) = started.prepare(config, t)?;
     let maps = work.tasks("map", &plan.run_id)?;
-    let range = part_range(task, of, n.partitions);
+    let range = part_range(t.task, t.of, n.partitions);
     let only: BTreeSet<u32> = range.clone().collect();
     let tonight = staged::Staged::loose(work.path("gen"), &plan.idsync_parts);
     let source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
         Ok(n.current_file(&tonight, name)?.map(std::borrow::Cow::Owned))
     };
     let index = IdIndex::build_parts(&n.customer_dpids(), n.partitions, Some(&only), &source)?;
-    let out = work.staging(&rel)?;
+    let out = work.staging(&t.rel())?;
     let mut spool = Spool::new(n.partitions, config.run.ops_memory_bytes, out.join("ops"));
     let mut unmatched: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     // A few ID-sync partitions at a time, each looked up on a thread of its own.
@@ -655,48 +707,24 @@ fn resolve(
         &out.join("unmatched.json"),
         &serde_json::to_vec(&unmatched).map_err(anyhow::Error::from)?,
     )?;
-    let done = TaskDone {
-        task,
-        of,
-        run_id: plan.run_id.clone(),
-    };
-    let fresh = work.publish(&out, &rel, &done)?;
     let what = format!(
-        "resolve task {task} of {of}: ID-sync partitions {:?}, {} unmatched lines",
-        part_range(task, of, n.partitions),
+        "{t}: ID-sync partitions {:?}, {} unmatched lines",
+        part_range(t.task, t.of, n.partitions),
         unmatched.values().map(Vec::len).sum::<usize>()
     );
-    Ok(if fresh {
-        StageOutcome::Done(what)
-    } else {
-        StageOutcome::AlreadyDone(what)
-    })
+    t.finish(work, &out, &plan.run_id, what)
 }
 
 fn merge(
     config: &Config,
     opts: &RunOptions,
     work: &Work,
-    task: u32,
-    of: u32,
+    t: &Task,
 ) -> Result<StageOutcome, RunError> {
-    let plan = work.plan()?;
-    let rel = format!("merge/{task}");
-    if work.finalized() || work.path(&rel).exists() {
-        return Ok(StageOutcome::AlreadyDone(format!(
-            "merge task {task} of {of}"
-        )));
-    }
-    let opts = task_opts(opts, &plan);
-    let recorded = recorded_files(&plan)?;
-    let (n, _) = prepare_task(
-        config,
-        &opts,
-        &plan,
-        &recorded,
-        &format!("merge-{task}"),
-        false,
-    )?;
+    let Some(started) = t.start(work, opts)? else {
+        return Ok(StageOutcome::AlreadyDone(t.to_string()));
+    };
+    let (n, plan) = started.prepare(config, t)?;
     let mut inputs = work.tasks("map", &plan.run_id)?;
     let resolves = work.tasks("resolve", &plan.run_id)?;
     let mut op_dirs: Vec<PathBuf> = inputs.drain(..).map(|m| m.join("ops")).collect();
@@ -704,7 +732,7 @@ fn merge(
     let metas = n.file_metas();
     let ctx = n.merge_ctx(&metas);
     let staged = staged::Staged::loose(work.path("gen"), &plan.idsync_parts);
-    let range = part_range(task, of, n.partitions);
+    let range = part_range(t.task, t.of, n.partitions);
     let results: Vec<anyhow::Result<(u32, Option<PartOut>)>> = range
         .clone()
         .into_par_iter()
@@ -722,7 +750,7 @@ fn merge(
         let (p, out) = r?;
         parts.insert(p, out);
     }
-    let out = work.staging(&rel)?;
+    let out = work.staging(&t.rel())?;
     // The exports of these partitions: diffed here, merged by finalize.
     let meta = n.parent_meta.as_ref();
     let mut customer = Vec::with_capacity(n.partitions as usize);
@@ -759,18 +787,8 @@ fn merge(
         &out.join("parts.json"),
         &serde_json::to_vec(&parts).map_err(anyhow::Error::from)?,
     )?;
-    let done = TaskDone {
-        task,
-        of,
-        run_id: plan.run_id.clone(),
-    };
-    let fresh = work.publish(&out, &rel, &done)?;
-    let what = format!("merge task {task} of {of}: profile partitions {range:?}");
-    Ok(if fresh {
-        StageOutcome::Done(what)
-    } else {
-        StageOutcome::AlreadyDone(what)
-    })
+    let what = format!("{t}: profile partitions {range:?}");
+    t.finish(work, &out, &plan.run_id, what)
 }
 
 fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome, RunError> {

@@ -106,27 +106,15 @@ impl Env {
 
     /// Runs `segmill --config <cfg> ARGS...`.
     pub fn segmill(&self, args: &[&str]) -> Out {
-        let config = self.config_path();
-        let mut full: Vec<&str> = vec!["--config", config.to_str().expect("utf-8 temp path")];
-        full.extend_from_slice(args);
-        segmill(&full)
+        self.segmill_env(args, &[])
     }
 
     /// [`Env::segmill`] with extra environment variables.
     pub fn segmill_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Out {
-        let out = Command::new(env!("CARGO_BIN_EXE_segmill"))
-            .arg("--config")
-            .arg(self.config_path())
-            .args(args)
-            .env_remove("RUST_LOG")
-            .envs(vars.iter().copied())
-            .output()
-            .expect("spawn segmill");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        let config = self.config_path();
+        let mut full: Vec<&str> = vec!["--config", config.to_str().expect("utf-8 temp path")];
+        full.extend_from_slice(args);
+        segmill_with(&full, vars)
     }
 
     /// `segmill run --as-of AS_OF` plus extra arguments.
@@ -222,9 +210,15 @@ impl Env {
 
 /// Runs the binary with `args`.
 pub fn segmill(args: &[&str]) -> Out {
+    segmill_with(args, &[])
+}
+
+/// Runs the binary with `args` and extra environment variables.
+pub fn segmill_with(args: &[&str], vars: &[(&str, &str)]) -> Out {
     let out = Command::new(env!("CARGO_BIN_EXE_segmill"))
         .args(args)
         .env_remove("RUST_LOG")
+        .envs(vars.iter().copied())
         .output()
         .expect("spawn segmill");
     Out {
