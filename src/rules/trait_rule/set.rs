@@ -1,10 +1,15 @@
 //! The compiled set of trait rules and the hot-path [`TraitRules::qualify`].
 //!
-//! Compiling turns each rule into a tree over pre-processed atoms (lowercased needles, one
-//! compiled regex per `matchesregex`) and indexes the rule by a *trigger set*: atoms of which
-//! at least one holds whenever the rule holds (CONTRACT §5 makes every atom existential over
-//! the line's signals with its key, so a true atom implies a signal with that key).
+//! Compiling turns each rule into a tree over pre-processed atoms and indexes the rule by a
+//! *trigger set*: atoms of which at least one holds whenever the rule holds (CONTRACT §5 makes
+//! every atom existential over the line's signals with its key, so a true atom implies a signal
+//! with that key).
 //!
+//! - Atoms are interned: rules that repeat an atom (same key, operator and value as written,
+//!   like the many `ic == "30612"` rules of a catalog) share one, so a line tests it once.
+//! - Literals are analysed once at compile time (canonical form, decimal parts, lowercase,
+//!   one `memmem` finder per `contains`, one regex per `matchesregex` pattern); a line's signal
+//!   values are analysed once per call ([`Shape`]), so a comparison is a slice compare.
 //! - `key == v` triggers are looked up by a hash of (data source, key, canonical value), so a
 //!   line meets only the equality rules its own values name.
 //! - Other triggers (`!=`, `<`, `contains`, ...) are looked up by a hash of (data source, key).
@@ -12,7 +17,9 @@
 //!   data source's "always evaluate" list.
 //!
 //! Candidates from the index are de-duplicated with a generation-stamped array in [`Scratch`]
-//! and then evaluated in full, so hash collisions cost time, never correctness.
+//! and then evaluated in full, so hash collisions cost time, never correctness. Each atom's
+//! satisfying signals are computed at most once per call (memoized under the same generation)
+//! and serve both the rule's truth and its used items.
 //!
 //! BE ADVISED: `triggers` must only return atoms that are *necessary* for the rule (the rule
 //! true ⟹ one of them true). Changing the semantics of an operator so that it can hold without
@@ -20,6 +27,8 @@
 //! like `NOT` there, or rules will silently stop qualifying.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use ahash::AHashMap;
 use memchr::memmem::Finder;
@@ -27,8 +36,8 @@ use regex::bytes::Regex;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::RuleError;
-use super::syntax::{Expr, Op, SyntaxError, SyntaxErrorKind, parse_spanned};
-use super::value;
+use super::syntax::{Atom, Expr, Op, SyntaxError, SyntaxErrorKind, parse_spanned};
+use super::value::{Shape, View};
 use crate::model::{Dpid, TraitId};
 
 /// The item index pushed for a qualified trait that no signal item satisfied positively (a
@@ -39,17 +48,42 @@ pub const NO_ITEM: u32 = u32::MAX;
 /// that runs behave the same.
 const KEY_SEED: u64 = 0x07a1_75e9_0000_0001;
 
+/// Hasher of keys that already are xxh3 hashes: passes the `u64` through instead of hashing
+/// it a second time.
+#[derive(Clone, Copy, Debug, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are used; any other input is still hashed deterministically.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by an xxh3 hash.
+type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<PassThrough>>;
+
 /// A set of compiled trait rules, indexed for [`TraitRules::qualify`].
 #[derive(Debug, Default)]
 pub struct TraitRules {
     /// Rules in compile order; a rule's position is its index everywhere below.
     rules: Vec<Rule>,
-    /// Atoms of all rules; `Node::Atom` holds a position here.
+    /// Distinct atoms of all rules; `Node::Atom` holds a position here.
     atoms: Vec<CompiledAtom>,
     /// Hash of (data source, key) → the rules to evaluate when a signal has that key.
-    by_key: AHashMap<u64, KeyEntry>,
+    by_key: HashKeyed<KeyEntry>,
     /// Hash of (data source, key, canonical value) → rules with that equality trigger.
-    by_value: AHashMap<u64, Postings>,
+    by_value: HashKeyed<Postings>,
     /// Rules of a data source to evaluate on every line.
     always: AHashMap<Dpid, Postings>,
     /// Rule indexes the `Postings` above point into.
@@ -77,14 +111,40 @@ struct CompiledAtom {
     test: Test,
 }
 
+/// A rule's value analysed once: its bytes as written and its [`Shape`] in `canonical`.
+#[derive(Debug)]
+struct Literal {
+    value: Box<[u8]>,
+    canonical: Box<[u8]>,
+    shape: Shape,
+}
+
+impl Literal {
+    fn new(value: &[u8]) -> Literal {
+        let mut canonical = Vec::new();
+        let shape = Shape::prepare(value, &mut canonical);
+        Literal {
+            value: value.into(),
+            canonical: canonical.into(),
+            shape,
+        }
+    }
+
+    fn view(&self) -> View<'_> {
+        self.shape.view(&self.value, &self.canonical)
+    }
+}
+
 #[derive(Debug)]
 enum Test {
     /// `==`, `!=`, `<`, `>`, `<=`, `>=` against the value as written.
-    Compare(Op, Box<[u8]>),
+    Compare(Op, Literal),
     /// Finds the lowercased needle in the lowercased signal value (boxed: a `Finder` is
     /// large and rare).
     Contains(Box<Finder<'static>>),
+    /// The lowercased prefix.
     StartsWith(Box<[u8]>),
+    /// The lowercased suffix.
     EndsWith(Box<[u8]>),
     Regex(Regex),
 }
@@ -113,10 +173,33 @@ pub struct Scratch {
     generation: u32,
     /// Candidate rule indexes of the current call.
     candidates: Vec<u32>,
-    /// Canonical values and lowercased haystacks.
-    buf: Vec<u8>,
+    /// The analysed signal values of the current call.
+    line: Line,
+    /// Atoms evaluated in the current call.
+    memo: Memo,
     /// Item indexes of the current qualified rule.
     items: Vec<u32>,
+}
+
+/// The current call's signals, analysed once.
+#[derive(Debug, Default)]
+struct Line {
+    /// Per signal, in order: where its analysis is in `buf`.
+    shapes: Vec<Shape>,
+    /// Canonical forms of the signal values.
+    buf: Vec<u8>,
+}
+
+/// Per atom: the signals (positions in the call's slice) that satisfy it, computed at most once
+/// per call.
+#[derive(Debug, Default)]
+struct Memo {
+    /// Per atom: the generation in which `runs` was filled.
+    stamps: Vec<u32>,
+    /// Per atom: its run of `hits`.
+    runs: Vec<(u32, u32)>,
+    /// Signal positions.
+    hits: Vec<u32>,
 }
 
 impl Scratch {
@@ -125,20 +208,29 @@ impl Scratch {
         Scratch::default()
     }
 
-    /// Starts a call over `rules` rules: a fresh generation, no candidates.
-    fn begin(&mut self, rules: usize) {
+    /// Starts a call over `rules` rules and `atoms` atoms: a fresh generation, no candidates,
+    /// no memoized atoms, no signals.
+    fn begin(&mut self, rules: usize, atoms: usize) {
         if self.stamps.len() < rules {
             self.stamps.resize(rules, 0);
+        }
+        if self.memo.stamps.len() < atoms {
+            self.memo.stamps.resize(atoms, 0);
+            self.memo.runs.resize(atoms, (0, 0));
         }
         self.generation = match self.generation.checked_add(1) {
             Some(g) => g,
             None => {
                 // Wrapped: forget every old stamp so none can equal a new generation.
                 self.stamps.fill(0);
+                self.memo.stamps.fill(0);
                 1
             }
         };
         self.candidates.clear();
+        self.memo.hits.clear();
+        self.line.shapes.clear();
+        self.line.buf.clear();
     }
 }
 
@@ -173,6 +265,13 @@ fn value_hash(key_hash: u64, canonical: &[u8]) -> u64 {
     xxh3_64_with_seed(canonical, key_hash)
 }
 
+/// What evaluation reads: the call's signals and their analysis, and the generation.
+struct Call<'c, 's> {
+    signals: &'c [(u32, &'s [u8], &'s [u8])],
+    line: &'c Line,
+    generation: u32,
+}
+
 impl TraitRules {
     /// Compiles `rules`: (trait id, owning data source, rule text). Errors list every bad rule
     /// (syntax errors with their column, invalid regexes, a trait given twice), in input order.
@@ -182,6 +281,8 @@ impl TraitRules {
         let mut set = TraitRules::default();
         let mut errors = Vec::new();
         let mut seen: AHashMap<TraitId, ()> = AHashMap::new();
+        // Atom as written → its index in `set.atoms`.
+        let mut interned: AHashMap<Atom, u32> = AHashMap::new();
         // (hash, rule) pairs, grouped into postings at the end.
         let mut by_key: Vec<(u64, u32)> = Vec::new();
         let mut eq_keys: Vec<u64> = Vec::new();
@@ -192,7 +293,7 @@ impl TraitRules {
                 errors.push(RuleError::DuplicateTrait { trait_id });
                 continue;
             }
-            let root = match set.compile_rule(text) {
+            let root = match set.compile_rule(text, &mut interned) {
                 Ok(root) => root,
                 Err(error) => {
                     errors.push(RuleError::Syntax { trait_id, error });
@@ -212,10 +313,8 @@ impl TraitRules {
                         };
                         let kh = key_hash(ds, &a.key);
                         match &a.test {
-                            Test::Compare(Op::Eq, v) => {
-                                let mut canonical = Vec::new();
-                                value::write_canonical(v, &mut canonical);
-                                by_value.push((value_hash(kh, &canonical), index));
+                            Test::Compare(Op::Eq, literal) => {
+                                by_value.push((value_hash(kh, &literal.canonical), index));
                                 eq_keys.push(kh);
                             }
                             _ => by_key.push((kh, index)),
@@ -240,28 +339,37 @@ impl TraitRules {
         Ok(set)
     }
 
-    /// Parses `text` and compiles its atoms (regexes once each) into `self.atoms`.
-    fn compile_rule(&mut self, text: &str) -> Result<Node, SyntaxError> {
+    /// Parses `text` and compiles its atoms (each distinct atom once, regexes included) into
+    /// `self.atoms`.
+    fn compile_rule(
+        &mut self,
+        text: &str,
+        interned: &mut AHashMap<Atom, u32>,
+    ) -> Result<Node, SyntaxError> {
         let (expr, value_columns) = parse_spanned(text)?;
         let mut columns = value_columns.into_iter();
-        self.node(&expr, &mut columns)
+        self.node(&expr, &mut columns, interned)
     }
 
     fn node(
         &mut self,
         expr: &Expr,
         columns: &mut impl Iterator<Item = usize>,
+        interned: &mut AHashMap<Atom, u32>,
     ) -> Result<Node, SyntaxError> {
         Ok(match expr {
             Expr::Atom(atom) => {
                 let column = columns.next().unwrap_or(0);
+                if let Some(&index) = interned.get(atom) {
+                    return Ok(Node::Atom(index));
+                }
                 let value = atom.value.as_bytes();
                 let test = match atom.op {
                     Op::Contains => Test::Contains(Box::new(
                         Finder::new(&value.to_ascii_lowercase()).into_owned(),
                     )),
-                    Op::StartsWith => Test::StartsWith(value.into()),
-                    Op::EndsWith => Test::EndsWith(value.into()),
+                    Op::StartsWith => Test::StartsWith(value.to_ascii_lowercase().into()),
+                    Op::EndsWith => Test::EndsWith(value.to_ascii_lowercase().into()),
                     Op::MatchesRegex => match Regex::new(&atom.value) {
                         Ok(re) => Test::Regex(re),
                         Err(e) => {
@@ -273,18 +381,19 @@ impl TraitRules {
                             });
                         }
                     },
-                    op => Test::Compare(op, value.into()),
+                    op => Test::Compare(op, Literal::new(value)),
                 };
                 let index = u32::try_from(self.atoms.len()).unwrap_or(u32::MAX);
                 self.atoms.push(CompiledAtom {
                     key: atom.key.as_bytes().into(),
                     test,
                 });
+                interned.insert(atom.clone(), index);
                 Node::Atom(index)
             }
-            Expr::Not(x) => Node::Not(Box::new(self.node(x, columns)?)),
-            Expr::And(xs) => Node::And(self.nodes(xs, columns)?),
-            Expr::Or(xs) => Node::Or(self.nodes(xs, columns)?),
+            Expr::Not(x) => Node::Not(Box::new(self.node(x, columns, interned)?)),
+            Expr::And(xs) => Node::And(self.nodes(xs, columns, interned)?),
+            Expr::Or(xs) => Node::Or(self.nodes(xs, columns, interned)?),
         })
     }
 
@@ -292,8 +401,12 @@ impl TraitRules {
         &mut self,
         exprs: &[Expr],
         columns: &mut impl Iterator<Item = usize>,
+        interned: &mut AHashMap<Atom, u32>,
     ) -> Result<Box<[Node]>, SyntaxError> {
-        exprs.iter().map(|x| self.node(x, columns)).collect()
+        exprs
+            .iter()
+            .map(|x| self.node(x, columns, interned))
+            .collect()
     }
 
     /// Atoms of which one holds whenever `node` holds, or `None` if `node` can hold with no
@@ -364,32 +477,45 @@ impl TraitRules {
         if self.rules.is_empty() {
             return;
         }
-        scratch.begin(self.rules.len());
+        scratch.begin(self.rules.len(), self.atoms.len());
         let Scratch {
             stamps,
             generation,
             candidates,
-            buf,
+            line,
+            memo,
             items,
         } = scratch;
         let generation = *generation;
-        if let Some(&run) = self.always.get(&ds) {
+        if !self.always.is_empty()
+            && let Some(&run) = self.always.get(&ds)
+        {
             add_candidates(&self.postings, run, generation, stamps, candidates);
         }
         for &(_, key, value) in signals {
+            // Every signal is analysed once, in order: atoms read `shapes[position]`.
+            let shape = Shape::prepare(value, &mut line.buf);
+            line.shapes.push(shape);
             let kh = key_hash(ds, key);
             let Some(entry) = self.by_key.get(&kh) else {
                 continue;
             };
             add_candidates(&self.postings, entry.any, generation, stamps, candidates);
             if entry.has_eq {
-                buf.clear();
-                value::write_canonical(value, buf);
-                if let Some(&run) = self.by_value.get(&value_hash(kh, buf)) {
+                let canonical = shape.view(value, &line.buf).canonical();
+                if let Some(&run) = self.by_value.get(&value_hash(kh, canonical)) {
                     add_candidates(&self.postings, run, generation, stamps, candidates);
                 }
             }
         }
+        if candidates.is_empty() {
+            return;
+        }
+        let call = Call {
+            signals,
+            line,
+            generation,
+        };
         // Compile order, whatever order the hash tables gave.
         candidates.sort_unstable();
         for &index in candidates.iter() {
@@ -397,11 +523,11 @@ impl TraitRules {
                 continue;
             };
             // A hash collision across data sources can bring another source's rule.
-            if rule.ds != ds || !self.eval(&rule.root, signals, buf) {
+            if rule.ds != ds || !self.eval(&rule.root, &call, memo) {
                 continue;
             }
             items.clear();
-            self.used_items(&rule.root, true, signals, buf, items);
+            self.used_items(&rule.root, true, &call, memo, items);
             items.sort_unstable();
             items.dedup();
             if items.is_empty() {
@@ -412,17 +538,40 @@ impl TraitRules {
         }
     }
 
-    fn eval(&self, node: &Node, signals: &[(u32, &[u8], &[u8])], buf: &mut Vec<u8>) -> bool {
+    fn eval(&self, node: &Node, call: &Call<'_, '_>, memo: &mut Memo) -> bool {
         match node {
-            Node::Atom(a) => self.atoms.get(*a as usize).is_some_and(|atom| {
-                signals
-                    .iter()
-                    .any(|&(_, key, value)| *key == *atom.key && atom.test.holds(value, buf))
-            }),
-            Node::Not(x) => !self.eval(x, signals, buf),
-            Node::And(xs) => xs.iter().all(|x| self.eval(x, signals, buf)),
-            Node::Or(xs) => xs.iter().any(|x| self.eval(x, signals, buf)),
+            Node::Atom(a) => self.hits(*a, call, memo).1 > 0,
+            Node::Not(x) => !self.eval(x, call, memo),
+            Node::And(xs) => xs.iter().all(|x| self.eval(x, call, memo)),
+            Node::Or(xs) => xs.iter().any(|x| self.eval(x, call, memo)),
         }
+    }
+
+    /// The run of `memo.hits` holding the positions of the signals that satisfy atom `a`:
+    /// computed on the first request of the call, then read back.
+    fn hits(&self, a: u32, call: &Call<'_, '_>, memo: &mut Memo) -> (u32, u32) {
+        let i = a as usize;
+        if memo.stamps.get(i) == Some(&call.generation) {
+            return memo.runs.get(i).copied().unwrap_or_default();
+        }
+        let Some(atom) = self.atoms.get(i) else {
+            return (0, 0);
+        };
+        let start = memo.hits.len();
+        for (position, (&(_, key, value), shape)) in
+            call.signals.iter().zip(&call.line.shapes).enumerate()
+        {
+            if *key == *atom.key && atom.test.holds(value, shape.view(value, &call.line.buf)) {
+                memo.hits.push(u32::try_from(position).unwrap_or(u32::MAX));
+            }
+        }
+        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let run = (to_u32(start), to_u32(memo.hits.len() - start));
+        if let (Some(stamp), Some(slot)) = (memo.stamps.get_mut(i), memo.runs.get_mut(i)) {
+            *stamp = call.generation;
+            *slot = run;
+        }
+        run
     }
 
     /// Appends the items satisfying atoms of `node` that sit under an even number of `NOT`s
@@ -431,27 +580,30 @@ impl TraitRules {
         &self,
         node: &Node,
         positive: bool,
-        signals: &[(u32, &[u8], &[u8])],
-        buf: &mut Vec<u8>,
+        call: &Call<'_, '_>,
+        memo: &mut Memo,
         items: &mut Vec<u32>,
     ) {
         match node {
             Node::Atom(a) => {
-                let Some(atom) = self.atoms.get(*a as usize) else {
-                    return;
-                };
                 if positive {
-                    for &(item, key, value) in signals {
-                        if *key == *atom.key && atom.test.holds(value, buf) {
-                            items.push(item);
-                        }
-                    }
+                    let (start, len) = self.hits(*a, call, memo);
+                    let start = start as usize;
+                    let positions = memo
+                        .hits
+                        .get(start..start.saturating_add(len as usize))
+                        .unwrap_or_default();
+                    items.extend(
+                        positions
+                            .iter()
+                            .filter_map(|&p| call.signals.get(p as usize).map(|s| s.0)),
+                    );
                 }
             }
-            Node::Not(x) => self.used_items(x, !positive, signals, buf, items),
+            Node::Not(x) => self.used_items(x, !positive, call, memo, items),
             Node::And(xs) | Node::Or(xs) => {
                 for x in xs.iter() {
-                    self.used_items(x, positive, signals, buf, items);
+                    self.used_items(x, positive, call, memo, items);
                 }
             }
         }
@@ -459,26 +611,25 @@ impl TraitRules {
 }
 
 impl Test {
-    /// Whether a signal value satisfies this test; `buf` is scratch space.
-    fn holds(&self, value: &[u8], buf: &mut Vec<u8>) -> bool {
+    /// Whether a signal value (`value`, analysed as `signal`) satisfies this test.
+    fn holds(&self, value: &[u8], signal: View<'_>) -> bool {
         match self {
-            Test::Compare(op, rule) => match op {
-                Op::Eq => value::equals(value, rule),
-                Op::Ne => !value::equals(value, rule),
-                Op::Lt => value::compare(value, rule) == Ordering::Less,
-                Op::Gt => value::compare(value, rule) == Ordering::Greater,
-                Op::Le => value::compare(value, rule) != Ordering::Greater,
-                Op::Ge => value::compare(value, rule) != Ordering::Less,
-                // Compiled into their own variants; never stored here.
-                Op::Contains | Op::StartsWith | Op::EndsWith | Op::MatchesRegex => false,
-            },
-            Test::Contains(needle) => {
-                buf.clear();
-                buf.extend(value.iter().map(u8::to_ascii_lowercase));
-                needle.find(buf).is_some()
+            Test::Compare(op, rule) => {
+                let rule = rule.view();
+                match op {
+                    Op::Eq => signal.equals(&rule),
+                    Op::Ne => !signal.equals(&rule),
+                    Op::Lt => signal.compare(&rule) == Ordering::Less,
+                    Op::Gt => signal.compare(&rule) == Ordering::Greater,
+                    Op::Le => signal.compare(&rule) != Ordering::Greater,
+                    Op::Ge => signal.compare(&rule) != Ordering::Less,
+                    // Compiled into their own variants; never stored here.
+                    Op::Contains | Op::StartsWith | Op::EndsWith | Op::MatchesRegex => false,
+                }
             }
-            Test::StartsWith(prefix) => value::starts_with_ignore_case(value, prefix),
-            Test::EndsWith(suffix) => value::ends_with_ignore_case(value, suffix),
+            Test::Contains(needle) => needle.find(signal.lower).is_some(),
+            Test::StartsWith(prefix) => signal.lower.starts_with(prefix),
+            Test::EndsWith(suffix) => signal.lower.ends_with(suffix),
             Test::Regex(re) => re.is_match(value),
         }
     }
@@ -754,6 +905,33 @@ mod tests {
         assert_eq!(out, [(2, 0), (3, NO_ITEM), (4, 1)]);
         assert_eq!(set.len(), 4);
         assert!(!set.is_empty());
+    }
+
+    #[test]
+    fn repeated_atoms_are_shared_and_tested_once_per_line() {
+        let set = rules(&[
+            (1, 7, r#"ic == "5""#),
+            (2, 7, r#"ic == "5" AND k contains X"#),
+            (3, 8, "ic == 5"),
+            (4, 7, "NOT k contains x"),
+        ]);
+        // `ic == "5"` and `ic == 5` are one atom; `contains X` and `contains x` are two.
+        assert_eq!(set.atoms.len(), 3);
+        let line = signals(&[("ic", "05"), ("k", "aXb"), ("ic", "5")]);
+        let small = rules(&[(9, 7, "k startswith A")]);
+        let mut scratch = Scratch::new();
+        // One scratch serves sets of different sizes, alternately.
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            set.qualify(7, &line, &mut scratch, &mut out);
+            assert_eq!(out, [(1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]);
+            out.clear();
+            set.qualify(8, &line, &mut scratch, &mut out);
+            assert_eq!(out, [(3, 0), (3, 2)]);
+            out.clear();
+            small.qualify(7, &line, &mut scratch, &mut out);
+            assert_eq!(out, [(9, 1)]);
+        }
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub enum Expr {
 }
 
 /// One comparison: `key OP value`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Atom {
     /// The signal key, matched exactly (case-sensitive); never empty.
     pub key: String,

@@ -5,7 +5,12 @@
 //! viewed as (sign, integer digits without leading zeros, fraction digits without trailing
 //! zeros), which is a unique form, so `1.50 == 01.5`, `-0 == 0.0` and
 //! `12345678901234567890.1 > 12345678901234567890.09` hold exactly and any length works.
-//! Nothing here allocates; [`write_canonical`] appends to a caller's buffer.
+//! Nothing here allocates; [`Shape::prepare`] appends the canonical form to a caller's buffer.
+//!
+//! On the hot path both sides are analysed once ([`Shape::prepare`]: rule literals at compile
+//! time, signal values once per line) and compared as [`View`]s, which costs a byte-slice
+//! comparison instead of two decimal parses per comparison; [`equals`] and [`compare`] are the
+//! reference the views are tested against.
 
 use std::cmp::Ordering;
 
@@ -87,7 +92,8 @@ fn strip_trailing_zeros(digits: &[u8]) -> &[u8] {
 }
 
 /// Orders a signal value against a rule value: as decimals when both are decimals, else
-/// byte by byte after ASCII lowercasing.
+/// byte by byte after ASCII lowercasing. The reference [`View::compare`] is tested against.
+#[cfg(test)]
 pub(crate) fn compare(signal: &[u8], rule: &[u8]) -> Ordering {
     match (Decimal::parse(signal), Decimal::parse(rule)) {
         (Some(a), Some(b)) => a.cmp(&b),
@@ -95,7 +101,9 @@ pub(crate) fn compare(signal: &[u8], rule: &[u8]) -> Ordering {
     }
 }
 
-/// Whether a signal value equals a rule value under [`compare`].
+/// Whether a signal value equals a rule value under [`compare`]. The reference
+/// [`View::equals`] is tested against.
+#[cfg(test)]
 pub(crate) fn equals(signal: &[u8], rule: &[u8]) -> bool {
     match (Decimal::parse(signal), Decimal::parse(rule)) {
         (Some(a), Some(b)) => a == b,
@@ -106,6 +114,7 @@ pub(crate) fn equals(signal: &[u8], rule: &[u8]) -> bool {
 }
 
 /// Lexicographic order of the ASCII-lowercased bytes.
+#[cfg(test)]
 pub(crate) fn cmp_ignore_ascii_case(a: &[u8], b: &[u8]) -> Ordering {
     a.iter()
         .map(u8::to_ascii_lowercase)
@@ -115,8 +124,14 @@ pub(crate) fn cmp_ignore_ascii_case(a: &[u8], b: &[u8]) -> Ordering {
 /// Appends the canonical form of `value` to `out`: equal under [`equals`] exactly when the
 /// canonical forms are equal. Decimals become `-?int[.frac]` normalized (`0` for zero),
 /// anything else its ASCII lowercase.
+#[cfg(test)]
 pub(crate) fn write_canonical(value: &[u8], out: &mut Vec<u8>) {
-    match Decimal::parse(value) {
+    write_canonical_of(value, Decimal::parse(value), out);
+}
+
+/// [`write_canonical`] of `value`, already viewed as `decimal` (`Decimal::parse(value)`).
+fn write_canonical_of(value: &[u8], decimal: Option<Decimal<'_>>, out: &mut Vec<u8>) {
+    match decimal {
         Some(d) => {
             // A leading `#` keeps decimals apart from any string; none of the bytes written
             // for a string could start with it and still be a decimal, but the tag makes the
@@ -142,14 +157,126 @@ pub(crate) fn write_canonical(value: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Whether `haystack` starts with `prefix`, ignoring ASCII case.
+/// Where a value's analysis lives in a buffer that [`Shape::prepare`] appended to: its
+/// canonical form (as [`write_canonical`] writes it) and, for a decimal, the lengths of its
+/// normalized parts. Positions instead of slices, so it can be kept without borrowing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// The canonical form is `buf[start..start + len]`.
+    start: u32,
+    len: u32,
+    /// Whether the value is a decimal (canonical form `#-?int[.frac]`, else `$lowercase`).
+    decimal: bool,
+    negative: bool,
+    /// Normalized integer digits (0 for zero: the canonical form then holds `0`).
+    int_len: u32,
+    /// Normalized fraction digits.
+    frac_len: u32,
+}
+
+/// A value ready for comparisons: see [`Shape::view`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View<'a> {
+    /// The ASCII lowercase of the value as written.
+    pub(crate) lower: &'a [u8],
+    /// The canonical form: equal exactly when the values are [`equals`].
+    canonical: &'a [u8],
+    /// The value as a decimal, if it is one.
+    decimal: Option<Decimal<'a>>,
+}
+
+impl Shape {
+    /// Appends the canonical form of `value` to `buf` and returns where it is. Values longer
+    /// than `u32::MAX` bytes cannot occur (lines are capped far below); their shape would be
+    /// clamped, never a panic.
+    pub(crate) fn prepare(value: &[u8], buf: &mut Vec<u8>) -> Shape {
+        let start = buf.len();
+        let parsed = Decimal::parse(value);
+        write_canonical_of(value, parsed, buf);
+        let len = buf.len() - start;
+        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let (decimal, negative, int_len, frac_len) = match parsed {
+            Some(d) => (true, d.negative, d.int.len(), d.frac.len()),
+            None => (false, false, 0, 0),
+        };
+        Shape {
+            start: to_u32(start),
+            len: to_u32(len),
+            decimal,
+            negative,
+            int_len: to_u32(int_len),
+            frac_len: to_u32(frac_len),
+        }
+    }
+
+    /// Views the value this shape was prepared from: `value` is that value, `buf` the buffer
+    /// [`Shape::prepare`] appended to. O(1): nothing is parsed again.
+    pub(crate) fn view<'a>(&self, value: &'a [u8], buf: &'a [u8]) -> View<'a> {
+        let start = self.start as usize;
+        let canonical = buf
+            .get(start..start.saturating_add(self.len as usize))
+            .unwrap_or_default();
+        if !self.decimal {
+            return View {
+                lower: canonical.get(1..).unwrap_or_default(),
+                canonical,
+                decimal: None,
+            };
+        }
+        // `#`, then `-` when negative, then the integer digits (or `0`), then `.frac`.
+        let body = canonical
+            .get(1 + usize::from(self.negative)..)
+            .unwrap_or_default();
+        let int = body.get(..self.int_len as usize).unwrap_or_default();
+        let frac = body
+            .len()
+            .checked_sub(self.frac_len as usize)
+            .and_then(|from| body.get(from..))
+            .unwrap_or_default();
+        View {
+            // Lowercasing changes no byte of a decimal (digits, `-`, `.`).
+            lower: value,
+            canonical,
+            decimal: Some(Decimal {
+                negative: self.negative,
+                int,
+                frac,
+            }),
+        }
+    }
+}
+
+impl<'a> View<'a> {
+    /// The canonical form ([`write_canonical`]).
+    pub(crate) fn canonical(&self) -> &'a [u8] {
+        self.canonical
+    }
+
+    /// [`equals`] of the two values.
+    pub(crate) fn equals(&self, rule: &View<'_>) -> bool {
+        self.canonical == rule.canonical
+    }
+
+    /// [`compare`] of the two values (`self` the signal, `rule` the rule's value).
+    pub(crate) fn compare(&self, rule: &View<'_>) -> Ordering {
+        match (&self.decimal, &rule.decimal) {
+            (Some(a), Some(b)) => a.cmp(b),
+            _ => self.lower.cmp(rule.lower),
+        }
+    }
+}
+
+/// Whether `haystack` starts with `prefix`, ignoring ASCII case. The reference of
+/// `startswith` (compiled: the lowercased signal against the lowercased prefix).
+#[cfg(test)]
 pub(crate) fn starts_with_ignore_case(haystack: &[u8], prefix: &[u8]) -> bool {
     haystack
         .get(..prefix.len())
         .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
 }
 
-/// Whether `haystack` ends with `suffix`, ignoring ASCII case.
+/// Whether `haystack` ends with `suffix`, ignoring ASCII case. The reference of `endswith`.
+#[cfg(test)]
 pub(crate) fn ends_with_ignore_case(haystack: &[u8], suffix: &[u8]) -> bool {
     haystack
         .len()
@@ -244,6 +371,67 @@ mod tests {
                 "{a} {b}"
             );
         }
+    }
+
+    #[test]
+    fn views_agree_with_equals_and_compare() {
+        let values = [
+            "0",
+            "-0",
+            "0.0",
+            "-0.000",
+            "007",
+            "7",
+            "7.0",
+            "-7",
+            "1.5",
+            "1.50",
+            "-1.5",
+            "01.05",
+            "10",
+            "9",
+            "9a",
+            "1.",
+            ".5",
+            "",
+            "-",
+            "Gold",
+            "gold",
+            "GOLDEN",
+            "É",
+            "é",
+            "a-1",
+            "123456789012345678901234567890.5",
+            "123456789012345678901234567890.50001",
+        ];
+        // Shapes of many values share one buffer, as in a line's scratch.
+        let mut buf = Vec::new();
+        let shapes: Vec<Shape> = values
+            .iter()
+            .map(|v| Shape::prepare(v.as_bytes(), &mut buf))
+            .collect();
+        for (a, sa) in values.iter().zip(&shapes) {
+            let va = sa.view(a.as_bytes(), &buf);
+            assert_eq!(va.lower, a.to_ascii_lowercase().as_bytes(), "{a}");
+            for (b, sb) in values.iter().zip(&shapes) {
+                let vb = sb.view(b.as_bytes(), &buf);
+                let (a, b) = (a.as_bytes(), b.as_bytes());
+                assert_eq!(va.equals(&vb), equals(a, b), "{a:?} {b:?}");
+                assert_eq!(va.compare(&vb), compare(a, b), "{a:?} {b:?}");
+            }
+        }
+        assert_eq!(
+            shapes[4],
+            Shape {
+                start: 8,
+                len: 2,
+                decimal: true,
+                negative: false,
+                int_len: 1,
+                frac_len: 0
+            },
+            "007, after four #0 in the buffer, is #7"
+        );
     }
 
     #[test]
