@@ -172,6 +172,8 @@ struct Night<'a> {
     inbound_store: Option<crate::storage::Store>,
     plan: Plan,
     catalog: Catalog,
+    /// The config's TTL fingerprint, computed once (it hashes every trait).
+    ttl_fingerprint: u64,
     /// Plan indexes of the trait files to read, in application order. A file's position here
     /// is its file index: the high bits of its lines' run positions (`ingest::seq`).
     to_read: Vec<usize>,
@@ -342,6 +344,7 @@ fn prepare<'a>(
         inbound_store,
         plan,
         catalog,
+        ttl_fingerprint: config.fingerprint_ttl(),
         to_read,
         progress,
         stages,
@@ -433,7 +436,7 @@ impl Night<'_> {
         no_ops
             && !self.reevaluate_all()
             && self.parent_meta.as_ref().is_some_and(|m| {
-                m.ttl_fingerprint == self.config.fingerprint_ttl()
+                m.ttl_fingerprint == self.ttl_fingerprint
                     && m.min_expiry
                         .get(p as usize)
                         .copied()
@@ -834,7 +837,7 @@ fn finish(
     let gen_number = n.gen_number;
     let run_id = n.run_id.clone();
     let jobs = n.jobs();
-    let ttl_fingerprint = config.fingerprint_ttl();
+    let ttl_fingerprint = n.ttl_fingerprint;
     let parent_meta = n.parent_meta.clone();
     let mut stages = std::mem::take(&mut n.stages);
     let started = n.started;
