@@ -127,9 +127,11 @@ pub struct RunArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct WorkArgs {
-    /// The night's work folder, which every task must mount (default: `<paths.state>/stage`).
-    #[arg(long, value_name = "DIR")]
-    pub work: Option<PathBuf>,
+    /// The night's work store: a folder every task mounts (default: `<paths.state>/stage`), or
+    /// `s3://bucket/prefix`, which tasks reach without sharing a folder (each keeps a local
+    /// copy of what it reads under the temp folder, `TMPDIR`).
+    #[arg(long, value_name = "DIR|s3://bucket/prefix")]
+    pub work: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

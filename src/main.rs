@@ -102,9 +102,9 @@ fn staged_task(
     config: &Config,
     opts: &RunOptions,
     which: Stage,
-    work: Option<std::path::PathBuf>,
+    work: Option<String>,
 ) -> Result<u8, RunError> {
-    match segmill::run::stage(config, opts, which, work)? {
+    match segmill::run::stage(config, opts, which, work.as_deref())? {
         StageOutcome::Done(what) => {
             eprintln!("{what}");
             Ok(0)

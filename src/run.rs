@@ -191,6 +191,12 @@ struct Prepare<'a> {
     /// The night's files and their content hashes as the staged plan recorded them; files
     /// that arrived since are left for the next night, and nothing is hashed again.
     recorded: Option<&'a BTreeMap<String, Option<u128>>>,
+    /// The state to open instead of `paths.state`: a staged task's mirror of the parent
+    /// generation, when the work store is remote.
+    state: Option<StateDir>,
+    /// From a remote inbound root, fetch only these files now (a staged task's share; others
+    /// by [`Night::fetch_trait_file`] when needed). `None`: every file planning may read.
+    fetch_only: Option<&'a BTreeSet<String>>,
 }
 
 /// Opens the state, discovers and plans the night's files (CONTRACT §2).
@@ -201,12 +207,15 @@ fn prepare<'a>(
 ) -> Result<(Night<'a>, Option<crate::state::LockGuard>), RunError> {
     let started = Instant::now();
     let mut stages: BTreeMap<String, f64> = BTreeMap::new();
-    let state = StateDir::open(&config.paths.state).with_context(|| {
-        format!(
-            "cannot open the state folder {}",
-            config.paths.state.display()
-        )
-    })?;
+    let state = match &how.state {
+        Some(mirror) => mirror.clone(),
+        None => StateDir::open(&config.paths.state).with_context(|| {
+            format!(
+                "cannot open the state folder {}",
+                config.paths.state.display()
+            )
+        })?,
+    };
     let lock = if how.lock {
         match state.lock() {
             Ok(guard) => Some(guard),
@@ -295,10 +304,11 @@ fn prepare<'a>(
                 let reprocess: BTreeSet<&str> = opts.reprocess.iter().map(String::as_str).collect();
                 let skip = |display: &str| {
                     let key = basename(display);
-                    !reprocess.contains(key.as_str())
+                    let processed = !reprocess.contains(key.as_str())
                         && ledger
                             .by_name(&key)
-                            .is_some_and(|e| e.outcome == Outcome::Processed)
+                            .is_some_and(|e| e.outcome == Outcome::Processed);
+                    processed || how.fetch_only.is_some_and(|only| !only.contains(display))
                 };
                 ops::fetch_discovered(&store, &mut found, &skip, &tmp)?;
             }
@@ -360,6 +370,23 @@ impl Night<'_> {
             Some(g) => Ok(g.read(name)?),
             None => Ok(None),
         }
+    }
+
+    /// Fetches trait file `plan_idx` from a remote inbound root if `prepare` left it there
+    /// (a staged task fetches only what it reads).
+    fn fetch_trait_file(&mut self, plan_idx: usize) -> anyhow::Result<()> {
+        let Some(store) = &self.inbound_store else {
+            return Ok(());
+        };
+        if matches!(store, crate::storage::Store::Local(_)) {
+            return Ok(());
+        }
+        let found = &mut self.plan.trait_files[plan_idx].found;
+        if found.path == self.tmp.file("in", &found.display)? {
+            return Ok(()); // fetched by `prepare`
+        }
+        (found.path, found.size) = ops::fetch_inbound(store, &found.display, &self.tmp)?;
+        Ok(())
     }
 
     /// A state file as this night leaves it so far: written tonight (`staged`), else the
@@ -690,6 +717,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
             lock: !opts.dry_run,
             tmp_name: None,
             recorded: None,
+            state: None,
+            fetch_only: None,
         },
     )?;
     // New state files are written as they are made (a dry run keeps them in memory); nothing

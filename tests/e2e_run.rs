@@ -5,6 +5,7 @@
 //! exact numbers worked out by hand from the inbound lines (the comments show the working).
 
 mod common;
+mod common_servers;
 
 use common::*;
 use serde_json::json;
@@ -1499,15 +1500,102 @@ gzip = false
 
 /// `plan`, 3 `map` tasks, 4 `resolve` and 4 `merge` tasks (out of order, one retried) and
 /// `finalize`, each its own process, give the state, receipts and exports `run` gives, night
-/// after night.
+/// after night; with a work folder beside the state.
 #[test]
 fn staged_run_matches_run_byte_for_byte() {
+    staged_matches_run(None);
+}
+
+/// The same with the work store on S3 (moto): the map, resolve and merge tasks run as if on
+/// other machines, with a config whose state folder does not exist; they read the parent
+/// generation from the work store's mirror. A task killed after uploading its files but
+/// before its commit is retried.
+#[test]
+fn staged_run_over_s3_matches_run_byte_for_byte() {
+    let Some(moto) = common_servers::Moto::start() else {
+        return;
+    };
+    staged_matches_run(Some(&moto));
+}
+
+/// The moto bucket's prefix `prefix` as a store.
+fn s3_store(m: &common_servers::Moto, prefix: &str) -> segmill::storage::Store {
+    segmill::storage::Store::open(
+        &segmill::config::Location::S3 {
+            bucket: m.bucket.clone(),
+            prefix: prefix.into(),
+        },
+        &segmill::storage::StorageSettings {
+            access_key_id: Some(m.access_key_id.clone()),
+            secret_access_key: Some(m.secret_access_key.clone()),
+            endpoint: Some(m.endpoint.clone()),
+            allow_http: Some(true),
+            ..Default::default()
+        },
+    )
+    .expect("open the S3 store")
+}
+
+fn staged_matches_run(moto: Option<&common_servers::Moto>) {
     let env = Env::new();
+    let tmp = env.root().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut vars: Vec<(&str, String)> = vec![("TMPDIR", tmp.display().to_string())];
+    let mut work: Vec<String> = Vec::new();
+    if let Some(m) = moto {
+        work = vec!["--work".into(), format!("s3://{}/night", m.bucket)];
+        vars.extend([
+            ("AWS_ACCESS_KEY_ID", m.access_key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", m.secret_access_key.clone()),
+            ("AWS_ENDPOINT_URL", m.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]);
+    }
     let catalog = |out: &str| {
         format!(
             "{CRM}{CRM_AND_OTHER}{XDEVICE}{}",
             STAGED_EXPORTS.replace("{OUT}", out)
         )
+    };
+    let task_config = env.root().join("task.toml");
+    let command = |config: &std::path::Path, args: &[&str], failpoint: Option<&str>| -> Out {
+        let config = config.display().to_string();
+        let mut full: Vec<&str> = vec!["--config", &config];
+        full.extend_from_slice(args);
+        let mut env_vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if let Some(fp) = failpoint {
+            env_vars.push(("SEGMILL_FAILPOINT", fp));
+        }
+        segmill_with(&full, &env_vars)
+    };
+    // One stage command; `task`: a map, resolve or merge task, which with the work on S3 gets a
+    // config without the state folder.
+    let stage = |args: &[&str], failpoint: Option<&str>, task: bool| -> Out {
+        let config = match (task, moto) {
+            (true, Some(_)) => task_config.clone(),
+            _ => env.config_path(),
+        };
+        let mut full = args.to_vec();
+        full.extend(work.iter().map(String::as_str));
+        command(&config, &full, failpoint)
+    };
+    // With S3, the inbound files are there too: the drop is copied to `in-<name>/` (one copy
+    // for `run`, one for the stages, as each writes its `.processed` markers there).
+    let configure = |state: &str, out: &str| {
+        env.config_with_state(state, 8, &catalog(out));
+        if let Some(m) = moto {
+            let name = state.trim_start_matches("state-");
+            let store = s3_store(m, &format!("in-{name}"));
+            for (rel, bytes) in snapshot(&env.inbound(), |_| false) {
+                store.put_bytes(&rel, &bytes).unwrap();
+            }
+            let text = std::fs::read_to_string(env.config_path()).unwrap();
+            let text = text.replace(
+                "inbound = \"inbound\"",
+                &format!("inbound = \"s3://{}/in-{name}\"", m.bucket),
+            );
+            std::fs::write(env.config_path(), text).unwrap();
+        }
     };
     let tree = |state: &str, out: &str| {
         let mut t = snapshot(&env.root().join(state), |rel| {
@@ -1525,60 +1613,112 @@ fn staged_run_matches_run_byte_for_byte() {
     // `kill_finalize`: where the first attempt of finalize is killed: before its commit, or
     // after it, before the work folder says so.
     let night = |as_of: &str, code: i32, kill_finalize: &str| {
-        env.config_with_state("state-run", 8, &catalog("out-run"));
-        expect_code(env.run(as_of, &["--chunk-bytes", "7"]), code, "run");
+        configure("state-run", "out-run");
+        let run = command(
+            &env.config_path(),
+            &["run", "--as-of", as_of, "--chunk-bytes", "7"],
+            None,
+        );
+        expect_code(run, code, "run");
         let reference = tree("state-run", "out-run");
 
-        env.config_with_state("state-staged", 8, &catalog("out-staged"));
-        let out = env.segmill(&["plan", "--as-of", as_of, "--chunk-bytes", "7"]);
+        configure("state-staged", "out-staged");
+        let text = std::fs::read_to_string(env.config_path()).unwrap();
+        std::fs::write(
+            &task_config,
+            text.replace("state = \"state-staged\"", "state = \"no-state-here\""),
+        )
+        .unwrap();
+        let out = stage(
+            &["plan", "--as-of", as_of, "--chunk-bytes", "7"],
+            None,
+            false,
+        );
         let out = expect_code(out, 0, "plan");
         assert!(out.stderr.contains("planned night"), "{out:#?}");
-        let again = expect_code(env.segmill(&["plan", "--as-of", as_of]), 0, "plan again");
+        let again = expect_code(
+            stage(&["plan", "--as-of", as_of], None, false),
+            0,
+            "plan again",
+        );
         assert!(again.stderr.contains("already planned"), "{again:#?}");
-        for (stage, tasks, of) in [
+        for (name, tasks, of) in [
             ("map", ["2", "0", "1", "1"].as_slice(), "3"),
             ("resolve", &["3", "1", "0", "2"], "4"),
             ("merge", &["1", "3", "2", "0", "3"], "4"),
         ] {
             // The first attempt of map and resolve task 0 is killed while it writes its ops;
             // the scheduler retries it.
-            if stage != "merge" {
-                let killed = env.segmill_env(
-                    &[stage, "--task", "0", "--of", of],
-                    &[("SEGMILL_FAILPOINT", "spill-ops:abort")],
-                );
-                assert_eq!(killed.code, -1, "{stage} 0 was not killed: {killed:#?}");
+            // With the work on S3, the first attempt of merge task 1 is killed after uploading
+            // its files, before its commit.
+            let kill = match (name, moto) {
+                ("merge", None) => None,
+                ("merge", Some(_)) => Some(("1", "stage-uploaded:abort")),
+                _ => Some(("0", "spill-ops:abort")),
+            };
+            if let Some((t, failpoint)) = kill {
+                let killed = stage(&[name, "--task", t, "--of", of], Some(failpoint), true);
+                assert_eq!(killed.code, -1, "{name} {t} was not killed: {killed:#?}");
             }
             let mut seen = std::collections::BTreeSet::new();
             for t in tasks {
                 let out = expect_code(
-                    env.segmill(&["--threads", "2", stage, "--task", t, "--of", of]),
+                    stage(
+                        &["--threads", "2", name, "--task", t, "--of", of],
+                        None,
+                        true,
+                    ),
                     0,
-                    stage,
+                    name,
                 );
                 // A task run again finds its outputs and does nothing.
                 assert_eq!(
                     out.stderr.contains("already done"),
                     !seen.insert(*t),
-                    "{stage} {t}: {out:#?}"
+                    "{name} {t}: {out:#?}"
                 );
             }
         }
-        let killed = env.segmill_env(
-            &["finalize"],
-            &[("SEGMILL_FAILPOINT", &format!("{kill_finalize}:abort"))],
-        );
+        let failpoint = format!("{kill_finalize}:abort");
+        let killed = stage(&["finalize"], Some(&failpoint), false);
         assert_eq!(killed.code, -1, "finalize was not killed: {killed:#?}");
         if kill_finalize == "finalize-committed" {
-            let out = expect_code(env.segmill(&["finalize"]), 0, "finalize after its commit");
+            let out = expect_code(
+                stage(&["finalize"], None, false),
+                0,
+                "finalize after its commit",
+            );
             assert!(out.stderr.contains("already committed"), "{out:#?}");
         } else {
-            expect_code(env.segmill(&["finalize"]), code, "finalize");
+            expect_code(stage(&["finalize"], None, false), code, "finalize");
         }
-        let again = expect_code(env.segmill(&["finalize"]), 0, "finalize again");
+        let again = expect_code(stage(&["finalize"], None, false), 0, "finalize again");
         assert!(again.stderr.contains("already finalized"), "{again:#?}");
         let staged = tree("state-staged", "out-staged");
         assert_same_tree("staged run", &reference, &staged);
+        assert!(
+            !env.root().join("no-state-here").exists(),
+            "a task opened the state folder of its config"
+        );
+        if let Some(m) = moto {
+            // What stays on S3 between nights: the plan, the finalized mark and the mirror of
+            // the generation just committed is not there yet (the next plan uploads it).
+            let left: Vec<String> = s3_store(m, "night")
+                .list_under("")
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| !k.starts_with("state/"))
+                .collect();
+            assert_eq!(left, ["finalized.json", "plan.json"]);
+        }
+        let scratch: Vec<_> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        // Local copies are removed when a task ends, and those of killed tasks by the next.
+        assert!(scratch.is_empty(), "{scratch:?}");
         reference
     };
     determinism_day1(&env);

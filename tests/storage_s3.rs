@@ -393,3 +393,54 @@ fn s3_large_fetch_uses_parallel_ranged_gets_guarded_by_if_match() {
         "replacement differs"
     );
 }
+
+/// What a staged run's S3 work store relies on: a create-once put that only the first writer
+/// wins, small reads, listing under a folder and deletes, on S3 and on a local folder alike.
+#[test]
+fn s3_create_once_puts_lists_and_deletes() {
+    let Some(moto) = common_servers::Moto::start() else {
+        return;
+    };
+    let local = tempfile::tempdir().unwrap();
+    let stores = [
+        open(&moto, "work", &settings(&moto)),
+        Store::Local(local.path().to_path_buf()),
+    ];
+    for store in &stores {
+        let root = store.describe_root();
+        assert!(
+            store.put_bytes_once("map/0/task.json", b"first").unwrap(),
+            "{root}"
+        );
+        assert!(
+            !store.put_bytes_once("map/0/task.json", b"second").unwrap(),
+            "{root}"
+        );
+        assert_eq!(
+            store.get_bytes("map/0/task.json").unwrap().as_deref(),
+            Some(&b"first"[..]),
+            "{root}: the first writer wins"
+        );
+        assert_eq!(store.get_bytes("map/1/task.json").unwrap(), None, "{root}");
+        store.put_bytes("map/0/a/ops-0001", b"ops").unwrap();
+        store.put_bytes("mapping/x", b"not under map/").unwrap();
+        let names = |under: &str| -> Vec<String> {
+            store
+                .list_under(under)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(
+            names("map"),
+            ["map/0/a/ops-0001", "map/0/task.json"],
+            "{root}"
+        );
+        assert!(names("nothing").is_empty(), "{root}");
+        store.delete(&names("map")).unwrap();
+        store.delete(&["map/0/never-written".to_owned()]).unwrap();
+        assert!(names("map").is_empty(), "{root}");
+        assert_eq!(names(""), ["mapping/x"], "{root}");
+    }
+}

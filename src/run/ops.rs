@@ -54,9 +54,7 @@ impl TmpDir {
                 .rsplit_once("-dry-")
                 .or_else(|| name.rsplit_once("-pid-"))
             {
-                Some((_, pid)) => pid.parse::<u32>().is_ok_and(|pid| {
-                    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
-                }),
+                Some((_, pid)) => process_gone(pid),
                 None => locked,
             };
             if stale && let Err(e) = std::fs::remove_dir_all(entry.path()) {
@@ -65,6 +63,26 @@ impl TmpDir {
                     error = %e,
                     "cannot remove a stale temporary folder"
                 );
+            }
+        }
+    }
+
+    /// Removes the local copies that killed tasks of a staged run left under the temp folder
+    /// (`segmill-<task>-pid-<pid>`, the process gone).
+    pub(super) fn sweep_stale_scratch(temp: &Path) {
+        let Ok(entries) = std::fs::read_dir(temp) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(pid) = name
+                .strip_prefix("segmill-")
+                .and_then(|rest| rest.rsplit_once("-pid-"))
+                .map(|(_, pid)| pid)
+                && process_gone(pid)
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
@@ -125,15 +143,7 @@ pub(super) fn fetch_discovered(
     skip: &dyn Fn(&str) -> bool,
     tmp: &TmpDir,
 ) -> anyhow::Result<()> {
-    let fetch = |rel: &str| -> anyhow::Result<(PathBuf, u64)> {
-        let dest = tmp.file("in", rel)?;
-        let size = store
-            .fetch(rel, &dest)
-            .with_context(|| format!("cannot fetch inbound file {}", store.describe(rel)))?;
-        let object = store.describe(rel);
-        tracing::debug!(file = %object, bytes = size, "fetched");
-        Ok((dest, size))
-    };
+    let fetch = |rel: &str| fetch_inbound(store, rel, tmp);
     for found in discovery
         .trait_files
         .iter_mut()
@@ -149,6 +159,20 @@ pub(super) fn fetch_discovered(
         }
     }
     Ok(())
+}
+
+/// Copies the inbound file `rel` into `tmp/in/<rel>`; its local path and size.
+pub(super) fn fetch_inbound(
+    store: &Store,
+    rel: &str,
+    tmp: &TmpDir,
+) -> anyhow::Result<(PathBuf, u64)> {
+    let dest = tmp.file("in", rel)?;
+    let size = store
+        .fetch(rel, &dest)
+        .with_context(|| format!("cannot fetch inbound file {}", store.describe(rel)))?;
+    tracing::debug!(file = %store.describe(rel), bytes = size, "fetched");
+    Ok((dest, size))
 }
 
 /// The configured PGP key, loaded on first use.
@@ -404,6 +428,12 @@ impl Drop for Progress {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
     }
+}
+
+/// Whether `pid` (decimal text) names a process that is not this one and no longer runs.
+fn process_gone(pid: &str) -> bool {
+    pid.parse::<u32>()
+        .is_ok_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 #[cfg(test)]

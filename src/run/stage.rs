@@ -37,6 +37,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use work::{TaskOut, Work};
+
+mod work;
 
 /// One stage of a staged run, as the command line names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +63,7 @@ pub enum StageOutcome {
 }
 
 /// Version of the work folder's layout; a plan of another version is refused.
-const WORK_FORMAT: u32 = 1;
+const WORK_FORMAT: u32 = 2;
 
 /// The night as `plan` fixed it, read by every later task.
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,7 +79,14 @@ struct NightPlan {
     /// Every file the night covers (by display name) with its content hash when one was taken
     /// (32 hex digits); files that arrive later are left for the next night.
     files: BTreeMap<String, Option<String>>,
+    /// The trait files to read, in order: map task i of M reads files i, i + M, ...
+    to_read: Vec<String>,
     idsync_parts: BTreeSet<String>,
+    /// The files under `gen/` (tonight's ID-sync partitions, `.empty` markers included).
+    gen_files: BTreeSet<String>,
+    /// With an S3 work store: the checksum of the parent generation's manifest, mirrored
+    /// under `state/` (16 hex digits).
+    parent_manifest: Option<String>,
     idsync_receipt: IdSyncReceipt,
     idsync_ledger: Vec<LedgerLine>,
 }
@@ -103,167 +113,6 @@ struct MapFile {
     capped_lines: Vec<u64>,
 }
 
-/// A task's record of itself, in its output folder.
-#[derive(Debug, Serialize, Deserialize)]
-struct TaskDone {
-    task: u32,
-    of: u32,
-    run_id: String,
-}
-
-/// The work folder of a staged night.
-struct Work {
-    dir: PathBuf,
-}
-
-impl Work {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
-    }
-
-    fn read_json<T: for<'de> Deserialize<'de>>(&self, rel: &str) -> anyhow::Result<Option<T>> {
-        let path = self.path(rel);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .with_context(|| format!("{}: not a segmill stage file", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow!("cannot read {}: {e}", path.display())),
-        }
-    }
-
-    fn plan(&self) -> anyhow::Result<NightPlan> {
-        let plan: NightPlan = self.read_json("plan.json")?.ok_or_else(|| {
-            anyhow!(
-                "{} holds no plan: run `segmill plan` first",
-                self.dir.display()
-            )
-        })?;
-        if plan.format != WORK_FORMAT {
-            return Err(anyhow!(
-                "{}: work folder format {} (this segmill reads {WORK_FORMAT}): run `segmill plan` \
-                 again after removing the folder",
-                self.path("plan.json").display(),
-                plan.format
-            ));
-        }
-        Ok(plan)
-    }
-
-    fn finalized(&self) -> bool {
-        self.path("finalized.json").exists()
-    }
-
-    /// A fresh folder for a task's outputs, renamed into place by [`Work::publish`].
-    fn staging(&self, rel: &str) -> anyhow::Result<PathBuf> {
-        let dir = self.path(&format!("{rel}.partial-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(dir)
-    }
-
-    /// Makes a task's output folder durable and visible under `rel`, unless an earlier attempt
-    /// already did (then this attempt's copy, the same bytes, is dropped). `false` in that case.
-    fn publish(&self, staging: &Path, rel: &str, done: &TaskDone) -> anyhow::Result<bool> {
-        let bytes = serde_json::to_vec(done).map_err(anyhow::Error::from)?;
-        write_atomic(&staging.join("task.json"), &bytes)?;
-        sync_tree(staging)?;
-        let target = self.path(rel);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        if target.exists() {
-            let _ = std::fs::remove_dir_all(staging);
-            return Ok(false);
-        }
-        std::fs::rename(staging, &target).with_context(|| {
-            format!(
-                "cannot rename {} to {}",
-                staging.display(),
-                target.display()
-            )
-        })?;
-        if let Some(parent) = target.parent() {
-            crate::state::sync_dir(parent)?;
-        }
-        Ok(true)
-    }
-
-    /// The output folders of every task of `stage` (`map`, `resolve`, `merge`), checked
-    /// complete: tasks 0..M all published, for the same night.
-    fn tasks(&self, stage: &str, run_id: &str) -> anyhow::Result<Vec<PathBuf>> {
-        let root = self.path(stage);
-        let mut found: BTreeMap<u32, (u32, PathBuf)> = BTreeMap::new();
-        let entries = match std::fs::read_dir(&root) {
-            Ok(entries) => entries.collect::<Vec<_>>(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(anyhow!("cannot list {}: {e}", root.display())),
-        };
-        for entry in entries {
-            let entry = entry.with_context(|| format!("cannot list {}", root.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.parse::<u32>().is_err() {
-                continue; // a task still running, or killed: `N.partial-PID`
-            }
-            let done: TaskDone = self
-                .read_json(&format!("{stage}/{name}/task.json"))?
-                .ok_or_else(|| anyhow!("{}: no task.json", entry.path().display()))?;
-            if done.run_id != run_id {
-                return Err(anyhow!(
-                    "{}: written for run {}, not {run_id}",
-                    entry.path().display(),
-                    done.run_id
-                ));
-            }
-            found.insert(done.task, (done.of, entry.path()));
-        }
-        let of = found.values().next().map_or(0, |(of, _)| *of);
-        if of == 0 {
-            return Err(anyhow!(
-                "no `segmill {stage}` task has finished in {}",
-                root.display()
-            ));
-        }
-        for t in 0..of {
-            match found.get(&t) {
-                Some((o, _)) if *o == of => {}
-                Some((o, _)) => {
-                    return Err(anyhow!(
-                        "`segmill {stage}` tasks disagree on their count ({of} and {o}) in {}",
-                        root.display()
-                    ));
-                }
-                None => {
-                    return Err(anyhow!(
-                        "`segmill {stage}` task {t} of {of} has not finished (no {}/{t})",
-                        root.display()
-                    ));
-                }
-            }
-        }
-        Ok(found.into_values().map(|(_, p)| p).collect())
-    }
-}
-
-/// Fsyncs every file and folder under `dir`.
-fn sync_tree(dir: &Path) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-        let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            sync_tree(&path)?;
-        } else {
-            std::fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .with_context(|| format!("cannot fsync {}", path.display()))?;
-        }
-    }
-    crate::state::sync_dir(dir)?;
-    Ok(())
-}
-
 /// The contiguous range of `partitions` that task `task` of `of` owns.
 fn part_range(task: u32, of: u32, partitions: u32) -> std::ops::Range<u32> {
     let at = |t: u32| (u64::from(t) * u64::from(partitions) / u64::from(of)) as u32;
@@ -283,16 +132,8 @@ pub fn stage(
     config: &Config,
     opts: &RunOptions,
     which: Stage,
-    work: Option<PathBuf>,
+    work: Option<&str>,
 ) -> Result<StageOutcome, RunError> {
-    if config.paths.inbound.as_local().is_none() {
-        return Err(anyhow!(
-            "the staged run reads inbound files from a folder every task mounts; {} is not one \
-             (use `segmill run`, or copy the night's files to a shared folder)",
-            config.paths.inbound
-        )
-        .into());
-    }
     match which {
         Stage::Map { task, of } | Stage::Resolve { task, of } | Stage::Merge { task, of }
             if of == 0 || task >= of =>
@@ -303,9 +144,14 @@ pub fn stage(
         }
         _ => {}
     }
-    let work = Work {
-        dir: work.unwrap_or_else(|| config.paths.state.join("stage")),
+    let label = match which {
+        Stage::Plan => "plan".to_owned(),
+        Stage::Map { task, .. } => format!("map-{task}"),
+        Stage::Resolve { task, .. } => format!("resolve-{task}"),
+        Stage::Merge { task, .. } => format!("merge-{task}"),
+        Stage::Finalize => "finalize".to_owned(),
     };
+    let work = Work::open(config, work, &label)?;
     let threads = opts.threads.unwrap_or(config.run.threads);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -341,6 +187,8 @@ struct Started {
     plan: NightPlan,
     opts: RunOptions,
     recorded: BTreeMap<String, Option<u128>>,
+    /// The mirror of the parent generation, for a task on a remote work store.
+    state: Option<crate::state::StateDir>,
 }
 
 /// One task of the map, resolve or merge stage.
@@ -368,8 +216,9 @@ impl Started {
             &self.opts,
             &self.plan,
             &self.recorded,
-            &t.tmp_name(),
-            false,
+            (&t.tmp_name(), false),
+            self.state.clone(),
+            &t.inbound_share(&self.plan),
         )?;
         Ok((n, &self.plan))
     }
@@ -389,16 +238,31 @@ impl Task {
         format!("{}-{}", self.stage, self.task)
     }
 
+    /// The inbound files this task reads (fetched when the inbound root is remote): a map
+    /// task's share of the trait files; none for the others.
+    fn inbound_share(&self, plan: &NightPlan) -> BTreeSet<String> {
+        if self.stage != "map" {
+            return BTreeSet::new();
+        }
+        plan.to_read
+            .iter()
+            .skip(self.task as usize)
+            .step_by(self.of as usize)
+            .cloned()
+            .collect()
+    }
+
     /// What to prepare the night with; `None` when the task's outputs, or the whole night,
     /// are committed already.
     fn start(&self, work: &Work, opts: &RunOptions) -> anyhow::Result<Option<Started>> {
         let plan = work.plan()?;
-        if work.finalized() || work.path(&self.rel()).exists() {
+        if work.finalized()? || work.done(&self.rel())? {
             return Ok(None);
         }
         Ok(Some(Started {
             opts: task_opts(opts, &plan),
             recorded: recorded_files(&plan)?,
+            state: work.state_mirror(&plan)?,
             plan,
         }))
     }
@@ -411,16 +275,13 @@ impl Task {
         run_id: &str,
         what: String,
     ) -> Result<StageOutcome, RunError> {
-        let done = TaskDone {
-            task: self.task,
-            of: self.of,
-            run_id: run_id.to_owned(),
-        };
-        Ok(if work.publish(out, &self.rel(), &done)? {
-            StageOutcome::Done(what)
-        } else {
-            StageOutcome::AlreadyDone(what)
-        })
+        Ok(
+            if work.publish(out, &self.rel(), (self.task, self.of, run_id))? {
+                StageOutcome::Done(what)
+            } else {
+                StageOutcome::AlreadyDone(what)
+            },
+        )
     }
 }
 
@@ -440,8 +301,9 @@ fn prepare_task<'a>(
     opts: &'a RunOptions,
     plan: &NightPlan,
     recorded: &BTreeMap<String, Option<u128>>,
-    name: &str,
-    lock: bool,
+    (name, lock): (&str, bool),
+    state: Option<crate::state::StateDir>,
+    fetch_only: &BTreeSet<String>,
 ) -> Result<(Night<'a>, Option<crate::state::LockGuard>), RunError> {
     let (n, guard) = prepare(
         config,
@@ -450,6 +312,8 @@ fn prepare_task<'a>(
             lock,
             tmp_name: Some(format!("{}-{name}-pid-{}", plan.run_id, std::process::id())),
             recorded: Some(recorded),
+            state,
+            fetch_only: Some(fetch_only),
         },
     )?;
     let current = n.parent.as_ref().map(|g| g.number);
@@ -474,17 +338,16 @@ fn recorded_files(plan: &NightPlan) -> anyhow::Result<BTreeMap<String, Option<u1
 }
 
 fn plan(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome, RunError> {
-    if work.finalized() {
+    if work.finalized()? {
         // The previous night is done: its work folder goes.
-        std::fs::remove_dir_all(&work.dir)
-            .with_context(|| format!("cannot clear {}", work.dir.display()))?;
+        work.clear()?;
     }
     if let Some(existing) = work.read_json::<NightPlan>("plan.json")? {
         if existing.parent == current_generation(config)? {
             return Ok(StageOutcome::AlreadyDone(format!(
                 "night {} is already planned in {}",
                 existing.run_id,
-                work.dir.display()
+                work.describe("")
             )));
         }
         // Planned on a state that another run has moved on from: plan again.
@@ -492,8 +355,7 @@ fn plan(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome,
             planned = %existing.run_id,
             "the work folder's plan is stale (the state moved on); planning again"
         );
-        std::fs::remove_dir_all(&work.dir)
-            .with_context(|| format!("cannot clear {}", work.dir.display()))?;
+        work.clear()?;
     }
     let (n, _lock) = prepare(
         config,
@@ -502,6 +364,8 @@ fn plan(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome,
             lock: true,
             tmp_name: Some(format!("plan-pid-{}", std::process::id())),
             recorded: None,
+            state: None,
+            fetch_only: None,
         },
     )?;
     std::fs::create_dir_all(&work.dir)
@@ -521,9 +385,14 @@ fn plan(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome,
     }
     // Tonight's ID-sync mappings go into the next generation's ID-sync partitions now, so
     // that every resolve task looks IDs up in them.
-    let staged = staged::Staged::loose(work.path("gen"), &BTreeSet::new());
+    let _ = std::fs::remove_dir_all(work.path("gen"));
+    let staged = staged::Staged::loose(work.path("gen"), None);
     let parent_file = |name: &str| n.parent_file(name);
     let idsync = apply_idsync(&n.plan, n.partitions, n.chunk_bytes, &parent_file, &staged)?;
+    let mut gen_files = Vec::new();
+    if work.path("gen").exists() {
+        staged::walk(&work.path("gen"), "", &mut gen_files)?;
+    }
     let night = NightPlan {
         format: WORK_FORMAT,
         run_id: n.run_id.clone(),
@@ -533,7 +402,16 @@ fn plan(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome,
         partitions: n.partitions,
         chunk_bytes: n.chunk_bytes,
         files,
+        to_read: n
+            .to_read
+            .iter()
+            .map(|&i| n.plan.trait_files[i].found.display.clone())
+            .collect(),
         idsync_parts: idsync.parts,
+        gen_files: gen_files.into_iter().collect(),
+        parent_manifest: work
+            .push_state(n.parent.as_ref())?
+            .map(|sum| format!("{sum:016x}")),
         idsync_receipt: idsync.receipt,
         idsync_ledger: idsync
             .ledger
@@ -549,13 +427,18 @@ fn plan(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome,
             .collect(),
     };
     let bytes = serde_json::to_vec_pretty(&night).map_err(anyhow::Error::from)?;
-    write_atomic(&work.path("plan.json"), &bytes)?;
+    if !work.put_plan(&bytes, &night.gen_files)? {
+        return Ok(StageOutcome::AlreadyDone(format!(
+            "another `segmill plan` planned the night in {} first",
+            work.describe("")
+        )));
+    }
     Ok(StageOutcome::Done(format!(
         "planned night {}: {} trait files to read, {} ID-sync partitions written, in {}",
         n.run_id,
         n.to_read.len(),
         night.idsync_parts.len(),
-        work.dir.display()
+        work.describe("")
     )))
 }
 
@@ -662,7 +545,7 @@ fn resolve(
     let maps = work.tasks("map", &plan.run_id)?;
     let range = part_range(t.task, t.of, n.partitions);
     let only: BTreeSet<u32> = range.clone().collect();
-    let tonight = staged::Staged::loose(work.path("gen"), &plan.idsync_parts);
+    let tonight = staged::Staged::loose(work.path("gen"), Some(work.earlier(plan)));
     let source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
         Ok(n.current_file(&tonight, name)?.map(std::borrow::Cow::Owned))
     };
@@ -678,7 +561,9 @@ fn resolve(
             .map(|&q| {
                 let mut bufs: Vec<OpBuf> = Vec::new();
                 for m in &maps {
-                    bufs.extend(read_spilled(&m.join("pending").join(spill_file(q)))?);
+                    if let Some(path) = m.file(work, &format!("pending/{}", spill_file(q)))? {
+                        bufs.extend(read_spilled(&path)?);
+                    }
                 }
                 resolve_pending(&bufs, &index, n.partitions)
                     .map_err(|e| anyhow!("ID-sync partition {q}: {e}"))
@@ -726,20 +611,22 @@ fn merge(
     };
     let (n, plan) = started.prepare(config, t)?;
     let mut inputs = work.tasks("map", &plan.run_id)?;
-    let resolves = work.tasks("resolve", &plan.run_id)?;
-    let mut op_dirs: Vec<PathBuf> = inputs.drain(..).map(|m| m.join("ops")).collect();
-    op_dirs.extend(resolves.iter().map(|r| r.join("ops")));
+    inputs.extend(work.tasks("resolve", &plan.run_id)?);
     let metas = n.file_metas();
     let ctx = n.merge_ctx(&metas);
-    let staged = staged::Staged::loose(work.path("gen"), &plan.idsync_parts);
+    // This task's state files go with its outputs; `finalize` adopts them.
+    let out = work.staging(&t.rel())?;
+    let staged = staged::Staged::loose(out.join("gen"), Some(work.earlier(plan)));
     let range = part_range(t.task, t.of, n.partitions);
     let results: Vec<anyhow::Result<(u32, Option<PartOut>)>> = range
         .clone()
         .into_par_iter()
         .map(|p| {
             let mut bufs: Vec<OpBuf> = Vec::new();
-            for d in &op_dirs {
-                bufs.extend(read_spilled(&d.join(spill_file(p)))?);
+            for input in &inputs {
+                if let Some(path) = input.file(work, &format!("ops/{}", spill_file(p)))? {
+                    bufs.extend(read_spilled(&path)?);
+                }
             }
             let ops = (!bufs.is_empty()).then_some(bufs);
             Ok((p, n.merge_part(&ctx, p, ops, &staged)?))
@@ -750,7 +637,6 @@ fn merge(
         let (p, out) = r?;
         parts.insert(p, out);
     }
-    let out = work.staging(&t.rel())?;
     // The exports of these partitions: diffed here, merged by finalize.
     let meta = n.parent_meta.as_ref();
     let mut customer = Vec::with_capacity(n.partitions as usize);
@@ -792,10 +678,10 @@ fn merge(
 }
 
 fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome, RunError> {
-    if work.finalized() {
+    if work.finalized()? {
         return Ok(StageOutcome::AlreadyDone(format!(
             "the night in {} is already finalized",
-            work.dir.display()
+            work.describe("")
         )));
     }
     let plan = work.plan()?;
@@ -807,7 +693,7 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
             .and_then(|g| g.manifest.meta.get("run_id").cloned())
             .and_then(|v| v.as_str().map(str::to_owned));
         if committed.as_deref() == Some(plan.run_id.as_str()) {
-            mark_finalized(work, &plan.run_id)?;
+            work.mark_finalized(&plan.run_id)?;
             return Ok(StageOutcome::AlreadyDone(format!(
                 "night {} is already committed",
                 plan.run_id
@@ -816,30 +702,30 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
     }
     let opts = task_opts(opts, &plan);
     let recorded = recorded_files(&plan)?;
-    let (n, _lock) = prepare_task(config, &opts, &plan, &recorded, "finalize", true)?;
+    // Inbound files are fetched only where lines are read again (rejected by resolve or
+    // over the cap).
+    let (mut n, _lock) = prepare_task(
+        config,
+        &opts,
+        &plan,
+        &recorded,
+        ("finalize", true),
+        None,
+        &BTreeSet::new(),
+    )?;
 
     // Trait files: what map found, plus what resolve found unmatched.
-    let mut map_files: BTreeMap<u32, (MapFile, PathBuf)> = BTreeMap::new();
-    for m in work.tasks("map", &plan.run_id)? {
-        let list: Vec<MapFile> = work
-            .read_json(&format!(
-                "map/{}/files.json",
-                m.file_name()
-                    .map(|s| s.to_string_lossy())
-                    .unwrap_or_default()
-            ))?
-            .ok_or_else(|| anyhow!("{}: no files.json", m.display()))?;
+    let maps = work.tasks("map", &plan.run_id)?;
+    let mut map_files: BTreeMap<u32, (MapFile, &TaskOut)> = BTreeMap::new();
+    for m in &maps {
+        let list: Vec<MapFile> = read_json_file(&m.required(work, "files.json")?)?;
         for f in list {
-            map_files.insert(f.file, (f, m.clone()));
+            map_files.insert(f.file, (f, m));
         }
     }
     let mut unmatched: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for r in work.tasks("resolve", &plan.run_id)? {
-        let path = r.join("unmatched.json");
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let part: BTreeMap<u32, Vec<u64>> = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: not a segmill stage file", path.display()))?;
+        let part: BTreeMap<u32, Vec<u64>> = read_json_file(&r.required(work, "unmatched.json")?)?;
         for (file, lines) in part {
             unmatched.entry(file).or_default().extend(lines);
         }
@@ -847,8 +733,8 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
     let mut pgp = ops::PgpKeys::new(config);
     let mut read: Vec<Option<ReadFile>> = Vec::with_capacity(n.to_read.len());
     let mut trait_outcomes: Vec<(usize, TraitFileResult)> = Vec::new();
-    for (file, &plan_idx) in n.to_read.iter().enumerate() {
-        let Some((mf, dir)) = map_files.remove(&(file as u32)) else {
+    for (file, plan_idx) in n.to_read.clone().into_iter().enumerate() {
+        let Some((mf, m)) = map_files.remove(&(file as u32)) else {
             return Err(anyhow!("no map task read file {file} of the night").into());
         };
         if let Some(reason) = mf.rejected {
@@ -856,8 +742,15 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
             read.push(None);
             continue;
         }
+        let mut lines = unmatched.remove(&(file as u32)).unwrap_or_default();
+        lines.sort_unstable();
+        // The rejects file quotes unmatched and capped lines from the source.
+        let reread = !lines.is_empty() || !mf.capped_lines.is_empty();
+        if reread {
+            n.fetch_trait_file(plan_idx)?;
+        }
         let p = &n.plan.trait_files[plan_idx];
-        let (source, gzip) = if p.name.pgp {
+        let (source, gzip) = if p.name.pgp && reread {
             match pgp.decrypt(&p.found.path, &p.found.display, &n.tmp)? {
                 ops::Decrypted::Plain(path) => (path, false),
                 ops::Decrypted::Rejected(reason) => {
@@ -871,8 +764,6 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
         } else {
             (p.found.path.clone(), p.name.gzip)
         };
-        let mut lines = unmatched.remove(&(file as u32)).unwrap_or_default();
-        lines.sort_unstable();
         let mut counters = mf.counters;
         if let IdKind::Customer { .. } = id_kind(config, &p.name, p.job) {
             counters.no_matching_aam_id += lines.len() as u64;
@@ -882,7 +773,7 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
             plan_idx,
             source,
             gzip,
-            rejected: read_rejects(&dir.join(format!("rejects-{file}")))?,
+            rejected: read_rejects(&m.required(work, &format!("rejects-{file}"))?)?,
             unmatched: lines,
             cap: crate::ingest::cap::CapOutcome {
                 counters,
@@ -894,12 +785,10 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
     // Profile partitions: what merge made.
     let mut parts: Vec<Option<PartOut>> = (0..n.partitions).map(|_| None).collect();
     let mut covered = 0u32;
-    for m in work.tasks("merge", &plan.run_id)? {
-        let path = m.join("parts.json");
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let list: BTreeMap<u32, Option<PartOut>> = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: not a segmill stage file", path.display()))?;
+    let merges = work.tasks("merge", &plan.run_id)?;
+    for m in &merges {
+        let list: BTreeMap<u32, Option<PartOut>> =
+            read_json_file(&m.required(work, "parts.json")?)?;
         for (p, out) in list {
             if let Some(slot) = parts.get_mut(p as usize) {
                 *slot = out;
@@ -917,7 +806,10 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
 
     // The state files the stages wrote become part of the new generation.
     let staged = staged::Staged::new(Some(n.state.begin(n.parent.as_ref())?));
-    staged.adopt_loose(&work.path("gen"))?;
+    staged.adopt_loose(&work.plan_gen(&plan)?)?;
+    for m in &merges {
+        staged.adopt_loose(&m.folder(work, "gen")?)?;
+    }
     let idsync = IdSyncResult {
         parts: plan.idsync_parts.clone(),
         receipt: plan.idsync_receipt.clone(),
@@ -938,21 +830,14 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
             .collect::<anyhow::Result<_>>()?,
     };
     // Every destination's run files, in partition order, for the k-way merge.
-    let merges = work.tasks("merge", &plan.run_id)?;
     let mut exports = Vec::new();
     for dest in config.destinations.values() {
         let mut files: Vec<(String, PathBuf)> = Vec::new();
+        let sub = format!("export/{}", dest.id);
         for m in &merges {
-            let dir = m.join("export").join(dest.id.to_string());
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries {
-                let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".run") {
-                    files.push((name, entry.path()));
-                }
+            for rel in m.under(&sub).filter(|f| f.ends_with(".run")) {
+                let name = rel.rsplit('/').next().unwrap_or(rel).to_owned();
+                files.push((name, m.required(work, rel)?));
             }
         }
         files.sort();
@@ -981,19 +866,13 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
     // A staged run's own failpoint (not in `failpoint::POINTS`, which `run` passes): killed
     // here, the night is committed but the work folder does not say so yet.
     crate::failpoint::hit("finalize-committed").context("finalize-committed")?;
-    mark_finalized(work, &summary.run_id)?;
+    work.mark_finalized(&summary.run_id)?;
     Ok(StageOutcome::Finalized(Box::new(summary)))
 }
 
-/// Records that the night is committed and removes its stage outputs; the plan stays, so
-/// that every later task of the night exits at once.
-fn mark_finalized(work: &Work, run_id: &str) -> anyhow::Result<()> {
-    write_atomic(
-        &work.path("finalized.json"),
-        format!("{{\"run_id\": {run_id:?}}}\n").as_bytes(),
-    )?;
-    for area in ["map", "resolve", "merge", "gen"] {
-        let _ = std::fs::remove_dir_all(work.path(area));
-    }
-    Ok(())
+/// A stage file's JSON.
+fn read_json_file<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a segmill stage file", path.display()))
 }

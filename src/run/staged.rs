@@ -23,7 +23,23 @@ pub(super) struct Staged {
     target: Target,
     /// Every name written, empty payloads included.
     written: Mutex<BTreeSet<String>>,
+    /// Loose files an earlier stage of the night wrote, read from where it left them.
+    earlier: Option<Earlier>,
 }
+
+/// The loose files an earlier stage of a staged night wrote (`segmill plan`: tonight's ID-sync
+/// partitions), for a later task to read.
+pub(super) struct Earlier {
+    /// Where they are.
+    pub(super) dir: PathBuf,
+    /// Their names, empty payloads included.
+    pub(super) names: BTreeSet<String>,
+    /// Brings file `name` into `dir` before it is read, when the work folder is remote.
+    pub(super) fetch: Option<Box<FetchLoose>>,
+}
+
+/// See [`Earlier::fetch`].
+pub(super) type FetchLoose = dyn Fn(&str) -> anyhow::Result<()> + Send + Sync;
 
 impl Staged {
     /// Files go into `gen_writer`'s generation, or stay in memory when it is `None`.
@@ -34,17 +50,23 @@ impl Staged {
                 None => Target::Memory(Mutex::new(BTreeMap::new())),
             },
             written: Mutex::new(BTreeSet::new()),
+            earlier: None,
         }
     }
 
     /// Files go to `dir` as loose data files, create-once: a file already there (written by an
-    /// earlier attempt of the same task, with the same bytes) is kept. `earlier` names the
-    /// files an earlier stage of the night wrote there (tonight's ID-sync partitions), read
-    /// from there too.
-    pub(super) fn loose(dir: PathBuf, earlier: &BTreeSet<String>) -> Staged {
+    /// earlier attempt of the same task, with the same bytes) is kept. The files of `earlier`
+    /// count as written by this run, and are read from where that stage left them.
+    pub(super) fn loose(dir: PathBuf, earlier: Option<Earlier>) -> Staged {
         Staged {
             target: Target::Loose(dir),
-            written: Mutex::new(earlier.clone()),
+            written: Mutex::new(
+                earlier
+                    .as_ref()
+                    .map(|e| e.names.clone())
+                    .unwrap_or_default(),
+            ),
+            earlier,
         }
     }
 
@@ -121,7 +143,15 @@ impl Staged {
                 .get(name)
                 .cloned(),
             Target::Loose(dir) => {
-                let path = dir.join(name);
+                let path = match &self.earlier {
+                    Some(e) if e.names.contains(name) => {
+                        if let Some(fetch) = &e.fetch {
+                            fetch(name)?;
+                        }
+                        e.dir.join(name)
+                    }
+                    _ => dir.join(name),
+                };
                 if path.exists() {
                     Some(
                         read_loose(&path)
@@ -172,7 +202,7 @@ impl Staged {
 }
 
 /// Relative names of the files under `dir/prefix`, temp files of killed writers left out.
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> anyhow::Result<()> {
+pub(super) fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> anyhow::Result<()> {
     let here = dir.join(prefix);
     for entry in
         std::fs::read_dir(&here).with_context(|| format!("cannot list {}", here.display()))?

@@ -141,6 +141,24 @@ pub struct Generation {
     pub dir: PathBuf,
     /// Its manifest.
     pub manifest: Manifest,
+    /// For a mirror of a generation kept elsewhere (a staged run's task on another machine):
+    /// where a data file not yet in `dir` is fetched from.
+    blobs: Option<Blobs>,
+}
+
+/// Fetches a mirrored generation's data file: called with its name, its manifest entry and
+/// the local path to create (whole file, footer included); the file is verified as usual
+/// after. The error is the reason, for a message that names the file.
+pub type FetchBlob = dyn Fn(&str, &FileEntry, &Path) -> Result<(), String> + Send + Sync;
+
+/// A shared [`FetchBlob`].
+#[derive(Clone)]
+pub struct Blobs(pub std::sync::Arc<FetchBlob>);
+
+impl std::fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Blobs(..)")
+    }
 }
 
 impl Generation {
@@ -258,7 +276,24 @@ impl Generation {
             number,
             dir,
             manifest,
+            blobs: None,
         })
+    }
+
+    /// This generation as a mirror: data files missing from its folder are fetched by `blobs`
+    /// when first read.
+    pub(crate) fn with_blobs(mut self, blobs: Option<Blobs>) -> Generation {
+        self.blobs = blobs;
+        self
+    }
+
+    /// The bytes of its `manifest.json` and their checksum (what `CURRENT` records), to
+    /// mirror this generation elsewhere ([`super::StateDir::mirror`]).
+    pub fn manifest_bytes(&self) -> Result<(Vec<u8>, u64), StateError> {
+        let path = self.dir.join(MANIFEST);
+        let bytes = fs::read(&path).map_err(|source| StateError::io("read", &path, source))?;
+        let sum = fsutil::checksum(&bytes);
+        Ok((bytes, sum))
     }
 
     /// The data files of this generation, in name order.
@@ -332,6 +367,24 @@ impl Generation {
                 "its manifest checksum is not 16 lowercase hex digits",
             )
         })?;
+        if let Some(Blobs(fetch)) = &self.blobs
+            && !path.exists()
+        {
+            let parent = path.parent().unwrap_or(&self.dir);
+            fs::create_dir_all(parent)
+                .map_err(|source| StateError::io("create folder", parent, source))?;
+            let tmp = parent.join(format!(
+                ".{}.{}.fetch.tmp",
+                rel.rsplit('/').next().unwrap_or(rel),
+                std::process::id()
+            ));
+            fetch(rel, entry, &tmp).map_err(|reason| {
+                let _ = fs::remove_file(&tmp);
+                StateError::corrupt(&path, format!("cannot fetch it: {reason}"))
+            })?;
+            fs::rename(&tmp, &path)
+                .map_err(|source| StateError::io("rename fetched file to", &path, source))?;
+        }
         Ok(Some((path, entry, expected)))
     }
 }
@@ -761,6 +814,7 @@ impl GenerationWriter {
             number: self.number,
             dir,
             manifest,
+            blobs: None,
         })
     }
 }

@@ -38,8 +38,8 @@ pub use fsutil::{
     AtomicFile, FOOTER_LEN, atomic_writer, create_dir_all_durable, sync_dir, write_atomic,
 };
 pub use generation::{
-    FileEntry, FileWriter, Generation, GenerationWriter, Manifest, VerifiedReader, read_loose,
-    write_loose,
+    Blobs, FetchBlob, FileEntry, FileWriter, Generation, GenerationWriter, Manifest,
+    VerifiedReader, read_loose, write_loose,
 };
 pub use ledger::{LEDGER_FILE, Ledger, LedgerEntry, LedgerError, Outcome};
 pub use lock::LockGuard;
@@ -168,6 +168,8 @@ impl StateError {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// Set for a mirror (see [`StateDir::mirror`]).
+    blobs: Option<Blobs>,
 }
 
 impl StateDir {
@@ -177,6 +179,42 @@ impl StateDir {
         fsutil::create_dir_all_durable(root)?;
         Ok(StateDir {
             root: root.to_path_buf(),
+            blobs: None,
+        })
+    }
+
+    /// A read-only mirror at `root` of a generation kept elsewhere, for a staged run's task on
+    /// a machine without the state folder: `manifest` (the bytes of its `manifest.json`, which
+    /// must hash to `manifest_sum`) is written there as generation `number`'s and made current;
+    /// its data files are fetched by `blobs` when first read, and verified like any other.
+    pub fn mirror(
+        root: &Path,
+        number: u64,
+        manifest: &[u8],
+        manifest_sum: u64,
+        blobs: Blobs,
+    ) -> Result<StateDir, StateError> {
+        let dir = root.join(generation::dir_name(number));
+        let found = fsutil::checksum(manifest);
+        if found != manifest_sum {
+            return Err(StateError::corrupt(
+                &dir.join("manifest.json"),
+                format!(
+                    "the copy fetched has checksum {}, the plan says {}",
+                    fsutil::checksum_hex(found),
+                    fsutil::checksum_hex(manifest_sum)
+                ),
+            ));
+        }
+        fs::create_dir_all(&dir).map_err(|source| StateError::io("create folder", &dir, source))?;
+        fsutil::write_atomic(&dir.join("manifest.json"), manifest)?;
+        fsutil::write_atomic(
+            &root.join(CURRENT),
+            format_current(number, manifest_sum).as_bytes(),
+        )?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+            blobs: Some(blobs),
         })
     }
 
@@ -209,7 +247,8 @@ impl StateDir {
                 ),
             )
         })?;
-        Generation::load(&self.root, number, manifest_sum).map(Some)
+        Generation::load(&self.root, number, manifest_sum)
+            .map(|g| Some(g.with_blobs(self.blobs.clone())))
     }
 
     /// `CURRENT` is missing: a fresh folder, or a first generation whose commit was cut short
@@ -875,6 +914,7 @@ mod tests {
     fn run_folders() {
         let state = StateDir {
             root: PathBuf::from("/s"),
+            blobs: None,
         };
         assert_eq!(
             state.receipts_dir("20261122T020000Z"),

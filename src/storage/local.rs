@@ -65,6 +65,28 @@ pub(super) fn put_bytes(root: &Path, rel: &str, bytes: &[u8]) -> Result<(), Stor
     write_atomic(&root.join(rel), |wtr| wtr.write_all(bytes))
 }
 
+/// Writes `bytes` to `root/rel` unless a file is there: a complete, synced temporary file is
+/// hard-linked into place, which fails if the name exists. `false` in that case.
+pub(super) fn put_bytes_once(root: &Path, rel: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+    let dest = root.join(rel);
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(StorageError::local("create local folder", parent))?;
+    let tmp = parent.join(format!(".once.{}.tmp", std::process::id()));
+    let result = File::create(&tmp)
+        .and_then(|mut wtr| wtr.write_all(bytes).and_then(|()| wtr.sync_data()))
+        .and_then(|()| fs::hard_link(&tmp, &dest));
+    let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(StorageError::Local {
+            op: "write local file",
+            path: dest,
+            source,
+        }),
+    }
+}
+
 /// Writes `dest` through a temporary file beside it, synced before the rename, so a reader sees
 /// the old file, nothing, or the whole new file.
 fn write_atomic(

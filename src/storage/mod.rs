@@ -122,6 +122,83 @@ impl Store {
         }
     }
 
+    /// Writes a small object at `rel` only if none is there: `false` (and nothing written)
+    /// when one is. The create-once commit of a staged run's task. S3 sends `If-None-Match: *`;
+    /// a local folder links a complete temporary file into place; FTP cannot do it.
+    pub fn put_bytes_once(&self, rel: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        check_rel(rel)?;
+        match self {
+            Store::Local(root) => local::put_bytes_once(root, rel, bytes),
+            Store::S3(store) => store.put_bytes_once(rel, bytes),
+            Store::Ftp(_) => Err(self.unsupported("create-once writes")),
+        }
+    }
+
+    /// The whole object `rel` (a small one), or `None` if there is none.
+    pub fn get_bytes(&self, rel: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        check_rel(rel)?;
+        match self {
+            Store::Local(root) => match std::fs::read(root.join(rel)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StorageError::local("read local file", &root.join(rel))(e)),
+            },
+            Store::S3(store) => store.get_bytes(rel),
+            Store::Ftp(_) => Err(self.unsupported("reading objects into memory")),
+        }
+    }
+
+    /// Every object under the folder `rel` (`""`: the root), named relative to the root, sorted;
+    /// a missing folder is an empty listing.
+    pub fn list_under(&self, rel: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        let mut listing = match self {
+            Store::Local(root) => {
+                let dir = root.join(rel);
+                match local::list(&dir) {
+                    Ok(found) => found
+                        .into_iter()
+                        .map(|(name, size)| (join_rel(rel, &name), size))
+                        .collect(),
+                    Err(_) if !dir.exists() => Vec::new(),
+                    Err(e) => return Err(e),
+                }
+            }
+            Store::S3(store) => store.list_under(rel)?,
+            Store::Ftp(_) => return Err(self.unsupported("listing a folder")),
+        };
+        listing.sort();
+        Ok(listing)
+    }
+
+    /// Removes the objects `rels`; missing ones are not an error.
+    pub fn delete(&self, rels: &[String]) -> Result<(), StorageError> {
+        for rel in rels {
+            check_rel(rel)?;
+        }
+        match self {
+            Store::Local(root) => {
+                for rel in rels {
+                    let path = root.join(rel);
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(StorageError::local("remove local file", &path)(e)),
+                    }
+                }
+                Ok(())
+            }
+            Store::S3(store) => store.delete(rels),
+            Store::Ftp(_) => Err(self.unsupported("deleting objects")),
+        }
+    }
+
+    fn unsupported(&self, what: &str) -> StorageError {
+        StorageError::Settings {
+            location: self.describe_root(),
+            reason: format!("{what} is not supported on this kind of store"),
+        }
+    }
+
     /// How the object `rel` is named in messages: a local path, an `s3://` URL or an `ftp://`
     /// URL without its password.
     pub fn describe(&self, rel: &str) -> String {

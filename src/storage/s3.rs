@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{
+    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart,
+};
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 
@@ -214,9 +216,16 @@ impl S3Store {
     }
 
     pub(super) fn list(&self) -> Result<Vec<(String, u64)>, StorageError> {
-        let prefix = match self.prefix.is_empty() {
+        self.list_under("")
+    }
+
+    /// The objects under `rel` (a folder-like prefix, `""` for the root), named relative to
+    /// the root.
+    pub(super) fn list_under(&self, rel: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        let under = join_rel(&self.prefix, rel);
+        let prefix = match under.is_empty() {
             true => None,
-            false => Some(self.key("")?),
+            false => Some(self.key(rel)?),
         };
         let strip = match self.prefix.is_empty() {
             true => String::new(),
@@ -367,6 +376,77 @@ impl S3Store {
     pub(super) fn put_bytes(&self, rel: &str, bytes: &[u8]) -> Result<(), StorageError> {
         let key = self.key(rel)?;
         self.put_payload(&key, rel, bytes.to_vec().into())
+    }
+
+    /// Writes `bytes` at `rel` only if no object is there (`If-None-Match: *`); `false` when
+    /// one is, whoever wrote it.
+    pub(super) fn put_bytes_once(&self, rel: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        let key = self.key(rel)?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        let put = self
+            .runtime
+            .block_on(self.store.put_opts(&key, bytes.to_vec().into(), opts));
+        match put {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(err) => Err(self.error("put", rel, err)),
+        }
+    }
+
+    /// The whole object `rel`, or `None` if there is none.
+    pub(super) fn get_bytes(&self, rel: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let key = self.key(rel)?;
+        let got = self.runtime.block_on(async {
+            let result = self.store.get(&key).await?;
+            result.bytes().await
+        });
+        match got {
+            Ok(bytes) => Ok(Some(bytes.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(self.error("fetch", rel, err)),
+        }
+    }
+
+    /// Removes the objects `rels`, several requests in flight; a missing one is not an error.
+    pub(super) fn delete(&self, rels: &[String]) -> Result<(), StorageError> {
+        let keys = rels
+            .iter()
+            .map(|rel| Ok((rel.clone(), self.key(rel)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        self.runtime.block_on(async {
+            let mut tasks = JoinSet::new();
+            for (rel, key) in keys {
+                if tasks.len() >= self.concurrency.max(1) * 4
+                    && let Some(done) = tasks.join_next().await
+                {
+                    self.deleted(done)?;
+                }
+                let store = Arc::clone(&self.store);
+                tasks.spawn(async move { (rel, store.delete(&key).await) });
+            }
+            while let Some(done) = tasks.join_next().await {
+                self.deleted(done)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn deleted(
+        &self,
+        done: Result<(String, object_store::Result<()>), tokio::task::JoinError>,
+    ) -> Result<(), StorageError> {
+        match done {
+            Ok((_, Ok(()) | Err(object_store::Error::NotFound { .. }))) => Ok(()),
+            Ok((rel, Err(err))) => Err(self.error("delete", &rel, err)),
+            Err(err) => Err(StorageError::Remote {
+                op: "delete",
+                object: self.describe(""),
+                reason: err.to_string(),
+            }),
+        }
     }
 
     fn put_payload(&self, key: &Path, rel: &str, payload: PutPayload) -> Result<(), StorageError> {
