@@ -1629,6 +1629,15 @@ fn staged_matches_run(moto: Option<&common_servers::Moto>) {
             text.replace("state = \"state-staged\"", "state = \"no-state-here\""),
         )
         .unwrap();
+        if moto.is_some() && as_of.starts_with("2026") {
+            let out = stage(&["map", "--task", "0", "--of", "3"], None, true);
+            assert_eq!(out.code, 2, "{out:#?}");
+            assert!(
+                out.stderr
+                    .contains("s3://segmill-drop/night holds no plan: run `segmill plan` first"),
+                "{out:#?}"
+            );
+        }
         let out = stage(
             &["plan", "--as-of", as_of, "--chunk-bytes", "7"],
             None,
@@ -1776,6 +1785,13 @@ fn staged_run_refuses_tasks_out_of_order_and_stale_plans() {
     let out = env.segmill(&["map", "--task", "2", "--of", "2"]);
     assert_eq!(out.code, 2, "{out:#?}");
     assert!(out.stderr.contains("must be below the count"), "{out:#?}");
+    let out = env.segmill(&["map", "--task", "1", "--of", "2", "--work", "ftp://h/w"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("a work store must be a folder or s3://"),
+        "{out:#?}"
+    );
     // Another run commits in between: the staged night cannot finish on top of it.
     env.run_ok(AS_OF, 0);
     let out = env.segmill(&["map", "--task", "1", "--of", "2"]);

@@ -555,6 +555,11 @@ fn resolve(
     let mut unmatched: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     // A few ID-sync partitions at a time, each looked up on a thread of its own.
     let parts: Vec<u32> = range.collect();
+    let pending: Vec<String> = parts
+        .iter()
+        .map(|&q| format!("pending/{}", spill_file(q)))
+        .collect();
+    work.prefetch(&maps, &pending)?;
     for batch in parts.chunks(rayon::current_num_threads().max(1)) {
         let resolved: Vec<anyhow::Result<crate::ingest::Resolved>> = batch
             .par_iter()
@@ -618,6 +623,11 @@ fn merge(
     let out = work.staging(&t.rel())?;
     let staged = staged::Staged::loose(out.join("gen"), Some(work.earlier(plan)));
     let range = part_range(t.task, t.of, n.partitions);
+    let ops: Vec<String> = range
+        .clone()
+        .map(|p| format!("ops/{}", spill_file(p)))
+        .collect();
+    work.prefetch(&inputs, &ops)?;
     let results: Vec<anyhow::Result<(u32, Option<PartOut>)>> = range
         .clone()
         .into_par_iter()
@@ -716,6 +726,11 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
 
     // Trait files: what map found, plus what resolve found unmatched.
     let maps = work.tasks("map", &plan.run_id)?;
+    let mut listed: Vec<String> = (0..plan.to_read.len())
+        .map(|f| format!("rejects-{f}"))
+        .collect();
+    listed.push("files.json".into());
+    work.prefetch(&maps, &listed)?;
     let mut map_files: BTreeMap<u32, (MapFile, &TaskOut)> = BTreeMap::new();
     for m in &maps {
         let list: Vec<MapFile> = read_json_file(&m.required(work, "files.json")?)?;
@@ -835,6 +850,7 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
         let mut files: Vec<(String, PathBuf)> = Vec::new();
         let sub = format!("export/{}", dest.id);
         for m in &merges {
+            m.folder(work, &sub)?;
             for rel in m.under(&sub).filter(|f| f.ends_with(".run")) {
                 let name = rel.rsplit('/').next().unwrap_or(rel).to_owned();
                 files.push((name, m.required(work, rel)?));

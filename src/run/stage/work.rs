@@ -34,6 +34,10 @@ use std::sync::Arc;
 /// Where the work store's `state/` mirror keeps the parent generation.
 const STATE: &str = "state";
 
+/// Objects moved to or from S3 at once: a task moves hundreds to thousands of small ones
+/// (an op file per partition), and each request is mostly waiting.
+const TRANSFERS: usize = 16;
+
 /// The work store of a staged night.
 pub(super) struct Work {
     /// The shared folder; with an S3 work store, this task's local copy of what it reads and
@@ -201,12 +205,10 @@ impl Work {
             return publish_folder(staging, &self.path(rel));
         };
         let attempt = format!("{rel}/attempt-{}-{}", std::process::id(), nanos());
-        let mut uploaded = Vec::with_capacity(files.len());
-        for f in &files {
-            let key = format!("{attempt}/{f}");
-            store.put(&staging.join(f), &key)?;
-            uploaded.push(key);
-        }
+        let uploaded: Vec<String> = files.iter().map(|f| format!("{attempt}/{f}")).collect();
+        in_flight(&files, |f| {
+            Ok(store.put(&staging.join(f), &format!("{attempt}/{f}"))?)
+        })?;
         // A staged run's own failpoint: killed here, the files are uploaded but not committed.
         crate::failpoint::hit("stage-uploaded").context("stage-uploaded")?;
         done.data = Some(attempt);
@@ -324,9 +326,10 @@ impl Work {
             write_atomic(&self.path("plan.json"), bytes)?;
             return Ok(true);
         };
-        for f in gen_files {
-            store.put(&self.path(&format!("gen/{f}")), &format!("gen/{f}"))?;
-        }
+        let files: Vec<&String> = gen_files.iter().collect();
+        in_flight(&files, |f| {
+            Ok(store.put(&self.path(&format!("gen/{f}")), &format!("gen/{f}"))?)
+        })?;
         Ok(store.put_bytes_once("plan.json", bytes)?)
     }
 
@@ -358,9 +361,10 @@ impl Work {
     pub(super) fn plan_gen(&self, plan: &NightPlan) -> anyhow::Result<PathBuf> {
         let dir = self.path("gen");
         if let Some(store) = &self.remote {
-            for f in &plan.gen_files {
-                fetch_to(store, &format!("gen/{f}"), &dir.join(f))?;
-            }
+            let files: Vec<&String> = plan.gen_files.iter().collect();
+            in_flight(&files, |f| {
+                fetch_to(store, &format!("gen/{f}"), &dir.join(f))
+            })?;
         }
         Ok(dir)
     }
@@ -431,13 +435,15 @@ impl Work {
         let mut sum = None;
         if let Some(g) = parent {
             let (manifest, manifest_sum) = g.manifest_bytes()?;
+            let mut missing = Vec::new();
             for (rel, entry) in g.files() {
                 let key = blob_key(rel, &entry.checksum);
                 if !have.contains(&key) {
-                    store.put(&g.dir.join(rel), &key)?;
+                    missing.push((g.dir.join(rel), key.clone()));
                 }
                 keep.insert(key);
             }
+            in_flight(&missing, |(path, key)| Ok(store.put(path, key)?))?;
             let key = manifest_key(manifest_sum);
             if !have.contains(&key) {
                 store.put_bytes(&key, &manifest)?;
@@ -485,6 +491,27 @@ impl Work {
     }
 }
 
+impl Work {
+    /// Brings the files `rels` of every task of `tasks` that has them into the local copy at
+    /// once, when the store is remote (reads then find them local).
+    pub(super) fn prefetch(&self, tasks: &[TaskOut], rels: &[String]) -> anyhow::Result<()> {
+        let Some(store) = &self.remote else {
+            return Ok(());
+        };
+        let mut wanted = Vec::new();
+        for t in tasks {
+            let Some(prefix) = &t.remote else { continue };
+            for rel in rels {
+                let dest = t.local.join(rel);
+                if t.files.contains(rel) && !dest.exists() {
+                    wanted.push((format!("{prefix}/{rel}"), dest));
+                }
+            }
+        }
+        in_flight(&wanted, |(key, dest)| fetch_to(store, key, dest))
+    }
+}
+
 impl Drop for Work {
     fn drop(&mut self) {
         if self.remote.is_some() {
@@ -525,9 +552,8 @@ impl TaskOut {
 
     /// The local folder holding the task's files under `sub` (fetched first when remote).
     pub(super) fn folder(&self, work: &Work, sub: &str) -> anyhow::Result<PathBuf> {
-        for f in self.under(sub) {
-            self.file(work, f)?;
-        }
+        let rels: Vec<String> = self.under(sub).map(str::to_owned).collect();
+        work.prefetch(std::slice::from_ref(self), &rels)?;
         Ok(self.local.join(sub))
     }
 }
@@ -551,6 +577,40 @@ fn fetch_to(store: &Store, rel: &str, dest: &Path) -> anyhow::Result<()> {
     store.fetch(rel, &tmp)?;
     std::fs::rename(&tmp, dest)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))
+}
+
+/// Runs `each` over `items` on up to [`TRANSFERS`] threads; the first error is returned and
+/// stops the rest from starting.
+fn in_flight<T: Sync>(
+    items: &[T],
+    each: impl Fn(&T) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..TRANSFERS.min(items.len()) {
+            scope.spawn(|| {
+                while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if let Err(e) = each(item) {
+                        next.store(items.len(), Ordering::Relaxed);
+                        failed
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    match failed
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn nanos() -> u128 {
