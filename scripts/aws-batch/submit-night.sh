@@ -23,11 +23,16 @@ children read their task index from AWS_BATCH_JOB_ARRAY_INDEX.
   -m, --map M         map tasks (default 10; 1 to 10000)
   -n, --tasks N       resolve tasks and merge tasks (default 10; 1 to 10000, at most P)
   --config PATH       segmill.toml inside the container (default /segmill/segmill.toml)
+  --work-store URL    keep the work on S3, in URL (s3://bucket/prefix):
+                      map, resolve and merge then need no EFS volume, only the job
+                      role's access to the bucket
   --wait              wait for finalize and exit with the night's outcome
   -h, --help          this text
 
 The night's work folder is /segmill/work/<as-of as YYYYMMDDTHHMMSSZ> on the EFS
-volume; remove it once the night is committed.
+volume; remove it once the night is committed. With --work-store, URL itself is
+the work store of every night (finalize empties it but for the state mirror,
+which the next night's plan reuses).
 
 Exit codes: 0 submitted (with --wait: committed, nothing rejected); with --wait,
 1 committed but something was rejected (finalize exited 1), 2 a stage failed
@@ -47,6 +52,7 @@ map_tasks=10
 tasks=10
 config=/segmill/segmill.toml
 wait_for_it=0
+work_store=
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -57,6 +63,7 @@ while [ $# -gt 0 ]; do
     -n | --tasks) tasks=${2:?--tasks needs a number}; shift ;;
     --config) config=${2:?--config needs a path}; shift ;;
     --wait) wait_for_it=1 ;;
+    --work-store) work_store=${2:?--work-store needs an s3:// URL}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -76,8 +83,17 @@ done
 # Values are spliced into JSON below: keep them to characters that need no escaping.
 [[ $config =~ ^[A-Za-z0-9./_-]+$ ]] || die "--config has unexpected characters: '$config'"
 
+[[ -z $work_store || $work_store =~ ^s3://[A-Za-z0-9._/-]+$ ]] ||
+  die "--work-store must be an s3://bucket/prefix URL, not '$work_store'"
+
 night=${as_of//[-:]/}
-work=/segmill/work/$night
+if [ -n "$work_store" ]; then
+  # One prefix for every night: its state/ mirror is reused (plan uploads only what changed),
+  # and plan clears what a finalized night left there.
+  work=${work_store%/}
+else
+  work=/segmill/work/$night
+fi
 prev=
 
 # Submits stage $1 as $2 tasks with $3 MiB of memory; the rest are the stage's own arguments.

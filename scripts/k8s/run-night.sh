@@ -21,10 +21,16 @@ Creates the Jobs of scripts/k8s/ one stage at a time and waits for each with
   --namespace NS    namespace (default: kubectl's current one)
   --timeout SEC     longest wait for one stage, in seconds (default 21600)
   --setup           first apply configmap.yaml and pvc.yaml from this folder
+  --work-store URL  keep the work on S3, in URL
+                    (s3://bucket/prefix): map, resolve and merge then need no
+                    shared volume, only S3 credentials (AWS_* in the ConfigMap
+                    or the pod's service account)
   -h, --help        this text
 
 The night's work folder is /segmill/work/<as-of as YYYYMMDDTHHMMSSZ> on the
-shared volume; remove it once the night is committed.
+shared volume; remove it once the night is committed. With --work-store, URL
+itself is the work store of every night (finalize empties it but for the
+state mirror, which the next night's plan reuses).
 
 Exit codes: 0 committed, nothing rejected; 1 committed, but something was
 rejected (finalize exited 1; see the run report); 2 a stage failed, nothing
@@ -46,6 +52,7 @@ tasks=10
 image=
 timeout=21600
 setup=0
+work_store=
 kc=(kubectl)
 
 while [ $# -gt 0 ]; do
@@ -57,6 +64,7 @@ while [ $# -gt 0 ]; do
     --namespace) kc+=(--namespace "${2:?--namespace needs a name}"); shift ;;
     --timeout) timeout=${2:?--timeout needs seconds}; shift ;;
     --setup) setup=1 ;;
+    --work-store) work_store=${2:?--work-store needs an s3:// URL}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die 2 "unknown argument: $1" ;;
   esac
@@ -72,8 +80,17 @@ done
 [[ $as_of =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$ ]] ||
   die 2 "--as-of must be RFC 3339 UTC to the second (2026-11-22T02:00:00Z), not '$as_of'"
 
+[[ -z $work_store || $work_store =~ ^s3://[A-Za-z0-9._/-]+$ ]] ||
+  die 2 "--work-store must be an s3://bucket/prefix URL, not '$work_store'"
+
 night=${as_of//[-:]/}
-work=/segmill/work/$night
+if [ -n "$work_store" ]; then
+  # One prefix for every night: its state/ mirror is reused (plan uploads only what changed),
+  # and plan clears what a finalized night left there.
+  work=${work_store%/}
+else
+  work=/segmill/work/$night
+fi
 
 # The Job's condition of `type` (Complete, Failed): True, False or empty.
 condition() {
