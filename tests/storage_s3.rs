@@ -438,6 +438,10 @@ fn s3_create_once_puts_lists_and_deletes() {
             "{root}"
         );
         assert!(names("nothing").is_empty(), "{root}");
+        store.put_bytes("map/1/task.json", b"x").unwrap();
+        assert_eq!(store.list_folders("map").unwrap(), ["0", "1"], "{root}");
+        assert_eq!(store.list_folders("map/0").unwrap(), ["a"], "{root}");
+        assert!(store.list_folders("nothing").unwrap().is_empty(), "{root}");
         store.delete(&names("map")).unwrap();
         store.delete(&["map/0/never-written".to_owned()]).unwrap();
         assert!(names("map").is_empty(), "{root}");

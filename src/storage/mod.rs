@@ -170,6 +170,30 @@ impl Store {
         Ok(listing)
     }
 
+    /// The names of the folders directly under the folder `rel`, sorted; a missing folder has
+    /// none.
+    pub fn list_folders(&self, rel: &str) -> Result<Vec<String>, StorageError> {
+        check_rel(rel)?;
+        let mut names = match self {
+            Store::Local(root) => {
+                let dir = root.join(rel);
+                match std::fs::read_dir(&dir) {
+                    Ok(entries) => entries
+                        .filter_map(Result::ok)
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                        .collect(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(StorageError::local("list local folder", &dir)(e)),
+                }
+            }
+            Store::S3(store) => store.list_folders(rel)?,
+            Store::Ftp(_) => return Err(self.unsupported("listing folders")),
+        };
+        names.sort();
+        Ok(names)
+    }
+
     /// Removes the objects `rels`; missing ones are not an error.
     pub fn delete(&self, rels: &[String]) -> Result<(), StorageError> {
         for rel in rels {

@@ -410,43 +410,39 @@ impl S3Store {
         }
     }
 
-    /// Removes the objects `rels`, several requests in flight; a missing one is not an error.
+    /// Removes the objects `rels` with bulk deletes (1,000 keys a request); a missing one is
+    /// not an error.
     pub(super) fn delete(&self, rels: &[String]) -> Result<(), StorageError> {
+        use futures_util::StreamExt as _;
         let keys = rels
             .iter()
-            .map(|rel| Ok((rel.clone(), self.key(rel)?)))
+            .map(|rel| self.key(rel))
             .collect::<Result<Vec<_>, StorageError>>()?;
+        let input = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
+        let mut done = self.store.delete_stream(input);
         self.runtime.block_on(async {
-            let mut tasks = JoinSet::new();
-            for (rel, key) in keys {
-                if tasks.len() >= self.concurrency.max(1) * 4
-                    && let Some(done) = tasks.join_next().await
-                {
-                    self.deleted(done)?;
+            while let Some(item) = done.next().await {
+                match item {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(err) => return Err(self.error("delete", "", err)),
                 }
-                let store = Arc::clone(&self.store);
-                tasks.spawn(async move { (rel, store.delete(&key).await) });
-            }
-            while let Some(done) = tasks.join_next().await {
-                self.deleted(done)?;
             }
             Ok(())
         })
     }
 
-    fn deleted(
-        &self,
-        done: Result<(String, object_store::Result<()>), tokio::task::JoinError>,
-    ) -> Result<(), StorageError> {
-        match done {
-            Ok((_, Ok(()) | Err(object_store::Error::NotFound { .. }))) => Ok(()),
-            Ok((rel, Err(err))) => Err(self.error("delete", &rel, err)),
-            Err(err) => Err(StorageError::Remote {
-                op: "delete",
-                object: self.describe(""),
-                reason: err.to_string(),
-            }),
-        }
+    /// The names of the folder-like prefixes directly under `rel` (one `/`-delimited level).
+    pub(super) fn list_folders(&self, rel: &str) -> Result<Vec<String>, StorageError> {
+        let key = self.key(rel)?;
+        let listed = self
+            .runtime
+            .block_on(self.store.list_with_delimiter(Some(&key)))
+            .map_err(|err| self.error("list", rel, err))?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect())
     }
 
     fn put_payload(&self, key: &Path, rel: &str, payload: PutPayload) -> Result<(), StorageError> {

@@ -225,10 +225,13 @@ impl Work {
     /// tasks 0..M all committed, for the same night.
     pub(super) fn tasks(&self, stage: &str, run_id: &str) -> anyhow::Result<Vec<TaskOut>> {
         let mut found: BTreeMap<u32, (u32, TaskOut)> = BTreeMap::new();
-        let mut add = |rel: String, local: PathBuf| -> anyhow::Result<()> {
-            let done: TaskDone = self
-                .read_json(&format!("{rel}/task.json"))?
-                .ok_or_else(|| anyhow!("{}: no task.json", self.describe(&rel)))?;
+        let mut add = |rel: String, local: PathBuf, bytes: &[u8]| -> anyhow::Result<()> {
+            let done: TaskDone = serde_json::from_slice(bytes).with_context(|| {
+                format!(
+                    "{}/task.json: not a segmill stage file",
+                    self.describe(&rel)
+                )
+            })?;
             if done.run_id != run_id {
                 return Err(anyhow!(
                     "{}: written for run {}, not {run_id}",
@@ -253,18 +256,30 @@ impl Work {
         };
         match &self.remote {
             Some(store) => {
-                for (key, _) in store.list_under(stage)? {
-                    let Some(n) = key
-                        .strip_prefix(&format!("{stage}/"))
-                        .and_then(|k| k.strip_suffix("/task.json"))
-                        .filter(|n| n.parse::<u32>().is_ok())
-                    else {
-                        continue;
-                    };
-                    add(
-                        format!("{stage}/{n}"),
-                        self.path(&format!("in/{stage}/{n}")),
-                    )?;
+                // One listing of the task folders (not of their thousands of files), then
+                // their commits, fetched together; a folder without one is a task still
+                // running, or killed.
+                let folders: Vec<String> = store
+                    .list_folders(stage)?
+                    .into_iter()
+                    .filter(|n| n.parse::<u32>().is_ok())
+                    .collect();
+                let commits: std::sync::Mutex<Vec<(String, Vec<u8>)>> = Default::default();
+                in_flight(&folders, |n| {
+                    if let Some(bytes) = store.get_bytes(&format!("{stage}/{n}/task.json"))? {
+                        commits
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push((n.clone(), bytes));
+                    }
+                    Ok(())
+                })?;
+                let committed = commits
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (n, bytes) in committed {
+                    let local = self.path(&format!("in/{stage}/{n}"));
+                    add(format!("{stage}/{n}"), local, &bytes)?;
                 }
             }
             None => {
@@ -280,7 +295,11 @@ impl Work {
                     if name.parse::<u32>().is_err() {
                         continue; // a task still running, or killed: `N.partial-PID`
                     }
-                    add(format!("{stage}/{name}"), entry.path())?;
+                    let rel = format!("{stage}/{name}");
+                    let bytes = self
+                        .get(&format!("{rel}/task.json"))?
+                        .ok_or_else(|| anyhow!("{}: no task.json", self.describe(&rel)))?;
+                    add(rel, entry.path(), &bytes)?;
                 }
             }
         }
