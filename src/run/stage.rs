@@ -5,7 +5,7 @@
 //! ```text
 //! plan          discover, skip duplicates, apply tonight's ID-sync files   → plan.json, gen/idsync/…
 //! map  i of M   parse + validate + cap + trait rules of files i, i+M, …    → map/i/{ops,pending}/ops-P, files.json, rejects-F
-//! resolve j/N   look up the pending customer IDs of ID-sync partitions     → resolve/j/ops/ops-P, unmatched.json
+//! resolve j/N   look up the pending customer IDs of ID-sync partitions     → resolve/j/ops/ops-P, unmatched
 //! merge   j/N   merge, expire and evaluate profile partitions; diff them   → gen/profiles/part-P, gen/members/…,
 //!               against what each destination last received                  merge/j/{parts.json,export/DID/part-P.run}
 //! finalize      k-way merge of the exports, receipts, ledger, run report,  → the state, as `segmill run` leaves it
@@ -593,10 +593,7 @@ fn resolve(
     for lines in unmatched.values_mut() {
         lines.sort_unstable();
     }
-    write_atomic(
-        &out.join("unmatched.json"),
-        &serde_json::to_vec(&unmatched).map_err(anyhow::Error::from)?,
-    )?;
+    write_atomic(&out.join("unmatched"), &encode_unmatched(&unmatched))?;
     let what = format!(
         "{t}: ID-sync partitions {:?}, {} unmatched lines",
         part_range(t.task, t.of, n.partitions),
@@ -739,11 +736,10 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
         }
     }
     let mut unmatched: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    for r in work.tasks("resolve", &plan.run_id)? {
-        let part: BTreeMap<u32, Vec<u64>> = read_json_file(&r.required(work, "unmatched.json")?)?;
-        for (file, lines) in part {
-            unmatched.entry(file).or_default().extend(lines);
-        }
+    let resolves = work.tasks("resolve", &plan.run_id)?;
+    work.prefetch(&resolves, &["unmatched".to_owned()])?;
+    for r in &resolves {
+        decode_unmatched(&r.required(work, "unmatched")?, &mut unmatched)?;
     }
     let mut pgp = ops::PgpKeys::new(config);
     let mut read: Vec<Option<ReadFile>> = Vec::with_capacity(n.to_read.len());
@@ -886,9 +882,86 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
     Ok(StageOutcome::Finalized(Box::new(summary)))
 }
 
+/// A resolve task's unmatched lines: per file, its index, the count and the sorted line
+/// numbers as varint deltas (tens of millions of lines on a large night).
+fn encode_unmatched(unmatched: &BTreeMap<u32, Vec<u64>>) -> Vec<u8> {
+    let mut w = crate::codec::Writer::default();
+    for (file, lines) in unmatched {
+        w.varint(u64::from(*file));
+        w.varint(lines.len() as u64);
+        let mut last = 0;
+        for &line in lines {
+            w.varint(line - last);
+            last = line;
+        }
+    }
+    w.buf
+}
+
+/// Reads what [`encode_unmatched`] wrote at `path`, adding to `into`.
+fn decode_unmatched(path: &Path, into: &mut BTreeMap<u32, Vec<u64>>) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bad = |e: crate::codec::Truncated| anyhow!("{}: {e}", path.display());
+    let mut r = crate::codec::Reader::new(&bytes);
+    while !r.is_empty() {
+        let file = u32::try_from(r.varint().map_err(bad)?)
+            .map_err(|_| anyhow!("{}: file index out of range", path.display()))?;
+        let count = r.varint().map_err(bad)?;
+        let lines = into.entry(file).or_default();
+        let mut line = 0u64;
+        for _ in 0..count {
+            line = line
+                .checked_add(r.varint().map_err(bad)?)
+                .ok_or_else(|| anyhow!("{}: line number out of range", path.display()))?;
+            lines.push(line);
+        }
+    }
+    Ok(())
+}
+
 /// A stage file's JSON.
 fn read_json_file<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_slice(&bytes)
         .with_context(|| format!("{}: not a segmill stage file", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_ranges_cover_every_partition_once() {
+        for (of, partitions) in [(1, 8), (3, 8), (4, 8), (7, 64), (8, 8)] {
+            let ranges: Vec<_> = (0..of).map(|t| part_range(t, of, partitions)).collect();
+            assert_eq!(ranges.first().map(|r| r.start), Some(0));
+            assert_eq!(ranges.last().map(|r| r.end), Some(partitions));
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "{of} of {partitions}");
+            }
+        }
+    }
+
+    #[test]
+    fn unmatched_lines_round_trip_and_truncation_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unmatched");
+        let written: BTreeMap<u32, Vec<u64>> = [
+            (0, vec![1, 1, 7, 1 << 40]),
+            (3, vec![]),
+            (u32::MAX, vec![u64::MAX]),
+        ]
+        .into();
+        std::fs::write(&path, encode_unmatched(&written)).unwrap();
+        let mut read = BTreeMap::from([(3, vec![9])]);
+        decode_unmatched(&path, &mut read).unwrap();
+        assert_eq!(read[&0], written[&0]);
+        assert_eq!(read[&3], [9], "lines are added to what is there");
+        assert_eq!(read[&u32::MAX], [u64::MAX]);
+
+        let bytes = encode_unmatched(&written);
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let err = decode_unmatched(&path, &mut BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("unmatched"), "{err}");
+    }
 }
