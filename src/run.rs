@@ -1199,21 +1199,32 @@ fn finish(
     crate::failpoint::hit("after-receipts").context("after-receipts")?;
     let mut export_summaries = Vec::new();
     let mut batch_ms = BTreeMap::new();
-    for e in &exports {
+    // Each destination's files are written on a thread of their own (merging its runs and
+    // compressing is most of this stage); remote ones are then delivered one by one, in order.
+    let written: Vec<anyhow::Result<(PathBuf, bool, i64, export::ExportSummary)>> = exports
+        .par_iter()
+        .map(|e| {
+            let dest = &config.destinations[&e.view.did];
+            let template = catalog.templates.get(&dest.id);
+            let local = dest.location.as_local().map(Path::to_path_buf);
+            let dir = match &local {
+                Some(dir) => dir.clone(),
+                None => tmp.dir(&format!("out/{}", dest.id))?,
+            };
+            let last = parent_meta
+                .as_ref()
+                .and_then(|m| m.destinations.get(&dest.id).copied());
+            let ms = export::batch_timestamp_ms(opts.as_of, last);
+            let summary =
+                export::write_export(&dir, dest, &e.view, template, &e.runs, opts.as_of, ms)?;
+            Ok((dir, local.is_none(), ms, summary))
+        })
+        .collect();
+    for (e, w) in exports.iter().zip(written) {
+        let (dir, remote, ms, summary) = w?;
         let dest = &config.destinations[&e.view.did];
-        let template = catalog.templates.get(&dest.id);
-        let local = dest.location.as_local().map(Path::to_path_buf);
-        let dir = match &local {
-            Some(dir) => dir.clone(),
-            None => tmp.dir(&format!("out/{}", dest.id))?,
-        };
-        let last = parent_meta
-            .as_ref()
-            .and_then(|m| m.destinations.get(&dest.id).copied());
-        let ms = export::batch_timestamp_ms(opts.as_of, last);
         batch_ms.insert(dest.id, ms);
-        let summary = export::write_export(&dir, dest, &e.view, template, &e.runs, opts.as_of, ms)?;
-        if local.is_none() {
+        if remote {
             ops::deliver_export(config, dest, &dir, &summary.files, &summary.info)?;
         }
         export_summaries.push(summary);

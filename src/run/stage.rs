@@ -1,23 +1,24 @@
 //! The nightly run as separate stages, for a scheduler that runs each stage's tasks on many
 //! machines (DESIGN, "Beyond one machine"; issue #7). Every task is a process of its own over
-//! a shared work folder (default `<state>/stage`), which every task must mount:
+//! a work store shared by the night's tasks: a folder every task mounts (default
+//! `<state>/stage`) or an S3 prefix (see [`work`]):
 //!
 //! ```text
 //! plan          discover, skip duplicates, apply tonight's ID-sync files   → plan.json, gen/idsync/…
 //! map  i of M   parse + validate + cap + trait rules of files i, i+M, …    → map/i/{ops,pending}/ops-P, files.json, rejects-F
 //! resolve j/N   look up the pending customer IDs of ID-sync partitions     → resolve/j/ops/ops-P, unmatched
-//! merge   j/N   merge, expire and evaluate profile partitions; diff them   → gen/profiles/part-P, gen/members/…,
+//! merge   j/N   merge, expire and evaluate profile partitions; diff them   → merge/j/gen/{profiles/part-P, members/…},
 //!               against what each destination last received                  merge/j/{parts.json,export/DID/part-P.run}
 //! finalize      k-way merge of the exports, receipts, ledger, run report,  → the state, as `segmill run` leaves it
 //!               generation switch
 //! ```
 //!
 //! Each stage calls the same functions as `segmill run` (which fuses map and resolve: its parse
-//! looks IDs up as it goes), so the outputs are byte-identical. A task writes its outputs into a
-//! folder of its own and renames it into place when complete, or writes create-once files: a
-//! retried task that finds its outputs committed exits at once, and a task killed halfway left
-//! nothing another task reads. Only `finalize` changes the state, by the same single rename as
-//! a run; it refuses to commit when another run committed since `plan`.
+//! looks IDs up as it goes), so the outputs are byte-identical. A task commits its outputs in
+//! one step (a folder rename, or a create-once put on S3): a retried task that finds its
+//! outputs committed exits at once, and a task killed halfway left nothing another task reads.
+//! Only `plan` and `finalize` open the state folder, and only `finalize` changes it, by the
+//! same single rename as a run; it refuses to commit when another run committed since `plan`.
 
 use super::{
     IdSyncResult, Night, PartFacts, Prepare, ReadFile, RejectRow, RunError, RunOptions, RunSummary,
