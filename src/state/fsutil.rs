@@ -171,7 +171,7 @@ impl Drop for AtomicFile {
 }
 
 /// The folder of `path` and a fresh temp name beside it: `.NAME.segmill-tmp.PID.N`.
-fn temp_path_for(path: &Path) -> Result<(PathBuf, PathBuf), StateError> {
+pub(crate) fn temp_path_for(path: &Path) -> Result<(PathBuf, PathBuf), StateError> {
     let name = path.file_name().ok_or_else(|| StateError::BadName {
         name: path.display().to_string(),
         reason: "the path has no file name",

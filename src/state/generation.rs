@@ -373,17 +373,16 @@ impl Generation {
             let parent = path.parent().unwrap_or(&self.dir);
             fs::create_dir_all(parent)
                 .map_err(|source| StateError::io("create folder", parent, source))?;
-            let tmp = parent.join(format!(
-                ".{}.{}.fetch.tmp",
-                rel.rsplit('/').next().unwrap_or(rel),
-                std::process::id()
-            ));
+            // A fresh temp name: two threads may want the same file.
+            let (_, tmp) = fsutil::temp_path_for(&path)?;
             fetch(rel, entry, &tmp).map_err(|reason| {
                 let _ = fs::remove_file(&tmp);
                 StateError::corrupt(&path, format!("cannot fetch it: {reason}"))
             })?;
-            fs::rename(&tmp, &path)
-                .map_err(|source| StateError::io("rename fetched file to", &path, source))?;
+            if let Err(source) = fs::rename(&tmp, &path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(StateError::io("rename fetched file to", &path, source));
+            }
         }
         Ok(Some((path, entry, expected)))
     }

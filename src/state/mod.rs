@@ -33,10 +33,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub(crate) use fsutil::is_temp_name;
 pub use fsutil::{
     AtomicFile, FOOTER_LEN, atomic_writer, create_dir_all_durable, sync_dir, write_atomic,
 };
+pub(crate) use fsutil::{is_temp_name, temp_path_for};
 pub use generation::{
     Blobs, FetchBlob, FileEntry, FileWriter, Generation, GenerationWriter, Manifest,
     VerifiedReader, read_loose, write_loose,

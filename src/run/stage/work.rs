@@ -592,10 +592,13 @@ fn fetch_to(store: &Store, rel: &str, dest: &Path) -> anyhow::Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)
         .with_context(|| format!("cannot create {}", parent.display()))?;
-    let tmp = dest.with_extension(format!("fetch-{}.tmp", std::process::id()));
+    // A fresh temp name (skipped by listings): two threads may want the same file.
+    let (_, tmp) = crate::state::temp_path_for(dest)?;
     store.fetch(rel, &tmp)?;
-    std::fs::rename(&tmp, dest)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))
+    std::fs::rename(&tmp, dest).with_context(|| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot rename {} to {}", tmp.display(), dest.display())
+    })
 }
 
 /// Runs `each` over `items` on up to [`TRANSFERS`] threads; the first error is returned and
