@@ -123,6 +123,19 @@ pub struct RunArgs {
     /// Parser chunk size in bytes (default: the config's `run.chunk_bytes`).
     #[arg(long, hide = true)]
     pub chunk_bytes: Option<usize>,
+    /// Where customer IDs are looked up: in the parse (`fused`), after it a few ID-sync
+    /// partitions at a time (`deferred`), or `auto` (deferred on a night smaller than the
+    /// stored ID-sync tables). The outputs are the same; for tests and benchmarks.
+    #[arg(long, hide = true, value_enum, default_value = "auto")]
+    pub lookups: LookupsArg,
+}
+
+/// See [`RunArgs::lookups`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LookupsArg {
+    Auto,
+    Fused,
+    Deferred,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,11 +1,14 @@
 use clap::Parser;
-use segmill::cli::{Cli, Command, GenArgs, IdsyncCommand, InspectCommand, LogFormat, StateCommand};
+use segmill::cli::{
+    Cli, Command, GenArgs, IdsyncCommand, InspectCommand, LogFormat, LookupsArg, StateCommand,
+};
 use segmill::config::Config;
 use segmill::generator::GenOptions;
 use segmill::inbound::names::{Classified, classify};
 use segmill::report::receipt::printable;
 use segmill::run::{
-    BackfillDay, RunError, RunOptions, RunSummary, Stage, StageOutcome, backfill, parse_as_of, run,
+    BackfillDay, Lookups, RunError, RunOptions, RunSummary, Stage, StageOutcome, backfill,
+    parse_as_of, run,
 };
 use std::process::ExitCode;
 
@@ -130,6 +133,11 @@ fn try_main(cli: Cli) -> Result<u8, RunError> {
                 threads: cli.threads,
                 chunk_bytes: args.chunk_bytes,
                 reprocess: args.reprocess,
+                lookups: match args.lookups {
+                    LookupsArg::Auto => Lookups::Auto,
+                    LookupsArg::Fused => Lookups::Fused,
+                    LookupsArg::Deferred => Lookups::Deferred,
+                },
                 ..RunOptions::default()
             };
             let summary = run(&load()?, &opts)?;

@@ -78,6 +78,20 @@ pub struct RunOptions {
     pub day: Option<String>,
     /// Write no destination files; the changes stay due for the next export.
     pub no_export: bool,
+    /// Where customer IDs are looked up (the outputs are the same either way).
+    pub lookups: Lookups,
+}
+
+/// Where a run looks customer IDs up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lookups {
+    /// Deferred on a small night (see `Night::defer_lookups`), else fused.
+    #[default]
+    Auto,
+    /// In the parse, against an index of every key of tonight's DPIDs.
+    Fused,
+    /// After the parse, a few ID-sync partitions at a time.
+    Deferred,
 }
 
 /// Why a run stopped without committing.
@@ -396,6 +410,96 @@ impl Night<'_> {
             Some(bytes) => Ok(Some(bytes)),
             None => self.parent_file(name),
         }
+    }
+
+    /// Looks up the pending customer IDs (a deferred parse's, see [`FileCtx::index`]) of the
+    /// ID-sync partitions `parts`, a batch at a time, one partition a thread, each batch with an
+    /// index of just its partitions (and the chains' masters): memory holds a batch's share of
+    /// tonight's ID index, not all of it. `pending(q)` gives partition `q`'s pending ops;
+    /// resolved ops go to `spool`. Returns the unmatched lines by file, ascending.
+    fn resolve_parts(
+        &self,
+        staged: &staged::Staged,
+        parts: &[u32],
+        pending: &(dyn Fn(u32) -> anyhow::Result<Vec<OpBuf>> + Sync),
+        spool: &mut Spool,
+    ) -> anyhow::Result<BTreeMap<u32, Vec<u64>>> {
+        let dpids = self.customer_dpids();
+        let source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+            Ok(self
+                .current_file(staged, name)?
+                .map(std::borrow::Cow::Owned))
+        };
+        let mut unmatched: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for batch in parts.chunks(rayon::current_num_threads().max(1)) {
+            let only: BTreeSet<u32> = batch.iter().copied().collect();
+            let index = IdIndex::build_parts(&dpids, self.partitions, Some(&only), &source)?;
+            let resolved: Vec<anyhow::Result<crate::ingest::Resolved>> = batch
+                .par_iter()
+                .map(|&q| {
+                    crate::ingest::resolve_pending(&pending(q)?, &index, self.partitions)
+                        .map_err(|e| anyhow!("ID-sync partition {q}: {e}"))
+                })
+                .collect();
+            for r in resolved {
+                let r = r?;
+                for seq in r.unmatched {
+                    unmatched
+                        .entry(seq_file(seq))
+                        .or_default()
+                        .push(seq_line(seq));
+                }
+                spool
+                    .push(r.parts)
+                    .map_err(|e| anyhow!("cannot spool the resolved ops: {e}"))?;
+            }
+        }
+        for lines in unmatched.values_mut() {
+            lines.sort_unstable();
+        }
+        Ok(unmatched)
+    }
+
+    /// Adds the lines a deferred lookup found unmatched (`lines`, ascending) to file `file`'s
+    /// outcome, as if the parse had found them.
+    fn add_unmatched(&self, rf: &mut ReadFile, lines: Vec<u64>) {
+        let p = &self.plan.trait_files[rf.plan_idx];
+        if let IdKind::Customer { .. } = id_kind(self.config, &p.name, p.job) {
+            rf.cap.counters.no_matching_aam_id += lines.len() as u64;
+        }
+        rf.unmatched = lines;
+    }
+
+    /// Whether to look customer IDs up after the parse, a few ID-sync partitions at a time
+    /// ([`Night::resolve_parts`]), rather than in the parse against an index of every key of
+    /// tonight's DPIDs: when tonight's trait files are smaller than those DPIDs' stored ID-sync
+    /// partitions, the whole index would be most of the night's memory (and of its time to
+    /// build), while a night large enough to touch most keys is faster with the lookups fused.
+    fn defer_lookups(&self) -> bool {
+        match self.opts.lookups {
+            Lookups::Fused => return false,
+            Lookups::Deferred => return true,
+            Lookups::Auto => {}
+        }
+        let Some(g) = &self.parent else {
+            return false;
+        };
+        let text: u64 = self
+            .to_read
+            .iter()
+            .map(|&i| self.plan.trait_files[i].found.size)
+            .sum();
+        let prefixes: Vec<String> = self
+            .customer_dpids()
+            .into_iter()
+            .map(|d| format!("{}/dpid-{d}/", Table::Adobe.dir()))
+            .collect();
+        let stored: u64 = g
+            .files()
+            .filter(|(name, _)| prefixes.iter().any(|pre| name.starts_with(pre.as_str())))
+            .map(|(_, e)| e.size)
+            .sum();
+        text < stored
     }
 
     /// The DPIDs whose customer IDs tonight's trait files look up.
@@ -737,13 +841,20 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     n.stages.insert("idsync".into(), t.elapsed().as_secs_f64());
     crate::failpoint::hit("after-idsync").context("after-idsync")?;
 
-    // The ID index of tonight's customer DPIDs: map and resolve fused into one pass.
-    let t = Instant::now();
-    let index_source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-        Ok(n.current_file(&staged, name)?.map(std::borrow::Cow::Owned))
+    // The ID index of tonight's customer DPIDs: map and resolve fused into one pass. On a
+    // small night, none: lookups wait for the parse to end (`resolve` below).
+    let deferred = n.defer_lookups();
+    let index = if deferred {
+        None
+    } else {
+        let t = Instant::now();
+        let index_source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+            Ok(n.current_file(&staged, name)?.map(std::borrow::Cow::Owned))
+        };
+        let index = IdIndex::build(&n.customer_dpids(), n.partitions, &index_source)?;
+        n.stages.insert("index".into(), t.elapsed().as_secs_f64());
+        Some(index)
     };
-    let index = IdIndex::build(&n.customer_dpids(), n.partitions, &index_source)?;
-    n.stages.insert("index".into(), t.elapsed().as_secs_f64());
 
     // Trait files.
     let t = Instant::now();
@@ -752,8 +863,12 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     let mut pgp = ops::PgpKeys::new(config);
     let job_clock = ops::JobClock::new();
     let mut spool = Spool::new(n.partitions, config.run.ops_memory_bytes, n.tmp.dir("ops")?);
-    // Stays empty: every lookup happens in the parse.
-    let mut pending = Spool::new(n.partitions, usize::MAX, n.tmp.dir("pending")?);
+    // Customer IDs' ops wait here when lookups are deferred; else it stays empty.
+    let mut pending = Spool::new(
+        n.partitions,
+        config.run.ops_memory_bytes,
+        n.tmp.dir("pending")?,
+    );
     n.progress.stage("reading trait files");
     n.progress.files(n.to_read.len());
     for file in 0..n.to_read.len() {
@@ -763,7 +878,7 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         let result = n.read_trait_file(
             file as u32,
             &mut pgp,
-            Some(&index),
+            index.as_ref(),
             &mut spool,
             &mut pending,
         )?;
@@ -782,6 +897,35 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         );
     }
     n.stages.insert("parse".into(), t.elapsed().as_secs_f64());
+    if deferred {
+        n.progress.stage("looking up customer IDs");
+        let t = Instant::now();
+        let parts: Vec<std::sync::Mutex<Option<crate::ingest::spool::PartOps>>> = pending
+            .into_parts()
+            .into_iter()
+            .map(|p| std::sync::Mutex::new(Some(p)))
+            .collect();
+        let take = |q: u32| -> anyhow::Result<Vec<OpBuf>> {
+            let part = parts.get(q as usize).and_then(|m| {
+                m.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+            });
+            match part {
+                Some(p) => p
+                    .load()
+                    .map_err(|e| anyhow!("cannot read back tonight's pending ops: {e}")),
+                None => Ok(Vec::new()),
+            }
+        };
+        let all: Vec<u32> = (0..n.partitions).collect();
+        for (file, lines) in n.resolve_parts(&staged, &all, &take, &mut spool)? {
+            if let Some(Some(rf)) = read.get_mut(file as usize) {
+                n.add_unmatched(rf, lines);
+            }
+        }
+        n.stages.insert("resolve".into(), t.elapsed().as_secs_f64());
+    }
     crate::failpoint::hit("after-parse").context("after-parse")?;
 
     // Merge every partition.

@@ -525,25 +525,30 @@ fn determinism_day2(env: &Env) {
 fn output_does_not_depend_on_threads_chunk_size_or_op_budget() {
     let env = Env::new();
     let catalog = format!("{CRM}{CRM_AND_OTHER}{XDEVICE}");
-    // (threads, chunk bytes, op budget in bytes: 1 spills every chunk's ops to disk)
-    let mut variants: Vec<(&str, Option<&str>, Option<&str>)> = ["1", "2"]
+    // (threads, chunk bytes, op budget in bytes: 1 spills every chunk's ops to disk, where
+    // customer IDs are looked up: in the parse, or after it a few ID-sync partitions at a time)
+    let mut variants: Vec<(&str, Option<&str>, Option<&str>, &str)> = ["1", "2"]
         .into_iter()
         .flat_map(|t| {
             [None, Some("1"), Some("7"), Some("4096")]
                 .into_iter()
-                .map(move |c| (t, c, None))
+                .map(move |c| (t, c, None, "auto"))
         })
         .collect();
     variants.extend([
-        ("1", None, Some("1")),
-        ("2", Some("7"), Some("1")),
-        ("2", None, Some("3000")),
+        ("1", None, Some("1"), "auto"),
+        ("2", Some("7"), Some("1"), "auto"),
+        ("2", None, Some("3000"), "auto"),
+        ("2", None, None, "fused"),
+        ("2", Some("7"), None, "deferred"),
+        ("1", None, Some("1"), "deferred"),
+        ("2", None, Some("3000"), "deferred"),
     ]);
     let day = |as_of: &str, expected_code: i32| {
         let mut reference: Option<std::collections::BTreeMap<String, Vec<u8>>> = None;
-        for (threads, chunk, budget) in &variants {
+        for (threads, chunk, budget, lookups) in &variants {
             let state = format!(
-                "state-t{threads}-c{}-b{}",
+                "state-t{threads}-c{}-b{}-{lookups}",
                 chunk.unwrap_or("default"),
                 budget.unwrap_or("default")
             );
@@ -554,6 +559,7 @@ fn output_does_not_depend_on_threads_chunk_size_or_op_budget() {
                 std::fs::write(env.config_path(), text).expect("config");
             }
             let mut args = vec!["--threads", threads, "run", "--as-of", as_of];
+            args.extend_from_slice(&["--lookups", lookups]);
             if let Some(c) = chunk {
                 args.extend_from_slice(&["--chunk-bytes", c]);
             }

@@ -22,12 +22,11 @@
 
 use super::{
     IdSyncResult, Night, PartFacts, Prepare, ReadFile, RejectRow, RunError, RunOptions, RunSummary,
-    Tonight, TraitFileResult, apply_idsync, finish, id_kind, ops, prepare, staged,
+    Tonight, TraitFileResult, apply_idsync, finish, ops, prepare, staged,
 };
 use crate::config::Config;
-use crate::idsync::index::IdIndex;
+use crate::ingest::OpBuf;
 use crate::ingest::spool::{Spool, read_spilled, spill_file};
-use crate::ingest::{IdKind, OpBuf, resolve_pending, seq_file, seq_line};
 use crate::model::Timestamp;
 use crate::profile::merge::PartOut;
 use crate::report::receipt::{Category, Counters};
@@ -545,55 +544,28 @@ fn resolve(
     let (n, plan) = started.prepare(config, t)?;
     let maps = work.tasks("map", &plan.run_id)?;
     let range = part_range(t.task, t.of, n.partitions);
-    let only: BTreeSet<u32> = range.clone().collect();
     let tonight = staged::Staged::loose(work.path("gen"), Some(work.earlier(plan)));
-    let source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-        Ok(n.current_file(&tonight, name)?.map(std::borrow::Cow::Owned))
-    };
-    let index = IdIndex::build_parts(&n.customer_dpids(), n.partitions, Some(&only), &source)?;
     let out = work.staging(&t.rel())?;
     let mut spool = Spool::new(n.partitions, config.run.ops_memory_bytes, out.join("ops"));
-    let mut unmatched: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    // A few ID-sync partitions at a time, each looked up on a thread of its own.
     let parts: Vec<u32> = range.collect();
     let pending: Vec<String> = parts
         .iter()
         .map(|&q| format!("pending/{}", spill_file(q)))
         .collect();
     work.prefetch(&maps, &pending)?;
-    for batch in parts.chunks(rayon::current_num_threads().max(1)) {
-        let resolved: Vec<anyhow::Result<crate::ingest::Resolved>> = batch
-            .par_iter()
-            .map(|&q| {
-                let mut bufs: Vec<OpBuf> = Vec::new();
-                for m in &maps {
-                    if let Some(path) = m.file(work, &format!("pending/{}", spill_file(q)))? {
-                        bufs.extend(read_spilled(&path)?);
-                    }
-                }
-                resolve_pending(&bufs, &index, n.partitions)
-                    .map_err(|e| anyhow!("ID-sync partition {q}: {e}"))
-            })
-            .collect();
-        for r in resolved {
-            let r = r?;
-            for seq in r.unmatched {
-                unmatched
-                    .entry(seq_file(seq))
-                    .or_default()
-                    .push(seq_line(seq));
+    let take = |q: u32| -> anyhow::Result<Vec<OpBuf>> {
+        let mut bufs: Vec<OpBuf> = Vec::new();
+        for m in &maps {
+            if let Some(path) = m.file(work, &format!("pending/{}", spill_file(q)))? {
+                bufs.extend(read_spilled(&path)?);
             }
-            spool
-                .push(r.parts)
-                .map_err(|e| anyhow!("cannot write the resolve task's ops: {e}"))?;
         }
-    }
+        Ok(bufs)
+    };
+    let unmatched = n.resolve_parts(&tonight, &parts, &take, &mut spool)?;
     spool
         .spill_all()
         .map_err(|e| anyhow!("cannot write the resolve task's ops: {e}"))?;
-    for lines in unmatched.values_mut() {
-        lines.sort_unstable();
-    }
     write_atomic(&out.join("unmatched"), &encode_unmatched(&unmatched))?;
     let what = format!(
         "{t}: ID-sync partitions {:?}, {} unmatched lines",
@@ -776,22 +748,20 @@ fn finalize(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutc
         } else {
             (p.found.path.clone(), p.name.gzip)
         };
-        let mut counters = mf.counters;
-        if let IdKind::Customer { .. } = id_kind(config, &p.name, p.job) {
-            counters.no_matching_aam_id += lines.len() as u64;
-        }
         trait_outcomes.push((plan_idx, TraitFileResult::Read(file)));
-        read.push(Some(ReadFile {
+        let mut rf = ReadFile {
             plan_idx,
             source,
             gzip,
             rejected: read_rejects(&m.required(work, &format!("rejects-{file}"))?)?,
-            unmatched: lines,
+            unmatched: Vec::new(),
             cap: crate::ingest::cap::CapOutcome {
-                counters,
+                counters: mf.counters,
                 capped_lines: mf.capped_lines,
             },
-        }));
+        };
+        n.add_unmatched(&mut rf, lines);
+        read.push(Some(rf));
     }
 
     // Profile partitions: what merge made.
