@@ -557,8 +557,13 @@ impl TaskOut {
 
     /// Like [`TaskOut::file`], for a file the task always writes.
     pub(super) fn required(&self, work: &Work, rel: &str) -> anyhow::Result<PathBuf> {
-        self.file(work, rel)?
-            .ok_or_else(|| anyhow!("{}: no {rel}", self.local.display()))
+        self.file(work, rel)?.ok_or_else(|| {
+            let at = match &self.remote {
+                Some(prefix) => work.describe(prefix),
+                None => self.local.display().to_string(),
+            };
+            anyhow!("{at}: the task wrote no {rel}")
+        })
     }
 
     /// The task's files under the folder `sub`, relative to the task's folder, in name order.
