@@ -481,16 +481,16 @@ impl Night<'_> {
             Lookups::Deferred => return true,
             Lookups::Auto => {}
         }
-        let Some(g) = &self.parent else {
-            return false;
+        let dpids = self.customer_dpids();
+        let Some(g) = self.parent.as_ref().filter(|_| !dpids.is_empty()) else {
+            return false; // nothing stored to look up in, or nothing to look up
         };
         let text: u64 = self
             .to_read
             .iter()
             .map(|&i| self.plan.trait_files[i].found.size)
             .sum();
-        let prefixes: Vec<String> = self
-            .customer_dpids()
+        let prefixes: Vec<String> = dpids
             .into_iter()
             .map(|d| format!("{}/dpid-{d}/", Table::Adobe.dir()))
             .collect();
