@@ -460,7 +460,7 @@ impl Night<'_> {
         Ok(unmatched)
     }
 
-    /// Adds the lines a deferred lookup found unmatched (`lines`, ascending) to file `file`'s
+    /// Adds the lines a deferred lookup found unmatched (`lines`, ascending) to a read file's
     /// outcome, as if the parse had found them.
     fn add_unmatched(&self, rf: &mut ReadFile, lines: Vec<u64>) {
         let p = &self.plan.trait_files[rf.plan_idx];
@@ -862,13 +862,16 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     let mut trait_outcomes: Vec<(usize, TraitFileResult)> = Vec::new();
     let mut pgp = ops::PgpKeys::new(config);
     let job_clock = ops::JobClock::new();
-    let mut spool = Spool::new(n.partitions, config.run.ops_memory_bytes, n.tmp.dir("ops")?);
-    // Customer IDs' ops wait here when lookups are deferred; else it stays empty.
-    let mut pending = Spool::new(
-        n.partitions,
-        config.run.ops_memory_bytes,
-        n.tmp.dir("pending")?,
-    );
+    // Customer IDs' ops wait in `pending` when lookups are deferred (the two spools share the
+    // op budget); else it stays empty.
+    let budget = config.run.ops_memory_bytes;
+    let (ops_budget, pending_budget) = if deferred {
+        (budget / 2, budget / 2)
+    } else {
+        (budget, usize::MAX)
+    };
+    let mut spool = Spool::new(n.partitions, ops_budget, n.tmp.dir("ops")?);
+    let mut pending = Spool::new(n.partitions, pending_budget, n.tmp.dir("pending")?);
     n.progress.stage("reading trait files");
     n.progress.files(n.to_read.len());
     for file in 0..n.to_read.len() {

@@ -453,12 +453,10 @@ fn map(
     };
     let (n, plan) = started.prepare(config, t)?;
     let out = work.staging(&t.rel())?;
-    let mut spool = Spool::new(n.partitions, config.run.ops_memory_bytes, out.join("ops"));
-    let mut pending = Spool::new(
-        n.partitions,
-        config.run.ops_memory_bytes,
-        out.join("pending"),
-    );
+    // The two spools share the op budget.
+    let budget = config.run.ops_memory_bytes / 2;
+    let mut spool = Spool::new(n.partitions, budget, out.join("ops"));
+    let mut pending = Spool::new(n.partitions, budget, out.join("pending"));
     let mut pgp = ops::PgpKeys::new(config);
     let mut files = Vec::new();
     for file in (t.task as usize..n.to_read.len()).step_by(t.of as usize) {
