@@ -2161,11 +2161,32 @@ fn apply_idsync(
                     &f.found.path,
                     f.gzip,
                     chunk_bytes,
-                    |c| idsync::parse_chunk(c.bytes, c.first_line, &f.spec),
-                    |c: ChunkRows| {
+                    // Each chunk's mappings are grouped by partition on its parser's thread;
+                    // the in-order hand-over only appends bytes.
+                    |c| {
+                        let rows = idsync::parse_chunk(c.bytes, c.first_line, &f.spec);
+                        let mut chunk = idstore::GroupedChunk::default();
+                        for m in &rows.mappings {
+                            let record = Record {
+                                id: rows.bytes(m.key),
+                                value_dpid: m.value_dpid,
+                                value: idstore::Value::of(m.value_dpid, rows.bytes(m.value)),
+                                timestamp: f.spec.timestamp,
+                            };
+                            chunk.push(partitions, m.key_dpid, i, &record);
+                        }
+                        // The text and per-mapping structs are not needed past here.
+                        let rows = ChunkRows {
+                            arena: Vec::new(),
+                            mappings: Vec::new(),
+                            ..rows
+                        };
+                        (rows, chunk)
+                    },
+                    |(c, chunk): (ChunkRows, idstore::GroupedChunk)| {
                         read_receipt.rows += c.rows;
                         read_receipt.rejected_rows += c.rejected.len() as u64;
-                        read_receipt.mappings += c.mappings.len() as u64;
+                        read_receipt.mappings += chunk.len();
                         for r in &c.rejected {
                             read_receipt
                                 .rejected
@@ -2175,15 +2196,7 @@ fn apply_idsync(
                                     text: sample_text(&r.text),
                                 });
                         }
-                        for m in &c.mappings {
-                            let record = Record {
-                                id: c.bytes(m.key),
-                                value_dpid: m.value_dpid,
-                                value: idstore::Value::of(m.value_dpid, c.bytes(m.value)),
-                                timestamp: f.spec.timestamp,
-                            };
-                            grouped[slot].push(m.key_dpid, i, &record);
-                        }
+                        grouped[slot].append(chunk);
                         true
                     },
                 );

@@ -231,6 +231,45 @@ pub struct Grouped {
 /// A position in a [`Grouped`] to roll back to: each group's length.
 pub struct GroupedMark(Vec<((Dpid, u32), usize)>);
 
+/// One chunk's mappings grouped and encoded as [`Grouped`] keeps them, made on the parser's
+/// thread so that the in-order hand-over ([`Grouped::append`]) only copies bytes.
+#[derive(Default)]
+pub struct GroupedChunk {
+    groups: BTreeMap<(Dpid, u32), Writer>,
+    mappings: u64,
+}
+
+impl GroupedChunk {
+    /// Mappings pushed.
+    pub fn len(&self) -> u64 {
+        self.mappings
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mappings == 0
+    }
+
+    /// Adds one mapping of `key_dpid`, from file index `file` (see [`Grouped::push`]).
+    pub fn push(&mut self, partitions: u32, key_dpid: Dpid, file: usize, record: &Record<'_>) {
+        push_into(&mut self.groups, partitions, key_dpid, file, record);
+        self.mappings += 1;
+    }
+}
+
+/// Encodes one mapping (its file index, then the record) at the end of its group.
+fn push_into(
+    groups: &mut BTreeMap<(Dpid, u32), Writer>,
+    partitions: u32,
+    key_dpid: Dpid,
+    file: usize,
+    record: &Record<'_>,
+) {
+    let part = part_of(key_dpid, record.id, partitions);
+    let w = groups.entry((key_dpid, part)).or_default();
+    w.varint(file as u64);
+    write_record(w, record);
+}
+
 impl Grouped {
     pub fn new(partitions: u32) -> Grouped {
         Grouped {
@@ -251,11 +290,23 @@ impl Grouped {
 
     /// Adds one mapping of `key_dpid`, from file index `file`.
     pub fn push(&mut self, key_dpid: Dpid, file: usize, record: &Record<'_>) {
-        let part = part_of(key_dpid, record.id, self.partitions);
-        let w = self.groups.entry((key_dpid, part)).or_default();
-        w.varint(file as u64);
-        write_record(w, record);
+        push_into(&mut self.groups, self.partitions, key_dpid, file, record);
         self.mappings += 1;
+    }
+
+    /// Adds a chunk's mappings after those pushed so far: the same bytes as pushing each.
+    pub fn append(&mut self, chunk: GroupedChunk) {
+        for (key, w) in chunk.groups {
+            match self.groups.entry(key) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(w);
+                }
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                    slot.get_mut().buf.extend_from_slice(&w.buf);
+                }
+            }
+        }
+        self.mappings += chunk.mappings;
     }
 
     /// Where the groups are now, for [`Grouped::rollback`].
