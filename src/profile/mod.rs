@@ -186,6 +186,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever decodes re-encodes to the same bytes (one encoding per value): the merge
+        /// copies an unchanged profile's stored bytes instead of encoding it again.
+        #[test]
+        fn decoding_then_encoding_gives_the_same_bytes(
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..48)
+        ) {
+            if let Ok(profiles) = decode(&payload) {
+                let mut w = Writer::default();
+                for p in &profiles {
+                    encode_into(&mut w, p.key, &p.entries, &p.segments);
+                }
+                proptest::prop_assert_eq!(w.buf, payload);
+            }
+        }
+    }
+
     #[test]
     fn a_typical_profile_is_small() {
         let entries: Vec<Entry> = (0..6)
