@@ -104,6 +104,13 @@ impl<'c> FactsCache<'c> {
     }
 
     fn get(&mut self, trait_id: TraitId) -> TraitFacts<'c> {
+        if self.ttl_days.is_empty() && self.recency_days.is_empty() {
+            // Nothing to look up: the table would only take cache lines from the ops.
+            return TraitFacts {
+                ttl_days: 0,
+                recency_days: &[],
+            };
+        }
         let slot = &mut self.slots[trait_id as usize % FACT_SLOTS];
         match *slot {
             Some((t, facts)) if t == trait_id => facts,
