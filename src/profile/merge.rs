@@ -6,7 +6,7 @@
 //! is decoded one profile at a time into reused buffers. A profile whose entries and segments
 //! come out unchanged is copied through as its stored bytes (the encoding is canonical: see
 //! `profile::tests::decoding_then_encoding_gives_the_same_bytes`), so a quiet profile costs a
-//! decode and a copy. Nothing is allocated per profile.
+//! decode and a copy. The stored profile and the one being built live in reused buffers.
 
 #[cfg(test)]
 use super::decode;
