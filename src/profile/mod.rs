@@ -35,30 +35,9 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Profile<'_>>, Truncated> {
     let mut r = Reader::new(payload);
     let mut out = Vec::new();
     while !r.is_empty() {
-        let key = r.short_bytes()?;
-        let n = r.varint_u32()? as usize;
-        // Each entry takes at least 3 bytes: a lying count cannot reserve much.
-        let mut entries = Vec::with_capacity(n.min(payload.len() / 3));
-        let (mut trait_id, mut realized_at) = (0i64, 0i64);
-        for _ in 0..n {
-            let at = r.offset();
-            trait_id = trait_id.wrapping_add(r.zigzag()?);
-            let data_source = r.varint_u32()?;
-            realized_at = realized_at.wrapping_add(r.zigzag()?);
-            entries.push(Entry {
-                trait_id: u32::try_from(trait_id).map_err(|_| Truncated { offset: at })?,
-                data_source,
-                realized_at,
-            });
-        }
-        let m = r.varint_u32()? as usize;
-        let mut segments = Vec::with_capacity(m.min(payload.len()));
-        let mut segment = 0i64;
-        for _ in 0..m {
-            let at = r.offset();
-            segment = segment.wrapping_add(r.zigzag()?);
-            segments.push(u32::try_from(segment).map_err(|_| Truncated { offset: at })?);
-        }
+        let mut entries = Vec::new();
+        let mut segments = Vec::new();
+        let key = decode_next(&mut r, payload.len(), &mut entries, &mut segments)?;
         out.push(Profile {
             key,
             entries,
@@ -66,6 +45,44 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Profile<'_>>, Truncated> {
         });
     }
     Ok(out)
+}
+
+/// Decodes the profile at `r` (a reader over a partition of `payload_len` bytes) into `entries`
+/// and `segments`, which are cleared first, and returns its key. [`decode`] one profile at a
+/// time, for callers that reuse their buffers across profiles.
+pub fn decode_next<'a>(
+    r: &mut Reader<'a>,
+    payload_len: usize,
+    entries: &mut Vec<Entry>,
+    segments: &mut Vec<u32>,
+) -> Result<&'a [u8], Truncated> {
+    entries.clear();
+    segments.clear();
+    let key = r.short_bytes()?;
+    let n = r.varint_u32()? as usize;
+    // Each entry takes at least 3 bytes: a lying count cannot reserve much.
+    entries.reserve(n.min(payload_len / 3));
+    let (mut trait_id, mut realized_at) = (0i64, 0i64);
+    for _ in 0..n {
+        let at = r.offset();
+        trait_id = trait_id.wrapping_add(r.zigzag()?);
+        let data_source = r.varint_u32()?;
+        realized_at = realized_at.wrapping_add(r.zigzag()?);
+        entries.push(Entry {
+            trait_id: u32::try_from(trait_id).map_err(|_| Truncated { offset: at })?,
+            data_source,
+            realized_at,
+        });
+    }
+    let m = r.varint_u32()? as usize;
+    segments.reserve(m.min(payload_len));
+    let mut segment = 0i64;
+    for _ in 0..m {
+        let at = r.offset();
+        segment = segment.wrapping_add(r.zigzag()?);
+        segments.push(u32::try_from(segment).map_err(|_| Truncated { offset: at })?);
+    }
+    Ok(key)
 }
 
 /// Appends one profile. Compact, because a state holds tens of millions of profiles and every
@@ -165,6 +182,23 @@ mod tests {
             // a panic.
             for cut in 0..w.buf.len() {
                 let _ = decode(&w.buf[..cut]);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever decodes re-encodes to the same bytes (one encoding per value): the merge
+        /// copies an unchanged profile's stored bytes instead of encoding it again.
+        #[test]
+        fn decoding_then_encoding_gives_the_same_bytes(
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..48)
+        ) {
+            if let Ok(profiles) = decode(&payload) {
+                let mut w = Writer::default();
+                for p in &profiles {
+                    encode_into(&mut w, p.key, &p.entries, &p.segments);
+                }
+                proptest::prop_assert_eq!(w.buf, payload);
             }
         }
     }

@@ -58,10 +58,24 @@ pub struct SegmentRules {
     touched_traits: Vec<TraitId>,
     touch_start: Vec<u32>,
     touching: Vec<u32>,
+    /// `touched_traits` addressed directly when the mentioned trait ids are dense enough (see
+    /// [`dense_touch_span`]): `touch_slot[t - touch_base]` is 1 + the index of trait `t` in
+    /// `touched_traits`, 0 if no rule mentions it. Empty otherwise, and `touching` then
+    /// binary-searches. The merge asks `touching` for every changed trait of every changed
+    /// profile, and the binary search was a tenth of the merge stage's CPU.
+    touch_base: TraitId,
+    touch_slot: Vec<u32>,
     /// Segments an empty profile qualifies for, sorted.
     empty_qualifies: Vec<u32>,
     /// Segments with a recency term, sorted.
     time_dependent: Vec<u32>,
+}
+
+/// The widest range of mentioned trait ids that [`SegmentRules::touching`] addresses directly
+/// for `traits` mentioned traits: 4 bytes a slot, at most 64 KiB more than 16 slots a
+/// mentioned trait, so the table stays small next to the rules themselves.
+fn dense_touch_span(traits: usize) -> usize {
+    traits.saturating_mul(16).saturating_add(1 << 14)
 }
 
 /// The compiled code outgrew `u32` indices.
@@ -164,8 +178,20 @@ impl SegmentRules {
 
     /// Segments whose rule mentions `trait_id` (sorted segment ids; empty if none).
     pub fn touching(&self, trait_id: TraitId) -> &[u32] {
-        let Ok(i) = self.touched_traits.binary_search(&trait_id) else {
-            return &[];
+        let i = if self.touch_slot.is_empty() {
+            match self.touched_traits.binary_search(&trait_id) {
+                Ok(i) => i,
+                Err(_) => return &[],
+            }
+        } else {
+            // Below the base, the difference wraps to a slot past the end.
+            match self
+                .touch_slot
+                .get(trait_id.wrapping_sub(self.touch_base) as usize)
+            {
+                Some(&slot) if slot > 0 => slot as usize - 1,
+                _ => return &[],
+            }
         };
         match (self.touch_start.get(i), self.touch_start.get(i + 1)) {
             (Some(&start), Some(&end)) => self
@@ -424,6 +450,18 @@ impl Builder {
             rules.touching.push(segment);
         }
         rules.touch_start.push(index(rules.touching.len())?);
+        if let (Some(&first), Some(&last)) =
+            (rules.touched_traits.first(), rules.touched_traits.last())
+        {
+            let span = (last - first) as usize + 1;
+            if span <= dense_touch_span(rules.touched_traits.len()) {
+                rules.touch_base = first;
+                rules.touch_slot = vec![0; span];
+                for (i, &t) in rules.touched_traits.iter().enumerate() {
+                    rules.touch_slot[(t - first) as usize] = index(i + 1)?;
+                }
+            }
+        }
         // An empty profile holds nothing, so the as-of time does not matter.
         let empty_qualifies = (0..rules.ids.len())
             .filter(|&i| rules.qualifies(i, &[], 0))

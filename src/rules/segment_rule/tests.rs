@@ -522,3 +522,23 @@ fn compiles_a_large_catalog() {
     rules.evaluate(&[123], &[(861, 0), (862, 0)], 0, &mut out);
     assert_eq!(out, [123]);
 }
+
+/// `touching` answers the same through its dense table (trait ids close together) and through
+/// the binary search (ids too far apart for the table), at and past both ends.
+#[test]
+fn touching_is_the_same_dense_and_sparse() {
+    for far in [40, 3_000_000_000] {
+        let second = format!("26T OR {far}T");
+        let rules = SegmentRules::compile([(1, "24T AND 26T"), (2, second.as_str())]).unwrap();
+        assert_eq!(rules.touching(24), [1], "far = {far}");
+        assert_eq!(rules.touching(26), [1, 2]);
+        assert_eq!(rules.touching(far), [2]);
+        for none in [0, 23, 25, 27, far - 1, far + 1, u32::MAX] {
+            assert_eq!(
+                rules.touching(none),
+                [] as [u32; 0],
+                "trait {none}, far = {far}"
+            );
+        }
+    }
+}
