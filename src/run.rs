@@ -1451,6 +1451,7 @@ fn finish(
             config.run.keep_generations as usize,
         )
         .context("cannot commit the new state generation")?;
+    tmp.remove_now();
 
     // After the commit: nothing here changes the data or the exit code.
     progress.stage("markers, mail and metrics");

@@ -114,8 +114,11 @@ impl TmpDir {
     }
 }
 
-impl Drop for TmpDir {
-    fn drop(&mut self) {
+impl TmpDir {
+    /// Removes the folder and everything in it now (it is re-created if used again). Called
+    /// right after the commit, so a run killed while it mails and writes metrics leaves no
+    /// scratch behind.
+    pub(super) fn remove_now(&self) {
         if let Err(e) = std::fs::remove_dir_all(&self.path)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -125,6 +128,12 @@ impl Drop for TmpDir {
                 "cannot remove the run's temporary folder"
             );
         }
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        self.remove_now();
     }
 }
 

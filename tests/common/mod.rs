@@ -294,9 +294,12 @@ pub fn assert_same_tree(
     left: &BTreeMap<String, Vec<u8>>,
     right: &BTreeMap<String, Vec<u8>>,
 ) {
-    let lk: Vec<&String> = left.keys().collect();
-    let rk: Vec<&String> = right.keys().collect();
-    assert_eq!(lk, rk, "{what}: different file lists");
+    let only_left: Vec<&String> = left.keys().filter(|k| !right.contains_key(*k)).collect();
+    let only_right: Vec<&String> = right.keys().filter(|k| !left.contains_key(*k)).collect();
+    assert!(
+        only_left.is_empty() && only_right.is_empty(),
+        "{what}: different file lists: only in the first {only_left:?}, only in the second {only_right:?}"
+    );
     for (name, bytes) in left {
         assert!(
             &right[name] == bytes,
