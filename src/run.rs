@@ -2163,25 +2163,18 @@ fn apply_idsync(
                     f.gzip,
                     chunk_bytes,
                     // Each chunk's mappings are grouped by partition on its parser's thread;
-                    // the in-order hand-over only appends bytes.
+                    // the in-order hand-over only moves its buffers.
                     |c| {
-                        let rows = idsync::parse_chunk(c.bytes, c.first_line, &f.spec);
-                        let mut chunk = idstore::GroupedChunk::default();
-                        for m in &rows.mappings {
+                        let mut chunk = idstore::GroupedChunk::for_text(c.bytes.len(), partitions);
+                        let rows = idsync::parse_chunk_each(c.bytes, c.first_line, &f.spec, |m| {
                             let record = Record {
-                                id: rows.bytes(m.key),
+                                id: m.key,
                                 value_dpid: m.value_dpid,
-                                value: idstore::Value::of(m.value_dpid, rows.bytes(m.value)),
+                                value: idstore::Value::of(m.value_dpid, m.value),
                                 timestamp: f.spec.timestamp,
                             };
                             chunk.push(partitions, m.key_dpid, i, &record);
-                        }
-                        // The text and per-mapping structs are not needed past here.
-                        let rows = ChunkRows {
-                            arena: Vec::new(),
-                            mappings: Vec::new(),
-                            ..rows
-                        };
+                        });
                         (rows, chunk)
                     },
                     |(c, chunk): (ChunkRows, idstore::GroupedChunk)| {

@@ -81,45 +81,80 @@ impl ChunkRows {
 
 /// Parses and validates every row of one chunk. Pure.
 pub fn parse_chunk(chunk: &[u8], first_line: u64, spec: &FileSpec) -> ChunkRows {
+    let mut mappings = Vec::new();
+    let mut arena = ChunkRows::default();
+    let mut out = parse_chunk_each(chunk, first_line, spec, |m| {
+        let key = arena.push(m.key);
+        let value = arena.push(m.value);
+        mappings.push(RawMapping {
+            key_dpid: m.key_dpid,
+            key,
+            value_dpid: m.value_dpid,
+            value,
+            line: m.line,
+        });
+    });
+    out.arena = arena.arena;
+    out.mappings = mappings;
+    out
+}
+
+/// One mapping of a row, borrowed from the chunk.
+#[derive(Clone, Copy, Debug)]
+pub struct Mapping<'a> {
+    pub key_dpid: Dpid,
+    pub key: &'a [u8],
+    pub value_dpid: Dpid,
+    pub value: &'a [u8],
+    pub line: u64,
+}
+
+/// [`parse_chunk`] handing each mapping to `each` as it is found, in row order, instead of
+/// collecting them (the returned rows have no arena and no mappings): nothing is copied.
+pub fn parse_chunk_each<'a>(
+    chunk: &'a [u8],
+    first_line: u64,
+    spec: &FileSpec,
+    mut each: impl FnMut(Mapping<'a>),
+) -> ChunkRows {
     let mut out = ChunkRows::default();
-    let mut fields: Vec<&[u8]> = Vec::with_capacity(spec.dpids.len());
+    let mut fields: Vec<&'a [u8]> = Vec::with_capacity(spec.dpids.len());
+    // What holds for the whole chunk holds for each of its rows: two row checks can then be
+    // skipped (a chunk is whole lines, so UTF-8 cannot break at its edges).
+    let whole = ChunkChecks {
+        utf8: std::str::from_utf8(chunk).is_ok(),
+        no_percent: memchr::memchr(b'%', chunk).is_none(),
+    };
     for (line_no, raw) in lines(chunk, first_line) {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.iter().all(|&b| b == b' ') {
             continue;
         }
         out.rows += 1;
-        match check_row(line, spec, &mut fields) {
+        match check_row(line, spec, whole, &mut fields) {
             Ok(()) => {
-                let (master, rest) = match fields.split_first() {
-                    Some(split) => split,
-                    None => continue,
+                let Some((&master, rest)) = fields.split_first() else {
+                    continue;
                 };
                 match spec.table {
                     Table::Adobe => {
-                        let value = out.push(master);
-                        for (k, id) in rest.iter().enumerate() {
-                            let key = out.push(id);
-                            out.mappings.push(RawMapping {
+                        for (k, &id) in rest.iter().enumerate() {
+                            each(Mapping {
                                 key_dpid: spec.dpids[k + 1],
-                                key,
+                                key: id,
                                 value_dpid: spec.dpids[0],
-                                value,
+                                value: master,
                                 line: line_no,
                             });
                         }
                     }
-                    Table::C2c => {
-                        let key = out.push(master);
-                        let value = out.push(rest.first().copied().unwrap_or_default());
-                        out.mappings.push(RawMapping {
-                            key_dpid: spec.dpids[0],
-                            key,
-                            value_dpid: spec.dpids[1],
-                            value,
-                            line: line_no,
-                        });
-                    }
+                    Table::C2c => each(Mapping {
+                        key_dpid: spec.dpids[0],
+                        key: master,
+                        value_dpid: spec.dpids[1],
+                        value: rest.first().copied().unwrap_or_default(),
+                        line: line_no,
+                    }),
                 }
             }
             Err(reason) => out.rejected.push(RejectedRow {
@@ -132,9 +167,17 @@ pub fn parse_chunk(chunk: &[u8], first_line: u64, spec: &FileSpec) -> ChunkRows 
     out
 }
 
+/// Row checks already passed by the whole chunk.
+#[derive(Clone, Copy)]
+struct ChunkChecks {
+    utf8: bool,
+    no_percent: bool,
+}
+
 fn check_row<'a>(
     line: &'a [u8],
     spec: &FileSpec,
+    whole: ChunkChecks,
     fields: &mut Vec<&'a [u8]>,
 ) -> Result<(), String> {
     fields.clear();
@@ -144,10 +187,10 @@ fn check_row<'a>(
     if matches!(line.last(), Some(b'\t' | b' ')) {
         return Err("row ends with a TAB or space".into());
     }
-    if std::str::from_utf8(line).is_err() {
+    if !whole.utf8 && std::str::from_utf8(line).is_err() {
         return Err("row is not valid UTF-8".into());
     }
-    if memchr::memchr(b'%', line).is_some() {
+    if !whole.no_percent && memchr::memchr(b'%', line).is_some() {
         return Err("URL-encoded ID ('%'): IDs must be sent unencoded".into());
     }
     fields.extend(line.split(|&b| b == b'\t').map(|f| f.trim_ascii()));
@@ -257,6 +300,31 @@ mod tests {
             assert_eq!(out.rejected[0].line, 7);
             assert!(out.mappings.is_empty());
         }
+    }
+
+    #[test]
+    fn bad_rows_among_good_ones_are_rejected_one_by_one() {
+        // The chunk as a whole is neither UTF-8 nor free of '%', so each row is checked.
+        let mut text = format!("{UUID}\tgood1\n{UUID}\tab%20c\n").into_bytes();
+        text.extend_from_slice(UUID.as_bytes());
+        text.extend_from_slice(b"\tbad\xff\n");
+        text.extend_from_slice(format!("{UUID}\tgood2\n").as_bytes());
+        let out = parse_chunk(&text, 1, &adobe(&[0, 21]));
+        let reasons: Vec<(u64, &str)> = out
+            .rejected
+            .iter()
+            .map(|r| (r.line, r.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (2, "URL-encoded ID ('%'): IDs must be sent unencoded"),
+                (3, "row is not valid UTF-8"),
+            ]
+        );
+        let keys: Vec<&[u8]> = out.mappings.iter().map(|m| out.bytes(m.key)).collect();
+        assert_eq!(keys, vec![&b"good1"[..], b"good2"]);
+        assert_eq!(out.rows, 4);
     }
 
     #[test]

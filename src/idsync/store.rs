@@ -221,25 +221,39 @@ pub fn apply(
 /// Tonight's mappings of one table grouped by (DPID, partition) as they are read, in
 /// application order within each group, compactly encoded (the file index, then the record as
 /// stored: about 50 bytes for a customer ID mapped to an AAM UUID), so the files' text and
-/// per-mapping structs need not be held until every file is read.
+/// per-mapping structs need not be held until every file is read. A group is a list of
+/// segments, each a whole number of mappings: a chunk's encoding is kept as it was made.
 pub struct Grouped {
     partitions: u32,
-    groups: BTreeMap<(Dpid, u32), Writer>,
+    groups: BTreeMap<(Dpid, u32), Vec<Writer>>,
     mappings: u64,
 }
 
-/// A position in a [`Grouped`] to roll back to: each group's length.
-pub struct GroupedMark(Vec<((Dpid, u32), usize)>);
+/// A position in a [`Grouped`] to roll back to: each group's segment count and the length of
+/// its last segment.
+pub struct GroupedMark(Vec<((Dpid, u32), (usize, usize))>);
 
 /// One chunk's mappings grouped and encoded as [`Grouped`] keeps them, made on the parser's
-/// thread so that the in-order hand-over ([`Grouped::append`]) only copies bytes.
+/// thread so that the in-order hand-over ([`Grouped::append`]) moves buffers, copying nothing.
 #[derive(Default)]
 pub struct GroupedChunk {
     groups: BTreeMap<(Dpid, u32), Writer>,
     mappings: u64,
+    /// Bytes each new group reserves (see [`GroupedChunk::for_text`]).
+    reserve: usize,
 }
 
 impl GroupedChunk {
+    /// An empty chunk for `text_bytes` of ID-sync text spread over `partitions`: each group
+    /// reserves its expected share up front (encoded mappings are somewhat smaller than their
+    /// text), so it is not copied as it grows.
+    pub fn for_text(text_bytes: usize, partitions: u32) -> GroupedChunk {
+        GroupedChunk {
+            reserve: text_bytes / partitions.max(1) as usize * 3 / 4 + 64,
+            ..GroupedChunk::default()
+        }
+    }
+
     /// Mappings pushed.
     pub fn len(&self) -> u64 {
         self.mappings
@@ -251,21 +265,21 @@ impl GroupedChunk {
 
     /// Adds one mapping of `key_dpid`, from file index `file` (see [`Grouped::push`]).
     pub fn push(&mut self, partitions: u32, key_dpid: Dpid, file: usize, record: &Record<'_>) {
-        push_into(&mut self.groups, partitions, key_dpid, file, record);
+        let part = part_of(key_dpid, record.id, partitions);
+        let reserve = self.reserve;
+        let w = self
+            .groups
+            .entry((key_dpid, part))
+            .or_insert_with(|| Writer {
+                buf: Vec::with_capacity(reserve),
+            });
+        push_into(w, file, record);
         self.mappings += 1;
     }
 }
 
-/// Encodes one mapping (its file index, then the record) at the end of its group.
-fn push_into(
-    groups: &mut BTreeMap<(Dpid, u32), Writer>,
-    partitions: u32,
-    key_dpid: Dpid,
-    file: usize,
-    record: &Record<'_>,
-) {
-    let part = part_of(key_dpid, record.id, partitions);
-    let w = groups.entry((key_dpid, part)).or_default();
+/// Encodes one mapping (its file index, then the record) at the end of `w`.
+fn push_into(w: &mut Writer, file: usize, record: &Record<'_>) {
     w.varint(file as u64);
     write_record(w, record);
 }
@@ -290,42 +304,52 @@ impl Grouped {
 
     /// Adds one mapping of `key_dpid`, from file index `file`.
     pub fn push(&mut self, key_dpid: Dpid, file: usize, record: &Record<'_>) {
-        push_into(&mut self.groups, self.partitions, key_dpid, file, record);
+        let part = part_of(key_dpid, record.id, self.partitions);
+        let segments = self.groups.entry((key_dpid, part)).or_default();
+        if segments.is_empty() {
+            segments.push(Writer::default());
+        }
+        push_into(segments.last_mut().expect("one segment"), file, record);
         self.mappings += 1;
     }
 
-    /// Adds a chunk's mappings after those pushed so far: the same bytes as pushing each.
+    /// Adds a chunk's mappings after those pushed so far, each group's bytes as a segment of
+    /// its own: what pushing each mapping would have stored.
     pub fn append(&mut self, chunk: GroupedChunk) {
         for (key, w) in chunk.groups {
-            match self.groups.entry(key) {
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(w);
-                }
-                std::collections::btree_map::Entry::Occupied(mut slot) => {
-                    slot.get_mut().buf.extend_from_slice(&w.buf);
-                }
-            }
+            self.groups.entry(key).or_default().push(w);
         }
         self.mappings += chunk.mappings;
     }
 
     /// Where the groups are now, for [`Grouped::rollback`].
     pub fn mark(&self) -> GroupedMark {
-        GroupedMark(self.groups.iter().map(|(k, w)| (*k, w.buf.len())).collect())
+        GroupedMark(
+            self.groups
+                .iter()
+                .map(|(k, segments)| {
+                    let last = segments.last().map_or(0, |w| w.buf.len());
+                    (*k, (segments.len(), last))
+                })
+                .collect(),
+        )
     }
 
     /// Drops every mapping pushed since `mark` (a file rejected after it was read).
     pub fn rollback(&mut self, mark: &GroupedMark) {
-        let lens: BTreeMap<(Dpid, u32), usize> = mark.0.iter().copied().collect();
-        self.groups.retain(|k, w| match lens.get(k) {
-            Some(&len) => {
-                w.buf.truncate(len);
+        let lens: BTreeMap<(Dpid, u32), (usize, usize)> = mark.0.iter().copied().collect();
+        self.groups.retain(|k, segments| match lens.get(k) {
+            Some(&(count, last)) => {
+                segments.truncate(count);
+                if let Some(w) = segments.last_mut() {
+                    w.buf.truncate(last);
+                }
                 true
             }
             None => false,
         });
         self.mappings = 0;
-        for w in self.groups.values() {
+        for w in self.groups.values().flatten() {
             let mut r = Reader::new(&w.buf);
             while !r.is_empty() && r.varint().is_ok() && read_record(&mut r).is_ok() {
                 self.mappings += 1;
@@ -343,24 +367,26 @@ impl Grouped {
         out: &(dyn Fn(&str, Vec<u8>) -> anyhow::Result<()> + Sync),
     ) -> Result<BTreeMap<usize, u64>, StoreError> {
         use rayon::prelude::*;
-        let groups: Vec<((Dpid, u32), Writer)> = self.groups.into_iter().collect();
+        let groups: Vec<((Dpid, u32), Vec<Writer>)> = self.groups.into_iter().collect();
         let results: Vec<Result<Vec<(usize, u64)>, StoreError>> = groups
             .into_par_iter()
-            .map(|((dpid, part), w)| {
+            .map(|((dpid, part), segments)| {
                 let mut incoming = Vec::new();
-                let mut r = Reader::new(&w.buf);
                 let damaged = |source| StoreError::Corrupt {
                     part: format!("tonight's mappings for {}", part_name(table, dpid, part)),
                     source,
                 };
-                while !r.is_empty() {
-                    let file = r.varint().map_err(damaged)? as usize;
-                    let record = read_record(&mut r).map_err(damaged)?;
-                    incoming.push(Incoming {
-                        key_dpid: dpid,
-                        record,
-                        file,
-                    });
+                for w in &segments {
+                    let mut r = Reader::new(&w.buf);
+                    while !r.is_empty() {
+                        let file = r.varint().map_err(damaged)? as usize;
+                        let record = read_record(&mut r).map_err(damaged)?;
+                        incoming.push(Incoming {
+                            key_dpid: dpid,
+                            record,
+                            file,
+                        });
+                    }
                 }
                 merge_group(table, dpid, part, &incoming, old, out)
             })
@@ -509,8 +535,15 @@ mod tests {
             got.push(21, 0, &rec(id, "u1", 10));
         }
         let mark = got.mark();
-        for i in 0..300 {
-            // Existing groups and new DPIDs (new groups) alike.
+        // Existing groups and new DPIDs (new groups) alike, appended as a chunk and pushed
+        // after it (into the chunk's segments).
+        let mut chunk = GroupedChunk::for_text(4096, 8);
+        for i in 0..150 {
+            chunk.push(8, 21, 1, &rec(&format!("id-{i}"), "u2", 20));
+            chunk.push(8, 22, 1, &rec(&format!("x-{i}"), "u3", 20));
+        }
+        got.append(chunk);
+        for i in 150..300 {
             got.push(21, 1, &rec(&format!("id-{i}"), "u2", 20));
             got.push(22, 1, &rec(&format!("x-{i}"), "u3", 20));
         }
@@ -518,6 +551,45 @@ mod tests {
         got.rollback(&mark);
         assert_eq!(got.len(), 500);
         assert_eq!(collect(got), collect(want));
+    }
+
+    #[test]
+    fn appended_chunks_store_what_pushing_each_mapping_stores() {
+        let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
+        let collect = |g: Grouped| {
+            let parts = std::sync::Mutex::new(BTreeMap::new());
+            let stored = g
+                .apply(Table::Adobe, &none, &|name, payload| {
+                    parts.lock().unwrap().insert(name.to_owned(), payload);
+                    Ok(())
+                })
+                .unwrap();
+            (parts.into_inner().unwrap(), stored)
+        };
+        // The same IDs again in later chunks with later timestamps: order across segments
+        // decides the winner.
+        let mappings: Vec<(usize, String, String, u64)> = (0..2000)
+            .map(|i| {
+                (
+                    i / 500,
+                    format!("id-{}", i % 700),
+                    format!("u{i}"),
+                    10 + i as u64 / 1000,
+                )
+            })
+            .collect();
+        let mut pushed = Grouped::new(8);
+        let mut appended = Grouped::new(8);
+        for batch in mappings.chunks(333) {
+            let mut chunk = GroupedChunk::for_text(1 << 12, 8);
+            for (file, id, uuid, ts) in batch {
+                pushed.push(21, *file, &rec(id, uuid, *ts));
+                chunk.push(8, 21, *file, &rec(id, uuid, *ts));
+            }
+            appended.append(chunk);
+        }
+        assert_eq!(appended.len(), 2000);
+        assert_eq!(collect(appended), collect(pushed));
     }
 
     #[test]
