@@ -514,19 +514,21 @@ mod tests {
         })
     }
 
+    /// What applying `g` to an empty table stores: partitions by name, and counts per file.
+    fn applied(g: Grouped) -> (BTreeMap<String, Vec<u8>>, BTreeMap<usize, u64>) {
+        let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
+        let parts = std::sync::Mutex::new(BTreeMap::new());
+        let stored = g
+            .apply(Table::Adobe, &none, &|name, payload| {
+                parts.lock().unwrap().insert(name.to_owned(), payload);
+                Ok(())
+            })
+            .unwrap();
+        (parts.into_inner().unwrap(), stored)
+    }
+
     #[test]
     fn grouped_rollback_drops_exactly_the_mappings_since_the_mark() {
-        let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
-        let collect = |g: Grouped| {
-            let parts = std::sync::Mutex::new(BTreeMap::new());
-            let stored = g
-                .apply(Table::Adobe, &none, &|name, payload| {
-                    parts.lock().unwrap().insert(name.to_owned(), payload);
-                    Ok(())
-                })
-                .unwrap();
-            (parts.into_inner().unwrap(), stored)
-        };
         let first: Vec<String> = (0..500).map(|i| format!("id-{i}")).collect();
         let mut want = Grouped::new(8);
         let mut got = Grouped::new(8);
@@ -550,22 +552,11 @@ mod tests {
         assert_eq!(got.len(), 1100);
         got.rollback(&mark);
         assert_eq!(got.len(), 500);
-        assert_eq!(collect(got), collect(want));
+        assert_eq!(applied(got), applied(want));
     }
 
     #[test]
     fn appended_chunks_store_what_pushing_each_mapping_stores() {
-        let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
-        let collect = |g: Grouped| {
-            let parts = std::sync::Mutex::new(BTreeMap::new());
-            let stored = g
-                .apply(Table::Adobe, &none, &|name, payload| {
-                    parts.lock().unwrap().insert(name.to_owned(), payload);
-                    Ok(())
-                })
-                .unwrap();
-            (parts.into_inner().unwrap(), stored)
-        };
         // The same IDs again in later chunks with later timestamps: order across segments
         // decides the winner.
         let mappings: Vec<(usize, String, String, u64)> = (0..2000)
@@ -589,7 +580,7 @@ mod tests {
             appended.append(chunk);
         }
         assert_eq!(appended.len(), 2000);
-        assert_eq!(collect(appended), collect(pushed));
+        assert_eq!(applied(appended), applied(pushed));
     }
 
     #[test]
