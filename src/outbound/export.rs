@@ -775,7 +775,7 @@ struct PartWriter {
 
 enum Sink {
     Plain(Hashing),
-    Gzip(Box<flate2::write::GzEncoder<Hashing>>),
+    Gzip(Box<super::pargz::ParGzWriter<Hashing>>),
 }
 
 /// Counts and MD5-hashes the bytes that reach the file.
@@ -807,12 +807,10 @@ impl PartWriter {
             bytes: 0,
         };
         let sink = if gzip {
-            // mtime 0 and no file name: the same rows give the same bytes.
-            Sink::Gzip(Box::new(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .write(hashing, flate2::Compression::new(6)),
-            ))
+            // Blocks are compressed on the run's threads; the same rows give the same bytes.
+            let gz = super::pargz::ParGzWriter::new(hashing, flate2::Compression::new(6))
+                .with_context(|| format!("cannot write {}", temp.display()))?;
+            Sink::Gzip(Box::new(gz))
         } else {
             Sink::Plain(hashing)
         };
@@ -838,12 +836,18 @@ impl PartWriter {
 
     fn flush_block(&mut self) -> anyhow::Result<()> {
         let result = match &mut self.sink {
-            Sink::Plain(h) => h.write_all(&self.block),
-            Sink::Gzip(g) => g.write_all(&self.block),
+            Sink::Plain(h) => {
+                let result = h.write_all(&self.block);
+                self.block.clear();
+                result
+            }
+            Sink::Gzip(g) => {
+                let block =
+                    std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK_BYTES + 4096));
+                g.write_block(block)
+            }
         };
-        result.with_context(|| format!("cannot write {}", self.temp.display()))?;
-        self.block.clear();
-        Ok(())
+        result.with_context(|| format!("cannot write {}", self.temp.display()))
     }
 
     /// Finishes the stream, makes the file durable, and returns (temp path, bytes, lines, md5).

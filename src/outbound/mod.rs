@@ -3,4 +3,5 @@
 pub mod export;
 pub mod info;
 pub mod names;
+pub mod pargz;
 pub mod template;
