@@ -87,6 +87,21 @@ impl TmpDir {
         }
     }
 
+    /// Removes the folder and everything in it now (it is re-created if used again). Called
+    /// right after the commit, so a run killed while it mails and writes metrics leaves no
+    /// scratch behind.
+    pub(super) fn remove_now(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(
+                folder = %self.path.display(),
+                error = %e,
+                "cannot remove the run's temporary folder"
+            );
+        }
+    }
+
     /// `rel` (a `/`-separated relative path from a listing) under `area` of the folder, with its
     /// parent folders created. Refuses components that could leave the folder.
     pub(super) fn file(&self, area: &str, rel: &str) -> anyhow::Result<PathBuf> {
@@ -111,23 +126,6 @@ impl TmpDir {
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(path)
-    }
-}
-
-impl TmpDir {
-    /// Removes the folder and everything in it now (it is re-created if used again). Called
-    /// right after the commit, so a run killed while it mails and writes metrics leaves no
-    /// scratch behind.
-    pub(super) fn remove_now(&self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(
-                folder = %self.path.display(),
-                error = %e,
-                "cannot remove the run's temporary folder"
-            );
-        }
     }
 }
 
