@@ -137,7 +137,8 @@ fn kill_9_at_random_moments_then_rerun_matches_an_uninterrupted_run() {
         ]);
         assert_eq!(verify.code, 0, "{what}: state verify: {verify:#?}");
 
-        match current(&root).as_str() {
+        let committed = current(&root);
+        match committed.as_str() {
             "gen-000001" => {
                 killed_before_commit += 1;
                 let (state, _) = outputs(&root);
@@ -158,7 +159,7 @@ fn kill_9_at_random_moments_then_rerun_matches_an_uninterrupted_run() {
             other => panic!("{what}: CURRENT names {other}"),
         }
         let (mut state, out) = outputs(&root);
-        if current(&root) == "gen-000002" {
+        if committed == "gen-000002" {
             // A kill between the commit and the removal of the run's scratch folder leaves it;
             // the next run sweeps it (`TmpDir::sweep_stale`). Nothing else may be left.
             state.retain(|rel, _| match rel.strip_prefix("tmp/") {

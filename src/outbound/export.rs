@@ -763,6 +763,11 @@ pub struct ExportSummary {
 /// Text handed to the (gzip) writer at once.
 const BLOCK_BYTES: usize = 128 * 1024;
 
+/// A block buffer with room for [`BLOCK_BYTES`] and the line that crosses it.
+fn empty_block() -> Vec<u8> {
+    Vec::with_capacity(BLOCK_BYTES + 4096)
+}
+
 /// A data file being written: text in, (optionally gzipped) bytes counted and hashed on the
 /// way to a temporary file.
 struct PartWriter {
@@ -817,7 +822,7 @@ impl PartWriter {
         Ok(PartWriter {
             temp,
             sink,
-            block: Vec::with_capacity(BLOCK_BYTES + 4096),
+            block: empty_block(),
             lines: 0,
             text_bytes: 0,
         })
@@ -842,8 +847,7 @@ impl PartWriter {
                 result
             }
             Sink::Gzip(g) => {
-                let block =
-                    std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK_BYTES + 4096));
+                let block = std::mem::replace(&mut self.block, empty_block());
                 g.write_block(block)
             }
         };
