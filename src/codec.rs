@@ -117,6 +117,18 @@ impl<'a> Reader<'a> {
     /// Reads a [`Writer::varint`]. Bits beyond 64 and overlong forms (a last byte of 0 after
     /// others) are errors, so every value has exactly one encoding.
     pub fn varint(&mut self) -> Result<u64, Truncated> {
+        // Most stored values are one byte (small deltas, counts, trait data sources).
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
+        self.varint_long()
+    }
+    /// [`varint`](Self::varint) of two bytes or more.
+    #[inline(never)]
+    fn varint_long(&mut self) -> Result<u64, Truncated> {
         let start = self.pos;
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
@@ -142,6 +154,39 @@ impl<'a> Reader<'a> {
         let n = usize::try_from(self.varint()?).map_err(|_| Truncated { offset: self.pos })?;
         self.take(n)
     }
+    /// Skips `n` varints without decoding them: only that each ends within the buffer is
+    /// checked, not its form. A varint ends at each byte below 0x80, counted 8 bytes at a time.
+    pub fn skip_varints(&mut self, n: usize) -> Result<(), Truncated> {
+        let (buf, mut pos, mut left) = (self.buf, self.pos, n);
+        while left > 0 {
+            if let Some(word) = buf.get(pos..).and_then(|b| b.first_chunk::<8>()) {
+                let ends = !u64::from_le_bytes(*word) & 0x8080_8080_8080_8080;
+                let count = ends.count_ones() as usize;
+                if count < left {
+                    left -= count;
+                    pos += 8;
+                    continue;
+                }
+                // The `left`-th end in this word is the last byte to skip.
+                let mut e = ends;
+                for _ in 1..left {
+                    e &= e - 1;
+                }
+                pos += (e.trailing_zeros() / 8) as usize + 1;
+                left = 0;
+            } else {
+                let Some(&b) = buf.get(pos) else {
+                    return Err(Truncated { offset: self.pos });
+                };
+                pos += 1;
+                if b < 0x80 {
+                    left -= 1;
+                }
+            }
+        }
+        self.pos = pos;
+        Ok(())
+    }
     /// A varint that must fit in `u32`.
     pub fn varint_u32(&mut self) -> Result<u32, Truncated> {
         let start = self.pos;
@@ -152,6 +197,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn round_trip_and_truncation() {
@@ -171,5 +217,63 @@ mod tests {
         short.u32().unwrap();
         short.i64().unwrap();
         assert_eq!(short.bytes(), Err(Truncated { offset: 17 }));
+    }
+
+    /// The byte-at-a-time definition of a varint, without the one-byte fast path.
+    fn reference_varint(buf: &[u8]) -> Option<(u64, usize)> {
+        let mut v = 0u64;
+        for (i, &b) in buf.iter().enumerate().take(10) {
+            let bits = u64::from(b & 0x7f);
+            if (i == 9 && bits > 1) || (i > 0 && b == 0) {
+                return None;
+            }
+            v |= bits << (7 * i);
+            if b < 0x80 {
+                return Some((v, i + 1));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn overlong_and_oversized_varints_are_errors() {
+        for bad in [&[0x80, 0x00][..], &[0x81, 0x80, 0x00], &[0xff; 11], &[0x80]] {
+            assert!(Reader::new(bad).varint().is_err(), "{bad:?}");
+        }
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(Reader::new(&max).varint(), Ok(u64::MAX));
+        let over = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(Reader::new(&over).varint().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn varint_agrees_with_its_definition(bytes in proptest::collection::vec(any::<u8>(), 0..12)) {
+            let mut r = Reader::new(&bytes);
+            let got = r.varint().ok().map(|v| (v, r.offset()));
+            prop_assert_eq!(got, reference_varint(&bytes));
+        }
+
+        #[test]
+        fn skip_varints_lands_where_reading_does(
+            values in proptest::collection::vec(any::<u64>().prop_map(|v| v >> (v % 64)), 0..40),
+            skip in 0usize..45,
+            tail in 0usize..3,
+        ) {
+            let mut w = Writer::default();
+            for &v in &values {
+                w.varint(v);
+            }
+            // An unfinished varint at the end, which a skip must not count.
+            w.buf.extend(std::iter::repeat_n(0x80, tail));
+            let mut read = Reader::new(&w.buf);
+            let expected = (0..skip).try_for_each(|_| read.varint().map(drop)).map(|()| read.offset());
+            let mut skipped = Reader::new(&w.buf);
+            let got = skipped.skip_varints(skip).map(|()| skipped.offset());
+            prop_assert_eq!(got.is_ok(), expected.is_ok());
+            if let (Ok(g), Ok(e)) = (got, expected) {
+                prop_assert_eq!(g, e);
+            }
+        }
     }
 }

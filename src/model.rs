@@ -70,9 +70,38 @@ fn eight_digits(bytes: &[u8; 8]) -> Option<u64> {
     Some((v * 10_000 + (v >> 32)) & 0xffff_ffff)
 }
 
+impl Uuid {
+    /// The 38 decimal digits, leading zeros included; `None` for a value of 39 digits, which
+    /// [`Uuid::parse`] never makes (a corrupt state could).
+    pub fn digits(self) -> Option<[u8; 38]> {
+        const HALF: u128 = 10_000_000_000_000_000_000;
+        if self.0 >= HALF * HALF {
+            return None;
+        }
+        let mut out = [b'0'; 38];
+        let (high, low) = out.split_at_mut(19);
+        // Both halves are below 10^19, so each fits a u64 and is written with u64 arithmetic.
+        for (half, value) in [
+            (high, (self.0 / HALF) as u64),
+            (low, (self.0 % HALF) as u64),
+        ] {
+            let mut v = value;
+            for d in half.iter_mut().rev() {
+                *d = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        }
+        Some(out)
+    }
+}
+
 impl fmt::Display for Uuid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:038}", self.0)
+        match self.digits() {
+            // Digits are ASCII.
+            Some(digits) => f.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?),
+            None => write!(f, "{:038}", self.0),
+        }
     }
 }
 
@@ -286,6 +315,30 @@ mod tests {
             }
             proptest::prop_assert_eq!(Uuid::parse(&text), parse_plainly(&text));
         }
+
+        #[test]
+        fn uuid_display_is_the_zero_padded_value(v in proptest::num::u128::ANY, shift in 0u32..128) {
+            // Small and large values alike, 39-digit ones (not UUIDs) included.
+            let v = v >> shift;
+            proptest::prop_assert_eq!(Uuid(v).to_string(), format!("{v:038}"));
+        }
+    }
+
+    #[test]
+    fn uuid_display_at_the_edges() {
+        let max = 10u128.pow(38) - 1;
+        for v in [
+            0,
+            1,
+            10u128.pow(19) - 1,
+            10u128.pow(19),
+            max,
+            max + 1,
+            u128::MAX,
+        ] {
+            assert_eq!(Uuid(v).to_string(), format!("{v:038}"));
+        }
+        assert_eq!(Uuid(max + 1).digits(), None);
     }
 
     #[test]

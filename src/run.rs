@@ -772,7 +772,16 @@ impl Night<'_> {
                 .map(std::borrow::Cow::Owned))
         };
         let members = |name: &str| self.parent_file(name);
-        let mut out = Vec::new();
+        let stale_for = |last: Option<DestMeta>| {
+            move |p: u32| {
+                let p = p as usize;
+                last.is_none_or(|m| {
+                    facts.changed_generation.get(p).copied().unwrap_or(0) > m.exported_generation
+                }) || (facts.cross_synced_tonight
+                    && facts.customer.get(p).copied().unwrap_or(false))
+            }
+        };
+        let mut wanted = Vec::new();
         for dest in config.destinations.values() {
             let full = match self.opts.export_only {
                 Some((did, full)) if did == dest.id => full,
@@ -783,32 +792,29 @@ impl Night<'_> {
                 .parent_meta
                 .as_ref()
                 .and_then(|m| m.destinations.get(&dest.id).copied());
-            let stale = |p: u32| {
-                let p = p as usize;
-                last.is_none_or(|m| {
-                    facts.changed_generation.get(p).copied().unwrap_or(0) > m.exported_generation
-                }) || (facts.cross_synced_tonight
-                    && facts.customer.get(p).copied().unwrap_or(false))
-            };
-            let sources = export::Sources {
-                parts: range.clone(),
-                stale: &stale,
-                profiles: &profile_source,
-                members: &members,
-                resolve: &resolve,
-            };
-            // What the destination now holds goes straight into the new generation.
-            let outputs = export::Outputs {
-                runs_dir: &runs_dir(dest.id)?,
-                on_members: &|p, payload| {
-                    staged.write(&export::members_part_name(dest.id, p), &payload)
-                },
-            };
-            let template = self.catalog.templates.get(&dest.id);
-            out.push(export::compute(
-                config, dest, template, full, last, &sources, &outputs,
-            )?);
+            wanted.push((dest, full, last, stale_for(last), runs_dir(dest.id)?));
         }
+        let jobs: Vec<export::Job<'_>> = wanted
+            .iter()
+            .map(|(dest, full, last, stale, runs_dir)| export::Job {
+                dest,
+                template: self.catalog.templates.get(&dest.id),
+                full: *full,
+                last: *last,
+                stale,
+                runs_dir: runs_dir.clone(),
+            })
+            .collect();
+        let sources = export::Sources {
+            parts: range,
+            profiles: &profile_source,
+            members: &members,
+            resolve: &resolve,
+        };
+        // What each destination now holds goes straight into the new generation.
+        let out = export::compute(config, &jobs, &sources, &|did, p, payload| {
+            staged.write(&export::members_part_name(did, p), &payload)
+        })?;
         Ok(out)
     }
 }

@@ -19,6 +19,8 @@ use crate::codec::{Reader, Truncated, Writer};
 use crate::config::{Config, Destination, ExportMode};
 use crate::idsync::store::id_prefix;
 use crate::model::{Dpid, ProfileKey, Timestamp, Uuid, device_format};
+use crate::profile::Entry;
+#[cfg(test)]
 use crate::profile::Profile;
 use anyhow::{Context as _, anyhow};
 use md5::{Digest, Md5};
@@ -103,54 +105,61 @@ impl DestinationView {
         h.digest()
     }
 
-    /// Writes the export key (for sorting and merging) and user ID of the profile `key` into
-    /// `export_key` and `user` and returns `true`, if this destination takes its ID space.
-    /// Cross-device customer-ID profiles go out under the AAM UUID their ID is synced to, and
-    /// not while unsynced.
-    fn user_id(
+    /// Writes the export key (for sorting and merging) of the profile `key` into `export_key`
+    /// and returns its user ID, if this destination takes its ID space. Cross-device
+    /// customer-ID profiles go out under the AAM UUID their ID is synced to, and not while
+    /// unsynced.
+    fn user_id<'k>(
         &self,
-        key: &[u8],
+        key: &'k [u8],
         resolve: &Resolver<'_>,
         export_key: &mut Vec<u8>,
-        user: &mut String,
-    ) -> bool {
-        use std::fmt::Write as _;
+    ) -> Option<UserId<'k>> {
         export_key.clear();
-        user.clear();
         // The key's bytes are read in place (see `ProfileKey::encode_into`): decoding it to a
         // `ProfileKey` would allocate for every device and customer profile.
-        let Some((&tag, rest)) = key.split_first() else {
-            return false;
-        };
+        let (&tag, rest) = key.split_first()?;
         match (tag, self.device) {
-            (ProfileKey::TAG_UUID, None) => match <[u8; 16]>::try_from(rest) {
-                Ok(bytes) => {
-                    export_key.extend_from_slice(key);
-                    write!(user, "{}", Uuid(u128::from_be_bytes(bytes))).is_ok()
-                }
-                Err(_) => false,
-            },
+            (ProfileKey::TAG_UUID, None) => {
+                let bytes = <[u8; 16]>::try_from(rest).ok()?;
+                export_key.extend_from_slice(key);
+                Some(UserId::Uuid(Uuid(u128::from_be_bytes(bytes))))
+            }
             (ProfileKey::TAG_DEVICE, Some(want)) => match split_id(rest) {
-                Some((dpid, id)) if dpid == want => match std::str::from_utf8(id) {
-                    Ok(id) => {
-                        export_key.extend_from_slice(key);
-                        user.push_str(id);
-                        true
-                    }
-                    Err(_) => false,
-                },
-                _ => false,
+                Some((dpid, id)) if dpid == want => {
+                    let id = std::str::from_utf8(id).ok()?;
+                    export_key.extend_from_slice(key);
+                    Some(UserId::Text(id))
+                }
+                _ => None,
             },
             (ProfileKey::TAG_CUSTOMER, None) => {
-                match split_id(rest).and_then(|(dpid, id)| resolve(dpid, id)) {
-                    Some(u) => {
-                        ProfileKey::Uuid(u).encode_into(export_key);
-                        write!(user, "{u}").is_ok()
-                    }
-                    None => false,
-                }
+                let u = split_id(rest).and_then(|(dpid, id)| resolve(dpid, id))?;
+                ProfileKey::Uuid(u).encode_into(export_key);
+                Some(UserId::Uuid(u))
             }
-            _ => false,
+            _ => None,
+        }
+    }
+}
+
+/// The ID a destination receives a profile under; written out only for the rows it gets.
+#[derive(Clone, Copy)]
+enum UserId<'k> {
+    Uuid(Uuid),
+    Text(&'k str),
+}
+
+impl UserId<'_> {
+    fn write_into(self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.clear();
+        match self {
+            UserId::Uuid(u) => {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "{u}");
+            }
+            UserId::Text(id) => out.push_str(id),
         }
     }
 }
@@ -285,89 +294,146 @@ impl PartRows {
     }
 }
 
-/// Diffs one partition's profiles against the destination's members. Returns the rows to
-/// export (with traits only when `traits`) and the new members payload. Pure.
-pub(crate) fn diff_partition(
-    profiles: &[Profile<'_>],
-    members: &[Member<'_>],
-    view: &DestinationView,
-    resolve: &Resolver<'_>,
+/// Diffs one partition's profiles against a destination's members, fed the profiles in key
+/// order ([`Differ::profile`]) and then finished ([`Differ::finish`]): the rows to export
+/// (with traits only when `traits`) and the new members payload. One decoded partition feeds
+/// the differs of every destination that is due.
+struct Differ<'a> {
+    view: &'a DestinationView,
     traits: bool,
-) -> (PartRows, Vec<u8>) {
-    let mut rows = PartRows::default();
-    let mut w = Writer::default();
-    let (mut export_key, mut user) = (Vec::new(), String::new());
-    let (mut current, mut old_active, mut kept_paused) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut removed, mut new_member) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    loop {
-        let (key, profile, member) = match (profiles.get(i), members.get(j)) {
-            (Some(p), Some(m)) if p.key == m.key => {
-                i += 1;
-                j += 1;
-                (p.key, Some(p), Some(m))
-            }
-            (Some(p), Some(m)) if p.key < m.key => {
-                i += 1;
-                (p.key, Some(p), None)
-            }
-            (Some(p), None) => {
-                i += 1;
-                (p.key, Some(p), None)
-            }
-            (_, Some(m)) => {
-                j += 1;
-                (m.key, None, Some(m))
-            }
-            (None, None) => break,
-        };
-        if !view.user_id(key, resolve, &mut export_key, &mut user) {
-            continue;
+    /// The destination's members of this partition, by key; `next` is the first not yet seen.
+    members: &'a [Member<'a>],
+    next: usize,
+    rows: PartRows,
+    new_members: Writer,
+    export_key: Vec<u8>,
+    user: String,
+    current: Vec<u32>,
+    old_active: Vec<u32>,
+    kept_paused: Vec<u32>,
+    removed: Vec<u32>,
+    new_member: Vec<u32>,
+}
+
+impl<'a> Differ<'a> {
+    fn new(view: &'a DestinationView, traits: bool, members: &'a [Member<'a>]) -> Differ<'a> {
+        Differ {
+            view,
+            traits,
+            members,
+            next: 0,
+            rows: PartRows::default(),
+            new_members: Writer::default(),
+            export_key: Vec::new(),
+            user: String::new(),
+            current: Vec::new(),
+            old_active: Vec::new(),
+            kept_paused: Vec::new(),
+            removed: Vec::new(),
+            new_member: Vec::new(),
         }
-        let segments = profile.map_or(&[][..], |p| p.segments.as_slice());
-        intersect_into(segments, &view.active, &mut current);
+    }
+
+    /// The next profile in key order: every member before it first, then the profile with
+    /// its member, if any.
+    fn profile(&mut self, key: &[u8], entries: &[Entry], segments: &[u32], resolve: &Resolver<'_>) {
+        let members = self.members;
+        while let Some(m) = members.get(self.next)
+            && m.key < key
+        {
+            self.next += 1;
+            self.user(m.key, None, Some(m), resolve);
+        }
+        let member = members.get(self.next).filter(|m| m.key == key);
+        if member.is_some() {
+            self.next += 1;
+        }
+        self.user(key, Some((entries, segments)), member, resolve);
+    }
+
+    /// The rows and new members payload, once every profile was fed.
+    fn finish(mut self, resolve: &Resolver<'_>) -> (PartRows, Vec<u8>) {
+        let members = self.members;
+        for m in members.get(self.next..).unwrap_or_default() {
+            self.user(m.key, None, Some(m), resolve);
+        }
+        (self.rows, self.new_members.buf)
+    }
+
+    /// One user: a stored profile (entries, segments), a member, or both.
+    fn user(
+        &mut self,
+        key: &[u8],
+        profile: Option<(&[Entry], &[u32])>,
+        member: Option<&Member<'_>>,
+        resolve: &Resolver<'_>,
+    ) {
+        let view = self.view;
+        let Some(user) = view.user_id(key, resolve, &mut self.export_key) else {
+            return;
+        };
+        let segments = profile.map_or(&[][..], |(_, s)| s);
+        intersect_into(segments, &view.active, &mut self.current);
         let old = member.map_or(&[][..], |m| m.segments.as_slice());
-        intersect_into(old, &view.active, &mut old_active);
-        intersect_into(old, &view.paused, &mut kept_paused);
+        intersect_into(old, &view.active, &mut self.old_active);
+        intersect_into(old, &view.paused, &mut self.kept_paused);
         let emit = match view.mode {
-            ExportMode::Iter => current != old_active,
-            ExportMode::Full => !current.is_empty(),
+            ExportMode::Iter => self.current != self.old_active,
+            ExportMode::Full => !self.current.is_empty(),
         };
         if emit {
-            removed.clear();
+            self.removed.clear();
             if view.mode == ExportMode::Iter {
-                removed.extend(
-                    old_active
+                let current = &self.current;
+                self.removed.extend(
+                    self.old_active
                         .iter()
                         .copied()
                         .filter(|s| current.binary_search(s).is_err()),
                 );
             }
             let entries = match profile {
-                Some(p) if traits => p.entries.as_slice(),
+                Some((entries, _)) if self.traits => entries,
                 _ => &[],
             };
-            rows.push(
-                &export_key,
-                &user,
-                &current,
-                &removed,
+            user.write_into(&mut self.user);
+            self.rows.push(
+                &self.export_key,
+                &self.user,
+                &self.current,
+                &self.removed,
                 entries.iter().map(|e| (e.trait_id, e.realized_at)),
             );
         }
-        new_member.clear();
-        new_member.extend_from_slice(&current);
-        new_member.extend_from_slice(&kept_paused);
-        new_member.sort_unstable();
-        if !new_member.is_empty() {
+        self.new_member.clear();
+        self.new_member.extend_from_slice(&self.current);
+        self.new_member.extend_from_slice(&self.kept_paused);
+        self.new_member.sort_unstable();
+        if !self.new_member.is_empty() {
+            let w = &mut self.new_members;
             w.bytes(key);
-            w.u32(new_member.len() as u32);
-            for s in &new_member {
+            w.u32(self.new_member.len() as u32);
+            for s in &self.new_member {
                 w.u32(*s);
             }
         }
     }
-    (rows, w.buf)
+}
+
+/// Diffs decoded profiles (in key order) against members: [`Differ`] over a whole list.
+#[cfg(test)]
+fn diff_partition(
+    profiles: &[Profile<'_>],
+    members: &[Member<'_>],
+    view: &DestinationView,
+    resolve: &Resolver<'_>,
+    traits: bool,
+) -> (PartRows, Vec<u8>) {
+    let mut differ = Differ::new(view, traits, members);
+    for p in profiles {
+        differ.profile(p.key, &p.entries, &p.segments, resolve);
+    }
+    differ.finish(resolve)
 }
 
 /// What is wrong with an export run file.
@@ -1066,12 +1132,10 @@ pub struct DestExport {
 pub type PayloadSource<'a> =
     dyn Fn(u32) -> anyhow::Result<Option<std::borrow::Cow<'a, [u8]>>> + Sync + 'a;
 
-/// Where an export reads the state from.
+/// Where the exports read the state from.
 pub struct Sources<'a, 'p> {
     /// The profile partitions to diff (all of them, or a staged merge task's share).
     pub parts: std::ops::Range<u32>,
-    /// Whether partition `p`'s profiles changed since the destination's last export.
-    pub stale: &'a (dyn Fn(u32) -> bool + Sync),
     /// Profile partition payloads as this run leaves them.
     pub profiles: &'a PayloadSource<'p>,
     /// The previous generation's files by name (members of the last export).
@@ -1079,100 +1143,181 @@ pub struct Sources<'a, 'p> {
     pub resolve: &'a Resolver<'p>,
 }
 
-/// Receives a diffed partition's new members payload (partition, payload), from any worker
-/// thread, as soon as the partition is diffed.
-pub type MembersSink<'a> = dyn Fn(u32, Vec<u8>) -> anyhow::Result<()> + Sync + 'a;
+/// Receives a diffed partition's new members payload (destination, partition, payload), from
+/// any worker thread, as soon as the partition is diffed.
+pub type MembersSink<'a> = dyn Fn(u32, u32, Vec<u8>) -> anyhow::Result<()> + Sync + 'a;
 
-/// Where an export puts what it computes.
-pub struct Outputs<'a> {
-    /// An existing folder for the export's run files (`part-NNNN.run`); one per destination.
-    pub runs_dir: &'a Path,
-    /// Receives every diffed partition's new members payload, empty ones included.
-    pub on_members: &'a MembersSink<'a>,
+/// One destination's export to compute.
+pub struct Job<'a> {
+    pub dest: &'a Destination,
+    pub template: Option<&'a Template>,
+    /// A full list whatever the destination's mode (`--export-only DID --full`).
+    pub full: bool,
+    /// The destination's last export, if any.
+    pub last: Option<DestMeta>,
+    /// Whether partition `p`'s profiles changed since the destination's last export.
+    pub stale: &'a (dyn Fn(u32) -> bool + Sync),
+    /// An existing folder for the export's run files (`part-NNNN.run`).
+    pub runs_dir: PathBuf,
 }
 
-/// Computes `dest`'s export. Only stale partitions are diffed, unless the destination is new,
-/// its selection changed, or the export is `full`: then every partition is. Partitions are
-/// diffed in parallel; each one's rows are sorted and written to a run file in
-/// `out.runs_dir` and its members payload handed to `out.on_members` before the next is
-/// taken, so memory holds one partition's rows per worker thread. Rows carry traits only when
-/// `template` uses them.
+/// Computes the exports of `jobs`, in their order. Only stale partitions are diffed for a
+/// destination, unless it is new, its selection changed, or the export is `full`: then every
+/// partition is. Partitions are taken in parallel; each is read and decoded once for all the
+/// destinations it is due for (without its trait realizations unless a template uses them),
+/// and each destination's rows are sorted and written to a run file in its `runs_dir` and its
+/// members payload handed to `on_members` before the next partition is taken, so memory holds
+/// one partition per worker thread.
 pub fn compute(
     config: &Config,
-    dest: &Destination,
-    template: Option<&Template>,
-    full: bool,
-    last: Option<DestMeta>,
+    jobs: &[Job<'_>],
     src: &Sources<'_, '_>,
-    out: &Outputs<'_>,
-) -> anyhow::Result<DestExport> {
+    on_members: &MembersSink<'_>,
+) -> anyhow::Result<Vec<DestExport>> {
     use rayon::prelude::*;
-    let Sources {
-        ref parts,
-        stale,
-        profiles,
-        members,
-        resolve,
-    } = *src;
-    let view = DestinationView::new(config, dest, full);
-    let traits = template.is_some_and(Template::uses_traits);
-    let everything =
-        view.mode == ExportMode::Full || last.is_none_or(|m| m.fingerprint != view.fingerprint());
-    let todo: Vec<u32> = parts.clone().filter(|&p| everything || stale(p)).collect();
-    let results: Vec<anyhow::Result<Option<PathBuf>>> = todo
-        .par_iter()
-        .map(|&p| {
-            let payload = profiles(p)?;
-            let stored = match payload.as_deref() {
-                Some(bytes) => crate::profile::decode(bytes)
-                    .map_err(|e| anyhow!("profile partition {p}: {e}"))?,
-                None => Vec::new(),
-            };
-            let name = members_part_name(dest.id, p);
-            let old = members(&name)?;
-            let old_members = match old.as_deref() {
-                Some(bytes) => decode_members(bytes).map_err(|e| anyhow!("{name}: {e}"))?,
-                None => Vec::new(),
-            };
-            let (rows, new_members) = diff_partition(&stored, &old_members, &view, resolve, traits);
-            drop(old_members);
-            drop(old);
-            (out.on_members)(p, new_members)?;
-            if rows.is_empty() {
-                return Ok(None);
-            }
-            let path = out.runs_dir.join(format!("part-{p:04}.run"));
-            rows.write_run(&path)?;
-            Ok(Some(path))
+    let plans: Vec<(DestinationView, bool, bool)> = jobs
+        .iter()
+        .map(|job| {
+            let view = DestinationView::new(config, job.dest, job.full);
+            let traits = job.template.is_some_and(Template::uses_traits);
+            let everything = view.mode == ExportMode::Full
+                || job.last.is_none_or(|m| m.fingerprint != view.fingerprint());
+            (view, traits, everything)
         })
         .collect();
-    let mut runs = Runs {
-        files: Vec::with_capacity(results.len()),
-        traits,
-    };
+    let parts: Vec<u32> = src.parts.clone().collect();
+    let results: Vec<anyhow::Result<Vec<Option<PathBuf>>>> = parts
+        .par_iter()
+        .map(|&p| {
+            let due: Vec<usize> = (0..jobs.len())
+                .filter(|&d| plans[d].2 || (jobs[d].stale)(p))
+                .collect();
+            let mut written = Written(vec![None; jobs.len()]);
+            if due.is_empty() {
+                return Ok(written.keep());
+            }
+            diff_due(p, &due, jobs, &plans, src, on_members, &mut written.0)?;
+            Ok(written.keep())
+        })
+        .collect();
+    let mut all: Vec<Runs> = plans
+        .iter()
+        .map(|&(_, traits, _)| Runs {
+            files: Vec::with_capacity(parts.len()),
+            traits,
+        })
+        .collect();
     let mut first_error = None;
     for r in results {
         match r {
-            Ok(Some(path)) => runs.files.push(path),
-            Ok(None) => {}
+            Ok(paths) => {
+                for (runs, path) in all.iter_mut().zip(paths) {
+                    runs.files.extend(path);
+                }
+            }
             Err(e) => {
                 first_error.get_or_insert(e);
             }
         }
     }
-    // On an error the runs written so far are removed as `runs` drops.
+    // On an error the runs written so far are removed as `all` drops.
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(DestExport { view, runs })
+    Ok(plans
+        .into_iter()
+        .zip(all)
+        .map(|((view, _, _), runs)| DestExport { view, runs })
+        .collect())
+}
+
+/// Run files of one partition, by job; removed when dropped unless kept (an error half-way
+/// through the partition leaves none behind).
+struct Written(Vec<Option<PathBuf>>);
+
+impl Written {
+    fn keep(&mut self) -> Vec<Option<PathBuf>> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        for path in self.0.iter().flatten() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Diffs partition `p` for the jobs `due` (indexes into `jobs` and `plans`): reads and
+/// decodes it once, feeding every due destination's [`Differ`], then writes each one's run
+/// file into `written` and hands its members on.
+fn diff_due(
+    p: u32,
+    due: &[usize],
+    jobs: &[Job<'_>],
+    plans: &[(DestinationView, bool, bool)],
+    src: &Sources<'_, '_>,
+    on_members: &MembersSink<'_>,
+    written: &mut [Option<PathBuf>],
+) -> anyhow::Result<()> {
+    let resolve = src.resolve;
+    let olds: Vec<(String, Option<Vec<u8>>)> = due
+        .iter()
+        .map(|&d| {
+            let name = members_part_name(jobs[d].dest.id, p);
+            let payload = (src.members)(&name)?;
+            Ok((name, payload))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let old_members: Vec<Vec<Member<'_>>> = olds
+        .iter()
+        .map(|(name, payload)| match payload.as_deref() {
+            Some(bytes) => decode_members(bytes).map_err(|e| anyhow!("{name}: {e}")),
+            None => Ok(Vec::new()),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut differs: Vec<Differ<'_>> = due
+        .iter()
+        .zip(&old_members)
+        .map(|(&d, members)| Differ::new(&plans[d].0, plans[d].1, members))
+        .collect();
+    let payload = (src.profiles)(p)?;
+    if let Some(bytes) = payload.as_deref() {
+        let with_traits = differs.iter().any(|d| d.traits);
+        let mut r = Reader::new(bytes);
+        let (mut entries, mut segments) = (Vec::new(), Vec::new());
+        while !r.is_empty() {
+            let key = if with_traits {
+                crate::profile::decode_next(&mut r, bytes.len(), &mut entries, &mut segments)
+            } else {
+                crate::profile::decode_next_segments(&mut r, bytes.len(), &mut segments)
+            }
+            .map_err(|e| anyhow!("profile partition {p}: {e}"))?;
+            for differ in &mut differs {
+                differ.profile(key, &entries, &segments, resolve);
+            }
+        }
+    }
+    drop(payload);
+    for (&d, differ) in due.iter().zip(differs) {
+        let (rows, new_members) = differ.finish(resolve);
+        on_members(jobs[d].dest.id, p, new_members)?;
+        if !rows.is_empty() {
+            let path = jobs[d].runs_dir.join(format!("part-{p:04}.run"));
+            rows.write_run(&path)?;
+            written[d] = Some(path);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Location, SyncType};
-    use crate::profile::Entry;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     /// Today's reference: every row in one list, one stable sort, then adjacent rows of one
     /// user joined.
@@ -1513,6 +1658,164 @@ mod tests {
             traits: false,
         };
         assert_eq!(merged(&runs)[0], uuid_row(77, &[10, 20, 30], &[], &[]));
+    }
+
+    /// Two destinations computed together (one partition decoded once for both) give what
+    /// each gives alone: the same rows and members, with traits only for the one whose
+    /// template uses them, and only the partitions each is due for.
+    #[test]
+    fn destinations_computed_together_equal_each_alone() {
+        let config = Config::parse(
+            Path::new("segmill.toml"),
+            r#"
+[paths]
+inbound = "in"
+state = "state"
+outbound = "out"
+[[data_source]]
+id = 21
+name = "CRM"
+[[trait]]
+id = 5
+data_source = 21
+[[segment]]
+id = 10
+rule = "5T"
+[[segment]]
+id = 20
+rule = "5T"
+[[segment]]
+id = 30
+rule = "5T"
+[[destination]]
+id = 7
+sync_type = "ftp"
+location = "out/7"
+master_dpid = 0
+mode = "iter"
+segments = [10, 20]
+[[destination]]
+id = 8
+sync_type = "ftp"
+location = "out/8"
+master_dpid = 0
+mode = "full"
+segments = [20, 30]
+template = '<UUID>,<TRAIT_LIST;separator=",">'
+"#,
+        )
+        .unwrap();
+        let template = Template::parse(r#"<UUID>,<TRAIT_LIST;separator=",">"#).unwrap();
+        let key = |n: u128| ProfileKey::Uuid(Uuid(n)).encode();
+        // Three partitions: profiles 1-3, none, profiles 4-5.
+        let partitions: Vec<Option<Vec<u8>>> = vec![
+            Some((1..=3u128).collect::<Vec<_>>()),
+            None,
+            Some(vec![4, 5]),
+        ]
+        .into_iter()
+        .map(|users| {
+            users.map(|users| {
+                let mut w = Writer::default();
+                for n in users {
+                    let segments: Vec<u32> = [10, 20, 30]
+                        .into_iter()
+                        .filter(|s| (n as u32 + s / 10).is_multiple_of(2) || n == 5)
+                        .collect();
+                    crate::profile::encode_into(
+                        &mut w,
+                        &key(n),
+                        &[entry(5, 1000 + n as i64)],
+                        &segments,
+                    );
+                }
+                w.buf
+            })
+        })
+        .collect();
+        // Destination 7 last received profile 2 in segment 10 and profile 9 (gone) in 20.
+        let mut old_members = Writer::default();
+        for (n, segs) in [(2u128, &[10u32][..]), (9, &[20])] {
+            old_members.bytes(&key(n));
+            old_members.u32(segs.len() as u32);
+            for s in segs {
+                old_members.u32(*s);
+            }
+        }
+        let old_members = old_members.buf;
+        let view7 = DestinationView::new(&config, &config.destinations[&7], false);
+        let last7 = Some(DestMeta {
+            exported_generation: 1,
+            fingerprint: view7.fingerprint(),
+            last_timestamp_ms: 0,
+        });
+        let profiles = |p: u32| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+            Ok(partitions[p as usize]
+                .as_deref()
+                .map(std::borrow::Cow::Borrowed))
+        };
+        let members = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
+            Ok((name == members_part_name(7, 0)).then(|| old_members.clone()))
+        };
+        let resolve = |_: Dpid, _: &[u8]| None;
+        let sources = Sources {
+            parts: 0..3,
+            profiles: &profiles,
+            members: &members,
+            resolve: &resolve,
+        };
+        // Destination 7 is due for partition 0 only; 8 (full) for every one.
+        let stale7 = |p: u32| p == 0;
+        let stale8 = |_: u32| false;
+        let dir = tempfile::tempdir().unwrap();
+        let compute_in = |name: &str, which: &[u32]| {
+            let jobs: Vec<Job<'_>> = which
+                .iter()
+                .map(|&did| {
+                    let runs_dir = dir.path().join(name).join(did.to_string());
+                    std::fs::create_dir_all(&runs_dir).unwrap();
+                    Job {
+                        dest: &config.destinations[&did],
+                        template: (did == 8).then_some(&template),
+                        full: false,
+                        last: if did == 7 { last7 } else { None },
+                        stale: if did == 7 { &stale7 } else { &stale8 },
+                        runs_dir,
+                    }
+                })
+                .collect();
+            let sink = std::sync::Mutex::new(BTreeMap::new());
+            let out = compute(&config, &jobs, &sources, &|did, p, payload| {
+                sink.lock().unwrap().insert((did, p), payload);
+                Ok(())
+            })
+            .unwrap();
+            let rows: Vec<(u32, Vec<ExportRow>, usize)> = out
+                .iter()
+                .map(|e| (e.view.did, merged(&e.runs), e.runs.files().len()))
+                .collect();
+            (rows, sink.into_inner().unwrap())
+        };
+        let (together, together_members) = compute_in("both", &[7, 8]);
+        let (alone7, members7) = compute_in("seven", &[7]);
+        let (alone8, members8) = compute_in("eight", &[8]);
+        assert_eq!(together, [alone7, alone8].concat());
+        let mut each = members7;
+        each.extend(members8);
+        assert_eq!(together_members, each);
+        // 7 diffed partition 0 only (its members of it plus profile 9's exit); 8 all three.
+        let keys: Vec<_> = together_members.keys().copied().collect();
+        assert_eq!(keys, [(7, 0), (8, 0), (8, 1), (8, 2)]);
+        let (rows7, rows8) = (&together[0].1, &together[1].1);
+        assert!(rows7.iter().all(|r| r.traits.is_empty()));
+        assert!(rows7.iter().any(|r| r.key == key(9) && r.removed == [20]));
+        assert!(rows8.iter().all(|r| r.traits.len() == 1));
+        assert!(rows8.windows(2).all(|w| w[0].key < w[1].key));
+        assert!(
+            rows8
+                .iter()
+                .any(|r| r.key == key(5) && r.segments == [20, 30])
+        );
     }
 
     #[test]
