@@ -253,15 +253,23 @@ impl JobReceipt {
 /// bytes that are not valid UTF-8 as `\xNN`.
 pub fn escape_tsv(bytes: &[u8], out: &mut String) {
     for chunk in bytes.utf8_chunks() {
-        for ch in chunk.valid().chars() {
-            match ch {
-                '\\' => out.push_str("\\\\"),
-                '\t' => out.push_str("\\t"),
-                '\r' => out.push_str("\\r"),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
+        // The escaped characters are ASCII: the text between them is copied as it is.
+        let mut rest = chunk.valid();
+        while let Some(i) = rest
+            .bytes()
+            .position(|b| matches!(b, b'\\' | b'\t' | b'\r' | b'\n'))
+        {
+            let (plain, special) = rest.split_at(i);
+            out.push_str(plain);
+            out.push_str(match special.as_bytes().first() {
+                Some(b'\\') => "\\\\",
+                Some(b'\t') => "\\t",
+                Some(b'\r') => "\\r",
+                _ => "\\n",
+            });
+            rest = special.get(1..).unwrap_or_default();
         }
+        out.push_str(rest);
         for b in chunk.invalid() {
             let _ = write!(out, "\\x{b:02x}");
         }
@@ -311,6 +319,39 @@ mod tests {
         let mut s = String::new();
         escape_tsv(b"a\tb\\c\r\xff", &mut s);
         assert_eq!(s, "a\\tb\\\\c\\r\\xff");
+    }
+
+    proptest::proptest! {
+        /// The escaping agrees with its character-by-character definition, on any bytes.
+        #[test]
+        fn tsv_escaping_agrees_with_its_definition(
+            bytes in proptest::collection::vec(proptest::prop_oneof![
+                proptest::num::u8::ANY,
+                proptest::sample::select(vec![b'\\', b'\t', b'\r', b'\n', b'a']),
+            ], 0..40),
+            prefix in "\\PC{0,4}",
+        ) {
+            let mut input = prefix.into_bytes();
+            input.extend(bytes);
+            let mut want = String::from("kept|");
+            for chunk in input.utf8_chunks() {
+                for ch in chunk.valid().chars() {
+                    match ch {
+                        '\\' => want.push_str("\\\\"),
+                        '\t' => want.push_str("\\t"),
+                        '\r' => want.push_str("\\r"),
+                        '\n' => want.push_str("\\n"),
+                        c => want.push(c),
+                    }
+                }
+                for b in chunk.invalid() {
+                    want.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            let mut got = String::from("kept|");
+            escape_tsv(&input, &mut got);
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]
