@@ -155,10 +155,14 @@ impl UserId<'_> {
         use std::fmt::Write as _;
         out.clear();
         match self {
-            UserId::Uuid(u) => {
+            UserId::Uuid(u) => match u.digits() {
+                // Digits are ASCII.
+                Some(digits) => out.extend(digits.map(char::from)),
                 // Writing to a String cannot fail.
-                let _ = write!(out, "{u}");
-            }
+                None => {
+                    let _ = write!(out, "{u}");
+                }
+            },
             UserId::Text(id) => out.push_str(id),
         }
     }
@@ -186,10 +190,79 @@ pub struct ExportRow {
     pub traits: Vec<(u32, Timestamp)>,
 }
 
-/// `out` = the items of sorted `a` that are in sorted `b`.
-fn intersect_into(a: &[u32], b: &[u32], out: &mut Vec<u32>) {
-    out.clear();
-    out.extend(a.iter().copied().filter(|x| b.binary_search(x).is_ok()));
+/// A destination's active or paused segments, for the test every profile's segments go
+/// through: a bitmap over their span when it is small (catalogs number segments densely), a
+/// binary search otherwise.
+struct SegmentSet {
+    /// The first segment of the span; bit `s - base` of `bits` is segment `s`.
+    base: u32,
+    bits: Vec<u64>,
+    /// The sorted segments, when the span is too wide for a bitmap.
+    sorted: Vec<u32>,
+}
+
+/// The widest span given a bitmap: 128 KiB.
+const SEGMENT_BITMAP_SPAN: u32 = 1 << 20;
+
+impl SegmentSet {
+    fn new(sorted: &[u32]) -> SegmentSet {
+        match (sorted.first(), sorted.last()) {
+            (Some(&lo), Some(&hi)) if hi - lo < SEGMENT_BITMAP_SPAN => {
+                let mut bits = vec![0u64; ((hi - lo) / 64 + 1) as usize];
+                for s in sorted {
+                    let i = (s - lo) as usize;
+                    bits[i / 64] |= 1 << (i % 64);
+                }
+                SegmentSet {
+                    base: lo,
+                    bits,
+                    sorted: Vec::new(),
+                }
+            }
+            _ => SegmentSet {
+                base: 0,
+                bits: Vec::new(),
+                sorted: sorted.to_vec(),
+            },
+        }
+    }
+
+    fn contains(&self, s: u32) -> bool {
+        if self.bits.is_empty() {
+            return self.sorted.binary_search(&s).is_ok();
+        }
+        let Some(i) = s.checked_sub(self.base) else {
+            return false;
+        };
+        let i = i as usize;
+        self.bits.get(i / 64).is_some_and(|w| (w >> (i % 64)) & 1 == 1)
+    }
+
+    /// `out` = the items of `a` in the set, in their order.
+    fn intersect_into(&self, a: &[u32], out: &mut Vec<u32>) {
+        out.clear();
+        out.extend(a.iter().copied().filter(|&x| self.contains(x)));
+    }
+}
+
+/// What a destination's [`Differ`]s share, made once per export: its view, its segment sets,
+/// and whether its rows carry the profiles' traits.
+struct Selection<'v> {
+    view: &'v DestinationView,
+    traits: bool,
+    active: SegmentSet,
+    paused: SegmentSet,
+}
+
+impl Selection<'_> {
+    fn new(view: &DestinationView, traits: bool) -> Selection<'_> {
+        Selection {
+            view,
+            traits,
+            active: SegmentSet::new(&view.active),
+            paused: SegmentSet::new(&view.paused),
+        }
+    }
 }
 
 /// Where one encoded row lies in a [`PartRows`] buffer.
@@ -299,8 +372,7 @@ impl PartRows {
 /// (with traits only when `traits`) and the new members payload. One decoded partition feeds
 /// the differs of every destination that is due.
 struct Differ<'a> {
-    view: &'a DestinationView,
-    traits: bool,
+    selection: &'a Selection<'a>,
     /// The destination's members of this partition, by key; `next` is the first not yet seen.
     members: &'a [Member<'a>],
     next: usize,
@@ -316,10 +388,9 @@ struct Differ<'a> {
 }
 
 impl<'a> Differ<'a> {
-    fn new(view: &'a DestinationView, traits: bool, members: &'a [Member<'a>]) -> Differ<'a> {
+    fn new(selection: &'a Selection<'a>, members: &'a [Member<'a>]) -> Differ<'a> {
         Differ {
-            view,
-            traits,
+            selection,
             members,
             next: 0,
             rows: PartRows::default(),
@@ -368,17 +439,22 @@ impl<'a> Differ<'a> {
         member: Option<&Member<'_>>,
         resolve: &Resolver<'_>,
     ) {
-        let view = self.view;
+        let sel = self.selection;
+        let view = sel.view;
         let Some(user) = view.user_id(key, resolve, &mut self.export_key) else {
             return;
         };
         let segments = profile.map_or(&[][..], |(_, s)| s);
-        intersect_into(segments, &view.active, &mut self.current);
+        sel.active.intersect_into(segments, &mut self.current);
         let old = member.map_or(&[][..], |m| m.segments.as_slice());
-        intersect_into(old, &view.active, &mut self.old_active);
-        intersect_into(old, &view.paused, &mut self.kept_paused);
+        sel.active.intersect_into(old, &mut self.old_active);
+        sel.paused.intersect_into(old, &mut self.kept_paused);
         let emit = match view.mode {
-            ExportMode::Iter => self.current != self.old_active,
+            // Element by element: for these short lists a `memcmp` call costs more.
+            ExportMode::Iter => {
+                self.current.len() != self.old_active.len()
+                    || self.current.iter().zip(&self.old_active).any(|(a, b)| a != b)
+            }
             ExportMode::Full => !self.current.is_empty(),
         };
         if emit {
@@ -393,7 +469,7 @@ impl<'a> Differ<'a> {
                 );
             }
             let entries = match profile {
-                Some((entries, _)) if self.traits => entries,
+                Some((entries, _)) if sel.traits => entries,
                 _ => &[],
             };
             user.write_into(&mut self.user);
@@ -429,7 +505,8 @@ fn diff_partition(
     resolve: &Resolver<'_>,
     traits: bool,
 ) -> (PartRows, Vec<u8>) {
-    let mut differ = Differ::new(view, traits, members);
+    let selection = Selection::new(view, traits);
+    let mut differ = Differ::new(&selection, members);
     for p in profiles {
         differ.profile(p.key, &p.entries, &p.segments, resolve);
     }
@@ -1185,6 +1262,10 @@ pub fn compute(
             (view, traits, everything)
         })
         .collect();
+    let selections: Vec<Selection<'_>> = plans
+        .iter()
+        .map(|(view, traits, _)| Selection::new(view, *traits))
+        .collect();
     let parts: Vec<u32> = src.parts.clone().collect();
     let results: Vec<anyhow::Result<Vec<Option<PathBuf>>>> = parts
         .par_iter()
@@ -1196,7 +1277,7 @@ pub fn compute(
             if due.is_empty() {
                 return Ok(written.keep());
             }
-            diff_due(p, &due, jobs, &plans, src, on_members, &mut written.0)?;
+            diff_due(p, &due, jobs, &selections, src, on_members, &mut written.0)?;
             Ok(written.keep())
         })
         .collect();
@@ -1256,7 +1337,7 @@ fn diff_due(
     p: u32,
     due: &[usize],
     jobs: &[Job<'_>],
-    plans: &[(DestinationView, bool, bool)],
+    selections: &[Selection<'_>],
     src: &Sources<'_, '_>,
     on_members: &MembersSink<'_>,
     written: &mut [Option<PathBuf>],
@@ -1280,11 +1361,11 @@ fn diff_due(
     let mut differs: Vec<Differ<'_>> = due
         .iter()
         .zip(&old_members)
-        .map(|(&d, members)| Differ::new(&plans[d].0, plans[d].1, members))
+        .map(|(&d, members)| Differ::new(&selections[d], members))
         .collect();
     let payload = (src.profiles)(p)?;
     if let Some(bytes) = payload.as_deref() {
-        let with_traits = differs.iter().any(|d| d.traits);
+        let with_traits = differs.iter().any(|d| d.selection.traits);
         let mut r = Reader::new(bytes);
         let (mut entries, mut segments) = (Vec::new(), Vec::new());
         while !r.is_empty() {
@@ -1816,6 +1897,27 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
                 .iter()
                 .any(|r| r.key == key(5) && r.segments == [20, 30])
         );
+    }
+
+    proptest! {
+        /// The bitmap (narrow spans) and the binary search (wide ones) answer alike.
+        #[test]
+        fn segment_sets_contain_exactly_their_segments(
+            set in proptest::collection::btree_set(
+                prop_oneof![0u32..300, 500_000u32..500_300, proptest::num::u32::ANY],
+                0..20,
+            ),
+            probes in proptest::collection::vec(
+                prop_oneof![0u32..300, 500_000u32..500_300, proptest::num::u32::ANY],
+                0..30,
+            ),
+        ) {
+            let sorted: Vec<u32> = set.iter().copied().collect();
+            let s = SegmentSet::new(&sorted);
+            for p in probes.iter().chain(&sorted).copied().chain([0, u32::MAX]) {
+                prop_assert_eq!(s.contains(p), set.contains(&p), "{}", p);
+            }
+        }
     }
 
     #[test]
