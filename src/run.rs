@@ -812,10 +812,9 @@ impl Night<'_> {
             resolve: &resolve,
         };
         // What each destination now holds goes straight into the new generation.
-        let out = export::compute(config, &jobs, &sources, &|did, p, payload| {
+        export::compute(config, &jobs, &sources, &|did, p, payload| {
             staged.write(&export::members_part_name(did, p), &payload)
-        })?;
-        Ok(out)
+        })
     }
 }
 

@@ -206,7 +206,7 @@ const SEGMENT_BITMAP_SPAN: u32 = 1 << 20;
 
 impl SegmentSet {
     fn new(sorted: &[u32]) -> SegmentSet {
-        match (sorted.first(), sorted.last()) {
+        match (sorted.iter().min(), sorted.iter().max()) {
             (Some(&lo), Some(&hi)) if hi - lo < SEGMENT_BITMAP_SPAN => {
                 let mut bits = vec![0u64; ((hi - lo) / 64 + 1) as usize];
                 for s in sorted {
@@ -235,7 +235,9 @@ impl SegmentSet {
             return false;
         };
         let i = i as usize;
-        self.bits.get(i / 64).is_some_and(|w| (w >> (i % 64)) & 1 == 1)
+        self.bits
+            .get(i / 64)
+            .is_some_and(|w| (w >> (i % 64)) & 1 == 1)
     }
 
     /// `out` = the items of `a` in the set, in their order.
@@ -453,7 +455,11 @@ impl<'a> Differ<'a> {
             // Element by element: for these short lists a `memcmp` call costs more.
             ExportMode::Iter => {
                 self.current.len() != self.old_active.len()
-                    || self.current.iter().zip(&self.old_active).any(|(a, b)| a != b)
+                    || self
+                        .current
+                        .iter()
+                        .zip(&self.old_active)
+                        .any(|(a, b)| a != b)
             }
             ExportMode::Full => !self.current.is_empty(),
         };
@@ -1252,6 +1258,7 @@ pub fn compute(
     on_members: &MembersSink<'_>,
 ) -> anyhow::Result<Vec<DestExport>> {
     use rayon::prelude::*;
+    // Per job: its view, whether its rows carry traits, whether every partition is due.
     let plans: Vec<(DestinationView, bool, bool)> = jobs
         .iter()
         .map(|job| {
@@ -1330,7 +1337,7 @@ impl Drop for Written {
     }
 }
 
-/// Diffs partition `p` for the jobs `due` (indexes into `jobs` and `plans`): reads and
+/// Diffs partition `p` for the jobs `due` (indexes into `jobs` and `selections`): reads and
 /// decodes it once, feeding every due destination's [`Differ`], then writes each one's run
 /// file into `written` and hands its members on.
 fn diff_due(
