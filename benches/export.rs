@@ -2,16 +2,23 @@
 //! 64 sorted run files as `compute` leaves them and merged on the way out, to a local folder,
 //! plain and gzip (level 6), with the default line layout and with gen's template
 //! (`<UUID><TAB><SEGMENT_LIST;separator=",">`). Each written file is MD5-hashed and fsynced,
-//! as in a run.
+//! as in a run. Throughput is in bytes of text written.
 //!
-//! Run with `cargo bench --bench export`. Throughput is in bytes of text written.
+//! Export diffing: `outbound::export::compute` over 1M stored profiles (3-6 traits and 1-5
+//! segments each) in 64 partitions, for `segmill gen`'s two destinations at once (an `iter`
+//! one without members yet and a `full` one), writing every partition's sorted run files.
+//! Throughput is in profiles.
+//!
+//! Run with `cargo bench --bench export`.
 
 mod common;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use segmill::config::{Destination, ExportMode, Location, SyncType};
+use segmill::config::{Config, Destination, ExportMode, Location, SyncType};
 use segmill::model::{ProfileKey, Uuid};
-use segmill::outbound::export::{DestinationView, ExportRow, Runs, write_export};
+use segmill::outbound::export::{
+    DestinationView, ExportRow, Job, Runs, Sources, compute, write_export,
+};
 use segmill::outbound::template::Template;
 use std::hint::black_box;
 
@@ -139,5 +146,168 @@ fn export(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, export);
+/// `segmill gen`'s two destinations over 200 segments: 7001 (`iter`, even segments) and 7002
+/// (`full`, every third, gen's template).
+const DIFF_CONFIG: &str = r#"
+[paths]
+inbound = "in"
+state = "state"
+outbound = "out"
+[[data_source]]
+id = 21
+name = "CRM"
+[[trait]]
+id = 1000
+data_source = 21
+[[destination]]
+id = 7001
+sync_type = "s3"
+location = "out/7001"
+master_dpid = 0
+mode = "iter"
+segments = SEGMENTS_7001
+[[destination]]
+id = 7002
+sync_type = "ftp"
+location = "out/7002"
+master_dpid = 0
+mode = "full"
+segments = SEGMENTS_7002
+template = '<UUID><TAB><SEGMENT_LIST;separator=",">'
+"#;
+
+/// A profile before encoding: key, entries, segments.
+type Stored = (Vec<u8>, Vec<segmill::profile::Entry>, Vec<u32>);
+
+/// The stored profile partitions: 1M profiles dealt to 64 partitions by key, each sorted.
+fn profile_partitions(profiles: u64) -> Vec<Vec<u8>> {
+    let mut rng = common::Rng::new(23);
+    let mut keyed: Vec<Vec<Stored>> = vec![Vec::new(); PARTITIONS];
+    for k in 0..profiles {
+        let key = ProfileKey::Uuid(Uuid(common::uuid_of(k))).encode();
+        let mut entries: Vec<segmill::profile::Entry> = (0..3 + rng.below(4))
+            .map(|_| segmill::profile::Entry {
+                trait_id: 1000 + rng.below(5000) as u32,
+                data_source: 21,
+                realized_at: AS_OF - rng.below(86_400 * 30) as i64,
+            })
+            .collect();
+        entries.sort_unstable_by_key(|e| e.trait_id);
+        entries.dedup_by_key(|e| e.trait_id);
+        let mut segments: Vec<u32> = (0..1 + rng.below(5))
+            .map(|_| 500_000 + rng.below(200) as u32)
+            .collect();
+        segments.sort_unstable();
+        segments.dedup();
+        let part = segmill::model::partition_of(&key, PARTITIONS as u32) as usize;
+        if let Some(p) = keyed.get_mut(part) {
+            p.push((key, entries, segments));
+        }
+    }
+    keyed
+        .into_iter()
+        .map(|mut profiles| {
+            profiles.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut w = segmill::codec::Writer::default();
+            for (key, entries, segments) in &profiles {
+                segmill::profile::encode_into(&mut w, key, entries, segments);
+            }
+            w.buf
+        })
+        .collect()
+}
+
+fn diff(c: &mut Criterion) {
+    let profiles = common::size(1_000_000);
+    let list = |step: usize| -> String {
+        let ids: Vec<String> = (500_000..500_200)
+            .step_by(step)
+            .map(|s: u32| s.to_string())
+            .collect();
+        format!("[{}]", ids.join(", "))
+    };
+    let text = DIFF_CONFIG
+        .replace("SEGMENTS_7001", &list(2))
+        .replace("SEGMENTS_7002", &list(3));
+    let mut text = text;
+    for s in 500_000..500_200 {
+        text.push_str(&format!("[[segment]]\nid = {s}\nrule = \"1000T\"\n"));
+    }
+    let config = Config::parse(std::path::Path::new("segmill.toml"), &text).expect("config");
+    let template = Template::parse("<UUID><TAB><SEGMENT_LIST;separator=\",\">").expect("template");
+    let parts = profile_partitions(profiles);
+    let payload = |p: u32| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+        Ok(parts
+            .get(p as usize)
+            .map(|b| std::borrow::Cow::Borrowed(b.as_slice())))
+    };
+    let no_members = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
+    let resolve = |_: u32, _: &[u8]| None;
+    let sources = Sources {
+        parts: 0..PARTITIONS as u32,
+        profiles: &payload,
+        members: &no_members,
+        resolve: &resolve,
+    };
+    let stale = |_: u32| true;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jobs: Vec<Job<'_>> = [7001u32, 7002]
+        .into_iter()
+        .map(|did| {
+            let runs_dir = dir.path().join(did.to_string());
+            std::fs::create_dir(&runs_dir).expect("runs dir");
+            Job {
+                dest: &config.destinations[&did],
+                template: (did == 7002).then_some(&template),
+                full: false,
+                last: None,
+                stale: &stale,
+                runs_dir,
+            }
+        })
+        .collect();
+    let run = || {
+        let members = std::sync::atomic::AtomicU64::new(0);
+        let exports = compute(&config, &jobs, &sources, &|_, _, payload| {
+            members.fetch_add(payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        })
+        .expect("compute");
+        (exports, members.into_inner())
+    };
+    // What the diff must give, checked once: every profile in one of a destination's
+    // segments is a row of it (both are first exports).
+    let decoded: Vec<Vec<u32>> = parts
+        .iter()
+        .flat_map(|p| segmill::profile::decode(p).expect("partition"))
+        .map(|p| p.segments)
+        .collect();
+    let expected = |step: u32| {
+        decoded
+            .iter()
+            .filter(|segs| segs.iter().any(|s| (s - 500_000) % step == 0))
+            .count() as u64
+    };
+    let (exports, _) = run();
+    for (e, step) in exports.iter().zip([2, 3]) {
+        let rows = e.runs.merge(|_| Ok(())).expect("merge runs");
+        assert_eq!(rows, expected(step), "destination {}", e.view.did);
+    }
+    drop(exports);
+
+    let mut group = c.benchmark_group("export_diff");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(profiles));
+    group.bench_function("1m_profiles_2_destinations", |b| {
+        b.iter(|| {
+            let (exports, members) = run();
+            assert_eq!(exports.len(), 2);
+            assert!(members > 0);
+            exports
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, export, diff);
 criterion_main!(benches);
