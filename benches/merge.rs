@@ -56,7 +56,7 @@ fn lines(
     out
 }
 
-fn ops_of(text: &[u8], owners: &AHashMap<u32, u32>, rules: &TraitRules) -> OpBuf {
+fn ops_of(text: &[u8], owners: &segmill::catalog::TraitOwners, rules: &TraitRules) -> OpBuf {
     let index = segmill::idsync::index::IdIndex::default();
     let ctx = FileCtx {
         file: 0,

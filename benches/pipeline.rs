@@ -43,7 +43,7 @@ fn uuid_lines(lines: usize) -> Vec<u8> {
 
 fn kernel(c: &mut Criterion) {
     let text = uuid_lines(100_000);
-    let owners: ahash::AHashMap<TraitId, u32> = (1000..1500).map(|t| (t, 21)).collect();
+    let owners: segmill::catalog::TraitOwners = (1000..1500).map(|t| (t, 21)).collect();
     let index = IdIndex::default();
     let rules = segmill::rules::trait_rule::TraitRules::compile([]).expect("no rules");
     let mut group = c.benchmark_group("process_chunk");

@@ -161,7 +161,7 @@ pub fn push_items(out: &mut Vec<u8>, rng: &mut Rng) {
 }
 
 /// The trait → owner map of the lines: every trait belongs to `DPID`.
-pub fn trait_owner() -> ahash::AHashMap<TraitId, Dpid> {
+pub fn trait_owner() -> segmill::catalog::TraitOwners {
     (FIRST_TRAIT..FIRST_TRAIT + TRAITS)
         .map(|t| (t, DPID))
         .collect()

@@ -14,7 +14,6 @@ use crate::idsync::index::{IdIndex, Target};
 use crate::model::{DeviceFormat, Dpid, TraitId, Uuid, id_hash, partition_of};
 use crate::parse::{Item, LineKind, items, lines, parse_line};
 use crate::rules::trait_rule::{Scratch, TraitRules};
-use ahash::AHashMap;
 use smallvec::SmallVec;
 
 /// How a file's ID column is validated and resolved (CONTRACT §3).
@@ -40,7 +39,7 @@ pub struct FileCtx<'a> {
     pub overwrite: bool,
     pub id_kind: IdKind,
     /// Trait → owning data source.
-    pub trait_owner: &'a AHashMap<TraitId, Dpid>,
+    pub trait_owner: &'a crate::catalog::TraitOwners,
     /// Rule-based qualification of key-value and `ic` signals.
     pub rules: &'a TraitRules,
     /// The ID index customer IDs are looked up in. `None` defers the lookups to the resolve
@@ -596,9 +595,9 @@ fn push_op(
                 continue;
             }
         };
-        match ctx.trait_owner.get(&trait_id) {
+        match ctx.trait_owner.get(trait_id) {
             None => {}
-            Some(&owner) if owner != ctx.target_ds => failed += 1,
+            Some(owner) if owner != ctx.target_ds => failed += 1,
             Some(_) => buf.acts.push(Act {
                 item: index,
                 trait_id,

@@ -765,7 +765,7 @@ mod tests {
     const DAY: i64 = SECONDS_PER_DAY;
 
     struct World {
-        owners: AHashMap<TraitId, Dpid>,
+        owners: crate::catalog::TraitOwners,
         ttl: AHashMap<TraitId, u32>,
         rules: crate::rules::trait_rule::TraitRules,
         segments: SegmentRules,
@@ -774,9 +774,7 @@ mod tests {
 
     fn world() -> World {
         // Traits 24..=27 belong to data source 21 (TTL 1 day for 27), 40 to data source 22.
-        let owners = [(24, 21), (25, 21), (26, 21), (27, 21), (40, 22)]
-            .into_iter()
-            .collect();
+        let owners = [(24, 21), (25, 21), (26, 21), (27, 21), (40, 22)];
         let ttl = [(24, 120), (25, 120), (26, 0), (27, 1), (40, 120)]
             .into_iter()
             .collect();
@@ -786,9 +784,7 @@ mod tests {
             (29, 22, r#"product == "tablet""#),
         ])
         .unwrap();
-        let mut owners: AHashMap<TraitId, Dpid> = owners;
-        owners.insert(28, 21);
-        owners.insert(29, 22);
+        let owners = owners.into_iter().chain([(28, 21), (29, 22)]).collect();
         let segments = SegmentRules::compile([
             (1001, "24T AND 25T"),
             (1002, "NOT 27T"),
