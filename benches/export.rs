@@ -266,15 +266,19 @@ fn diff(c: &mut Criterion) {
             }
         })
         .collect();
-    let run = || {
-        let members = std::sync::atomic::AtomicU64::new(0);
-        let exports = compute(&config, &jobs, &sources, &|_, _, payload| {
-            members.fetch_add(payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let run_with = |jobs: &[Job<'_>], sources: &Sources<'_, '_>| {
+        let members = std::sync::Mutex::new(std::collections::BTreeMap::new());
+        let exports = compute(&config, jobs, sources, &|did, p, payload| {
+            members
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .insert((did, p), payload);
             Ok(())
         })
         .expect("compute");
-        (exports, members.into_inner())
+        (exports, members.into_inner().expect("members"))
     };
+    let run = || run_with(&jobs, &sources);
     // What the diff must give, checked once: every profile in one of a destination's
     // segments is a row of it (both are first exports).
     let decoded: Vec<Vec<u32>> = parts
@@ -288,11 +292,49 @@ fn diff(c: &mut Criterion) {
             .filter(|segs| segs.iter().any(|s| (s - 500_000) % step == 0))
             .count() as u64
     };
-    let (exports, _) = run();
+    let (exports, first_members) = run();
     for (e, step) in exports.iter().zip([2, 3]) {
         let rows = e.runs.merge(|_| Ok(())).expect("merge runs");
         assert_eq!(rows, expected(step), "destination {}", e.view.did);
     }
+    drop(exports);
+
+    // The next night's export of the same profiles: every partition is diffed against the
+    // members the first one left. The `iter` destination sends nothing, the `full` one all.
+    let by_name: std::collections::BTreeMap<String, Vec<u8>> = first_members
+        .iter()
+        .map(|(&(did, p), payload)| {
+            let name = segmill::outbound::export::members_part_name(did, p);
+            (name, payload.clone())
+        })
+        .collect();
+    let stored_members =
+        |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(by_name.get(name).cloned()) };
+    let again = Sources {
+        parts: 0..PARTITIONS as u32,
+        profiles: &payload,
+        members: &stored_members,
+        resolve: &resolve,
+    };
+    let next_jobs: Vec<Job<'_>> = jobs
+        .iter()
+        .map(|j| Job {
+            last: Some(segmill::outbound::export::DestMeta {
+                exported_generation: 1,
+                fingerprint: DestinationView::new(&config, j.dest, false).fingerprint(),
+                last_timestamp_ms: AS_OF * 1000,
+            }),
+            runs_dir: j.runs_dir.clone(),
+            ..*j
+        })
+        .collect();
+    let (exports, members) = run_with(&next_jobs, &again);
+    let rows: Vec<u64> = exports
+        .iter()
+        .map(|e| e.runs.merge(|_| Ok(())).expect("merge runs"))
+        .collect();
+    assert_eq!(rows, [0, expected(3)]);
+    assert_eq!(members, first_members);
     drop(exports);
 
     let mut group = c.benchmark_group("export_diff");
@@ -302,7 +344,15 @@ fn diff(c: &mut Criterion) {
         b.iter(|| {
             let (exports, members) = run();
             assert_eq!(exports.len(), 2);
-            assert!(members > 0);
+            assert_eq!(members.len(), 2 * PARTITIONS);
+            exports
+        })
+    });
+    group.bench_function("1m_profiles_2_destinations_next_night", |b| {
+        b.iter(|| {
+            let (exports, members) = run_with(&next_jobs, &again);
+            assert_eq!(exports.len(), 2);
+            assert_eq!(members.len(), 2 * PARTITIONS);
             exports
         })
     });
