@@ -371,7 +371,7 @@ impl PartRows {
 
 /// Diffs one partition's profiles against a destination's members, fed the profiles in key
 /// order ([`Differ::profile`]) and then finished ([`Differ::finish`]): the rows to export
-/// (with traits only when `traits`) and the new members payload. One decoded partition feeds
+/// (with traits only when its [`Selection`] asks for them) and the new members payload. One decoded partition feeds
 /// the differs of every destination that is due.
 struct Differ<'a> {
     selection: &'a Selection<'a>,
@@ -1207,7 +1207,7 @@ pub fn batch_timestamp_ms(as_of: Timestamp, last: Option<DestMeta>) -> i64 {
 pub struct DestExport {
     pub view: DestinationView,
     /// The rows, in run files sorted by user. New members payloads went to
-    /// [`Outputs::on_members`] as each partition was diffed.
+    /// [`compute`]'s members sink as each partition was diffed.
     pub runs: Runs,
 }
 
