@@ -54,6 +54,7 @@ pub fn decode_members(payload: &[u8]) -> Result<Vec<Member<'_>>, Truncated> {
 }
 
 /// What a destination takes from profiles: which segments, which ID space.
+#[derive(Clone)]
 pub struct DestinationView {
     pub did: u32,
     /// Active (not paused) segments of the destination, sorted.
@@ -247,22 +248,26 @@ impl SegmentSet {
     }
 }
 
-/// What a destination's [`Differ`]s share, made once per export: its view, its segment sets,
-/// and whether its rows carry the profiles' traits.
-struct Selection<'v> {
-    view: &'v DestinationView,
+/// One destination's export as [`compute`] plans it, shared by its [`Differ`]s: its view, its
+/// segment sets, whether its rows carry the profiles' traits, and whether every partition is
+/// due (a full export, a new destination, or a changed selection) or only stale ones.
+struct Selection {
+    view: DestinationView,
     traits: bool,
+    everything: bool,
     active: SegmentSet,
     paused: SegmentSet,
 }
 
-impl Selection<'_> {
-    fn new(view: &DestinationView, traits: bool) -> Selection<'_> {
+impl Selection {
+    fn new(view: DestinationView, traits: bool, everything: bool) -> Selection {
+        let (active, paused) = (SegmentSet::new(&view.active), SegmentSet::new(&view.paused));
         Selection {
             view,
             traits,
-            active: SegmentSet::new(&view.active),
-            paused: SegmentSet::new(&view.paused),
+            everything,
+            active,
+            paused,
         }
     }
 }
@@ -371,10 +376,10 @@ impl PartRows {
 
 /// Diffs one partition's profiles against a destination's members, fed the profiles in key
 /// order ([`Differ::profile`]) and then finished ([`Differ::finish`]): the rows to export
-/// (with traits only when its [`Selection`] asks for them) and the new members payload. One decoded partition feeds
-/// the differs of every destination that is due.
+/// (with traits only when its [`Selection`] asks for them) and the new members payload. One
+/// decoded partition feeds the differs of every destination that is due.
 struct Differ<'a> {
-    selection: &'a Selection<'a>,
+    selection: &'a Selection,
     /// The destination's members of this partition, by key; `next` is the first not yet seen.
     members: &'a [Member<'a>],
     next: usize,
@@ -390,7 +395,7 @@ struct Differ<'a> {
 }
 
 impl<'a> Differ<'a> {
-    fn new(selection: &'a Selection<'a>, members: &'a [Member<'a>]) -> Differ<'a> {
+    fn new(selection: &'a Selection, members: &'a [Member<'a>]) -> Differ<'a> {
         Differ {
             selection,
             members,
@@ -442,7 +447,7 @@ impl<'a> Differ<'a> {
         resolve: &Resolver<'_>,
     ) {
         let sel = self.selection;
-        let view = sel.view;
+        let view = &sel.view;
         let Some(user) = view.user_id(key, resolve, &mut self.export_key) else {
             return;
         };
@@ -511,7 +516,7 @@ fn diff_partition(
     resolve: &Resolver<'_>,
     traits: bool,
 ) -> (PartRows, Vec<u8>) {
-    let selection = Selection::new(view, traits);
+    let selection = Selection::new(view.clone(), traits, true);
     let mut differ = Differ::new(&selection, members);
     for p in profiles {
         differ.profile(p.key, &p.entries, &p.segments, resolve);
@@ -1258,27 +1263,22 @@ pub fn compute(
     on_members: &MembersSink<'_>,
 ) -> anyhow::Result<Vec<DestExport>> {
     use rayon::prelude::*;
-    // Per job: its view, whether its rows carry traits, whether every partition is due.
-    let plans: Vec<(DestinationView, bool, bool)> = jobs
+    let selections: Vec<Selection> = jobs
         .iter()
         .map(|job| {
             let view = DestinationView::new(config, job.dest, job.full);
             let traits = job.template.is_some_and(Template::uses_traits);
             let everything = view.mode == ExportMode::Full
                 || job.last.is_none_or(|m| m.fingerprint != view.fingerprint());
-            (view, traits, everything)
+            Selection::new(view, traits, everything)
         })
-        .collect();
-    let selections: Vec<Selection<'_>> = plans
-        .iter()
-        .map(|(view, traits, _)| Selection::new(view, *traits))
         .collect();
     let parts: Vec<u32> = src.parts.clone().collect();
     let results: Vec<anyhow::Result<Vec<Option<PathBuf>>>> = parts
         .par_iter()
         .map(|&p| {
             let due: Vec<usize> = (0..jobs.len())
-                .filter(|&d| plans[d].2 || (jobs[d].stale)(p))
+                .filter(|&d| selections[d].everything || (jobs[d].stale)(p))
                 .collect();
             let mut written = Written(vec![None; jobs.len()]);
             if due.is_empty() {
@@ -1288,11 +1288,11 @@ pub fn compute(
             Ok(written.keep())
         })
         .collect();
-    let mut all: Vec<Runs> = plans
+    let mut all: Vec<Runs> = selections
         .iter()
-        .map(|&(_, traits, _)| Runs {
+        .map(|s| Runs {
             files: Vec::with_capacity(parts.len()),
-            traits,
+            traits: s.traits,
         })
         .collect();
     let mut first_error = None;
@@ -1312,10 +1312,10 @@ pub fn compute(
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(plans
+    Ok(selections
         .into_iter()
         .zip(all)
-        .map(|((view, _, _), runs)| DestExport { view, runs })
+        .map(|(s, runs)| DestExport { view: s.view, runs })
         .collect())
 }
 
@@ -1344,7 +1344,7 @@ fn diff_due(
     p: u32,
     due: &[usize],
     jobs: &[Job<'_>],
-    selections: &[Selection<'_>],
+    selections: &[Selection],
     src: &Sources<'_, '_>,
     on_members: &MembersSink<'_>,
     written: &mut [Option<PathBuf>],
