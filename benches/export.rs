@@ -210,7 +210,7 @@ fn profile_partitions(profiles: u64) -> Vec<Vec<u8>> {
             profiles.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let mut w = segmill::codec::Writer::default();
             for (key, entries, segments) in &profiles {
-                segmill::profile::encode_into(&mut w, key, entries, segments);
+                segmill::profile::encode_into(&mut w, key, Default::default(), entries, segments);
             }
             w.buf
         })

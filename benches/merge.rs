@@ -129,6 +129,7 @@ fn merge(c: &mut Criterion) {
         reevaluate_all: false,
         recency_days: &recency,
         previous_as_of: None,
+        trust_events: true,
     };
 
     let stored_ops = ops_of(&stored_text, &owners, &rules);

@@ -79,6 +79,14 @@ impl<'a> Reader<'a> {
     pub fn offset(&self) -> usize {
         self.pos
     }
+    /// Bytes left to read.
+    pub fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+    /// The bytes read since offset `start` (an earlier [`offset`](Self::offset)).
+    pub fn consumed_since(&self, start: usize) -> &'a [u8] {
+        &self.buf[start.min(self.pos)..self.pos]
+    }
     /// The next `n` bytes.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], Truncated> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
@@ -154,39 +162,6 @@ impl<'a> Reader<'a> {
         let n = usize::try_from(self.varint()?).map_err(|_| Truncated { offset: self.pos })?;
         self.take(n)
     }
-    /// Skips `n` varints without decoding them: only that each ends within the buffer is
-    /// checked, not its form. A varint ends at each byte below 0x80, counted 8 bytes at a time.
-    pub fn skip_varints(&mut self, n: usize) -> Result<(), Truncated> {
-        let (buf, mut pos, mut left) = (self.buf, self.pos, n);
-        while left > 0 {
-            if let Some(word) = buf.get(pos..).and_then(|b| b.first_chunk::<8>()) {
-                let ends = !u64::from_le_bytes(*word) & 0x8080_8080_8080_8080;
-                let count = ends.count_ones() as usize;
-                if count < left {
-                    left -= count;
-                    pos += 8;
-                    continue;
-                }
-                // The `left`-th end in this word is the last byte to skip.
-                let mut e = ends;
-                for _ in 1..left {
-                    e &= e - 1;
-                }
-                pos += (e.trailing_zeros() / 8) as usize + 1;
-                left = 0;
-            } else {
-                let Some(&b) = buf.get(pos) else {
-                    return Err(Truncated { offset: self.pos });
-                };
-                pos += 1;
-                if b < 0x80 {
-                    left -= 1;
-                }
-            }
-        }
-        self.pos = pos;
-        Ok(())
-    }
     /// A varint that must fit in `u32`.
     pub fn varint_u32(&mut self) -> Result<u32, Truncated> {
         let start = self.pos;
@@ -252,28 +227,6 @@ mod tests {
             let mut r = Reader::new(&bytes);
             let got = r.varint().ok().map(|v| (v, r.offset()));
             prop_assert_eq!(got, reference_varint(&bytes));
-        }
-
-        #[test]
-        fn skip_varints_lands_where_reading_does(
-            values in proptest::collection::vec(any::<u64>().prop_map(|v| v >> (v % 64)), 0..40),
-            skip in 0usize..45,
-            tail in 0usize..3,
-        ) {
-            let mut w = Writer::default();
-            for &v in &values {
-                w.varint(v);
-            }
-            // An unfinished varint at the end, which a skip must not count.
-            w.buf.extend(std::iter::repeat_n(0x80, tail));
-            let mut read = Reader::new(&w.buf);
-            let expected = (0..skip).try_for_each(|_| read.varint().map(drop)).map(|()| read.offset());
-            let mut skipped = Reader::new(&w.buf);
-            let got = skipped.skip_varints(skip).map(|()| skipped.offset());
-            prop_assert_eq!(got.is_ok(), expected.is_ok());
-            if let (Ok(g), Ok(e)) = (got, expected) {
-                prop_assert_eq!(g, e);
-            }
         }
     }
 }

@@ -26,6 +26,13 @@ fn current(config: &Config) -> anyhow::Result<Option<(Generation, StateMeta)>> {
     Ok(Some((g, meta)))
 }
 
+/// Profile partition `name` of `g` in this build's layout (empty when there is none).
+fn profile_partition(g: &Generation, name: &str) -> anyhow::Result<Vec<u8>> {
+    let payload = g.read(name)?.unwrap_or_default();
+    crate::profile::in_current_layout(g.manifest.format_version, payload)
+        .map_err(|e| anyhow!("{name}: {e}"))
+}
+
 fn time(ts: i64) -> String {
     jiff::Timestamp::from_second(ts).map_or_else(|_| ts.to_string(), |t| t.to_string())
 }
@@ -83,7 +90,7 @@ pub fn profile(config: &Config, id: &str, dpid: Option<Dpid>) -> anyhow::Result<
     for key in keys {
         let encoded = key.encode();
         let name = crate::profile::part_name(partition_of(&encoded, meta.partitions));
-        let payload = g.read(&name)?.unwrap_or_default();
+        let payload = profile_partition(&g, &name)?;
         let profiles = crate::profile::decode(&payload).map_err(|e| anyhow!("{name}: {e}"))?;
         match profiles.iter().find(|p| p.key == encoded.as_slice()) {
             None => {
@@ -142,7 +149,7 @@ pub fn stats(config: &Config) -> anyhow::Result<String> {
     let mut mappings: BTreeMap<(String, Dpid), u64> = BTreeMap::new();
     for (name, _) in g.files() {
         if name.starts_with("profiles/") {
-            let payload = g.read(name)?.unwrap_or_default();
+            let payload = profile_partition(&g, name)?;
             for p in crate::profile::decode(&payload).map_err(|e| anyhow!("{name}: {e}"))? {
                 profiles += 1;
                 memberships += p.entries.len() as u64;

@@ -137,9 +137,11 @@ pub struct StateMeta {
     pub ttl_fingerprint: u64,
     /// Fingerprint of the segment definitions the stored memberships were computed with.
     pub segments_fingerprint: u64,
-    /// Per profile partition: the earliest expiry of any realization in it.
+    /// Per profile partition: the start of the day of the earliest expiry of any realization
+    /// in it (at or before the moment itself; see `profile::Events`).
     pub min_expiry: Vec<Option<Timestamp>>,
-    /// Per profile partition: the earliest moment a recency term can change a membership.
+    /// Per profile partition: the start of the day of the earliest moment a recency term can
+    /// change a membership.
     #[serde(default)]
     pub min_flip: Vec<Option<Timestamp>>,
     /// Per profile partition: whether it holds cross-device customer-ID profiles.
@@ -558,21 +560,39 @@ impl Night<'_> {
             reevaluate_all: self.reevaluate_all(),
             recency_days: &self.catalog.recency_days,
             previous_as_of: self.parent_meta.as_ref().map(|m| m.as_of),
+            trust_events: self.events_hold(),
         }
+    }
+
+    /// The format version of the state this night starts from (this build's for a new one).
+    fn parent_format(&self) -> u32 {
+        self.parent
+            .as_ref()
+            .map_or(crate::state::FORMAT_VERSION, |g| g.manifest.format_version)
+    }
+
+    /// Whether the stored state's times of expiry and of recency flips still hold: it was
+    /// written in this format, under tonight's TTLs and segment definitions.
+    fn events_hold(&self) -> bool {
+        self.parent_format() == crate::state::FORMAT_VERSION
+            && !self.reevaluate_all()
+            && self
+                .parent_meta
+                .as_ref()
+                .is_some_and(|m| m.ttl_fingerprint == self.ttl_fingerprint)
     }
 
     /// Whether partition `p` can be carried over unchanged: no op tonight, and nothing in it
     /// expires or changes membership by the clock.
     fn quiet(&self, p: u32, no_ops: bool) -> bool {
         no_ops
-            && !self.reevaluate_all()
+            && self.events_hold()
             && self.parent_meta.as_ref().is_some_and(|m| {
-                m.ttl_fingerprint == self.ttl_fingerprint
-                    && m.min_expiry
-                        .get(p as usize)
-                        .copied()
-                        .flatten()
-                        .is_none_or(|t| self.opts.as_of < t)
+                m.min_expiry
+                    .get(p as usize)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|t| self.opts.as_of < t)
                     && m.min_flip
                         .get(p as usize)
                         .copied()
@@ -692,13 +712,24 @@ impl Night<'_> {
         let bufs = ops.unwrap_or_default();
         let refs: Vec<&OpBuf> = bufs.iter().collect();
         let name = crate::profile::part_name(p);
-        let old = self.parent_file(&name)?;
+        let format = self.parent_format();
+        let old = match self.parent_file(&name)? {
+            Some(payload) => Some(
+                crate::profile::in_current_layout(format, payload)
+                    .map_err(|e| anyhow!("profile partition {name} (format {format}): {e}"))?,
+            ),
+            None => None,
+        };
         let mut out = merge_partition(old.as_deref(), &refs, ctx)
             .map_err(|e| anyhow!("profile partition {name}: {e}"))?;
         drop(refs);
         drop(bufs);
-        drop(old);
-        if let Some(payload) = out.payload.take() {
+        // A partition of an older format is written in this one even when nothing changed.
+        let payload = match out.payload.take() {
+            None if format < crate::state::FORMAT_VERSION => old,
+            payload => payload,
+        };
+        if let Some(payload) = payload {
             staged.write(&name, &payload)?;
         }
         Ok(Some(out))

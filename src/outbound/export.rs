@@ -1376,14 +1376,18 @@ fn diff_due(
         let mut r = Reader::new(bytes);
         let (mut entries, mut segments) = (Vec::new(), Vec::new());
         while !r.is_empty() {
-            let key = if with_traits {
-                crate::profile::decode_next(&mut r, bytes.len(), &mut entries, &mut segments)
-            } else {
-                crate::profile::decode_next_segments(&mut r, bytes.len(), &mut segments)
-            }
-            .map_err(|e| anyhow!("profile partition {p}: {e}"))?;
+            let stored = crate::profile::next_stored(&mut r)
+                .and_then(|stored| {
+                    if with_traits {
+                        crate::profile::decode_body(&stored, &mut entries, &mut segments)
+                    } else {
+                        crate::profile::decode_segments_only(&stored, &mut segments)
+                    }
+                    .map(|()| stored)
+                })
+                .map_err(|e| anyhow!("profile partition {p}: {e}"))?;
             for differ in &mut differs {
-                differ.profile(key, &entries, &segments, resolve);
+                differ.profile(stored.key, &entries, &segments, resolve);
             }
         }
     }
@@ -1404,6 +1408,7 @@ fn diff_due(
 mod tests {
     use super::*;
     use crate::config::{Location, SyncType};
+    use crate::profile::Events;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -1676,16 +1681,19 @@ mod tests {
         let profiles = vec![
             Profile {
                 key: &uuid_key,
+                events: Events::default(),
                 entries: vec![entry(5, 1000)],
                 segments: vec![10, 11, 20],
             },
             Profile {
                 key: &customer_key,
+                events: Events::default(),
                 entries: vec![entry(6, 2000)],
                 segments: vec![30],
             },
             Profile {
                 key: &unsynced_key,
+                events: Events::default(),
                 entries: Vec::new(),
                 segments: vec![10],
             },
@@ -1813,6 +1821,7 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
                     crate::profile::encode_into(
                         &mut w,
                         &key(n),
+                        Events::default(),
                         &[entry(5, 1000 + n as i64)],
                         &segments,
                     );

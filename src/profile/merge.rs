@@ -10,7 +10,7 @@
 
 #[cfg(test)]
 use super::decode;
-use super::{Entry, decode_next, encode_into};
+use super::{Entry, Events, Stored, decode_body, encode_into, next_stored};
 use crate::codec::{Reader, Truncated, Writer};
 use crate::idsync::index::prefetch_read;
 use crate::idsync::store::id_prefix;
@@ -22,7 +22,7 @@ use ahash::AHashMap;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-pub const SECONDS_PER_DAY: i64 = 86_400;
+pub use super::SECONDS_PER_DAY;
 
 /// What the merge needs to know of each file of the run, by file index.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +48,11 @@ pub struct MergeCtx<'a> {
     /// The as-of time of the state being merged into: recency windows that closed or opened
     /// in (previous, now] make a profile's memberships due again.
     pub previous_as_of: Option<Timestamp>,
+    /// The stored profiles' [`Events`] were computed under tonight's TTLs and segment rules: a
+    /// stored profile with no op tonight and no event by the as-of time is copied through
+    /// without reading its body. When `false`, every profile is read and its events computed
+    /// again.
+    pub trust_events: bool,
 }
 
 /// The result of merging one partition. Serialized without its payload by a staged run's
@@ -296,8 +301,11 @@ pub fn merge_partition(
     // The new partition is about the old one plus what tonight's lines add: reserving it
     // up front saves copying the buffer as it grows (an estimate; too little only costs that).
     w.buf.reserve(old.len() + refs.len() * 48);
-    // The stored profile at the head of the stream: its key and its encoded bytes.
-    let mut head = next_stored(&mut stored, old, &mut scratch)?;
+    // Quiet stored profiles are copied through a run at a time: from `quiet_from` in `old` to
+    // the current head, flushed before anything else is written.
+    let mut quiet_from = 0usize;
+    let mut rewritten = false;
+    let mut head = next(&mut stored)?;
     let mut j = 0usize;
     loop {
         // In key order the ops, their keys and their acts are scattered over the night's
@@ -311,18 +319,37 @@ pub fn merge_partition(
         }
         let new = refs.get(j).map(|&r| (r.prefix, night.key(r)));
         // Keys are compared by their first 8 bytes as integers first, as the sort did.
-        let (key, raw, with_ops) = match (head, new) {
-            (Some((o, raw)), Some((prefix, n))) => {
-                match id_prefix(o).cmp(&prefix).then_with(|| cmp_keys(o, n)) {
-                    Ordering::Equal => (o, Some(raw), true),
-                    Ordering::Less => (o, Some(raw), false),
+        let (key, from_store, with_ops) = match (head, new) {
+            (Some(o), Some((prefix, n))) => {
+                match id_prefix(o.key)
+                    .cmp(&prefix)
+                    .then_with(|| cmp_keys(o.key, n))
+                {
+                    Ordering::Equal => (o.key, Some(o), true),
+                    Ordering::Less => (o.key, Some(o), false),
                     Ordering::Greater => (n, None, true),
                 }
             }
-            (Some((o, raw)), None) => (o, Some(raw), false),
+            (Some(o), None) => (o.key, Some(o), false),
             (None, Some((_, n))) => (n, None, true),
             (None, None) => break,
         };
+        if let Some(o) = from_store
+            && !with_ops
+            && ctx.trust_events
+            && o.events.quiet_at(ctx.as_of)
+        {
+            // Nothing can have changed: count it and leave its bytes in the run to copy.
+            out.profiles += 1;
+            out.memberships += u64::from(o.entries);
+            out.has_customer |= o.key.first() == Some(&ProfileKey::TAG_CUSTOMER);
+            fold_events(&mut out, o.events);
+            head = next(&mut stored)?;
+            continue;
+        }
+        // The head is this profile or one after it: the quiet run ends where the head starts.
+        w.buf
+            .extend_from_slice(&old[quiet_from..start_of(&stored, head)]);
         let group = if with_ops {
             let start = j;
             j = night.group_end(&refs, start);
@@ -330,9 +357,9 @@ pub fn merge_partition(
         } else {
             &refs[0..0]
         };
-        merge_profile(
+        rewritten |= merge_profile(
             key,
-            raw,
+            from_store,
             group,
             night,
             ctx,
@@ -341,12 +368,14 @@ pub fn merge_partition(
             &mut seg_scratch,
             &mut facts,
             &mut w,
-        );
-        if raw.is_some() {
-            head = next_stored(&mut stored, old, &mut scratch)?;
+        )?;
+        if from_store.is_some() {
+            head = next(&mut stored)?;
         }
+        quiet_from = start_of(&stored, head);
     }
-    if out.changed_profiles > 0 || out.membership_changes > 0 {
+    if rewritten {
+        w.buf.extend_from_slice(&old[quiet_from..]);
         out.payload = Some(w.buf);
     }
     for (job, heap) in scratch.ntr.into_iter().enumerate() {
@@ -355,33 +384,41 @@ pub fn merge_partition(
     Ok(out)
 }
 
-/// A stored profile's key and encoded bytes (its entries and segments are decoded into
-/// [`Scratch`]).
-type StoredProfile<'a> = (&'a [u8], &'a [u8]);
-
-/// Decodes the next stored profile into `s.old_entries` and `s.old_segments`; returns its key
-/// and its encoded bytes, or `None` at the end of the partition.
-fn next_stored<'a>(
-    r: &mut Reader<'a>,
-    payload: &'a [u8],
-    s: &mut Scratch,
-) -> Result<Option<StoredProfile<'a>>, Truncated> {
+/// The next stored profile's header, or `None` at the end of the partition.
+fn next<'a>(r: &mut Reader<'a>) -> Result<Option<Stored<'a>>, Truncated> {
     if r.is_empty() {
-        return Ok(None);
+        Ok(None)
+    } else {
+        next_stored(r).map(Some)
     }
-    let start = r.offset();
-    let key = decode_next(r, payload.len(), &mut s.old_entries, &mut s.old_segments)?;
-    Ok(Some((key, &payload[start..r.offset()])))
 }
 
-/// Merges one profile: the stored one (`raw` its encoded bytes, decoded in `s.old_entries` and
-/// `s.old_segments`) or a new one (`raw` = `None`), with its `group` of tonight's ops (sorted
-/// by run position; empty if none). Appends the result to `w` unless the profile ends up
-/// without traits.
+/// Where `head`, the profile `r` last read (or the end, for `None`), starts in the partition.
+fn start_of(r: &Reader<'_>, head: Option<Stored<'_>>) -> usize {
+    r.offset() - head.map_or(0, |o| o.raw.len())
+}
+
+/// Counts a written profile's events into the partition's earliest ones.
+fn fold_events(out: &mut PartOut, events: Events) {
+    let earliest = |m: Option<Timestamp>, day: Option<u32>| match (m, day) {
+        (m, None) => m,
+        (m, Some(d)) => {
+            let t = Events::start_of(d);
+            Some(m.map_or(t, |m| m.min(t)))
+        }
+    };
+    out.min_expiry = earliest(out.min_expiry, events.expiry_day);
+    out.min_flip = earliest(out.min_flip, events.flip_day);
+}
+
+/// Merges one profile: the stored one (`stored`, its body still encoded) or a new one
+/// (`stored` = `None`), with its `group` of tonight's ops (sorted by run position; empty if
+/// none). Appends the result to `w` unless the profile ends up without traits. Returns whether
+/// the partition's bytes changed: the profile was written anew or dropped, not copied.
 #[allow(clippy::too_many_arguments)]
 fn merge_profile(
     key: &[u8],
-    raw: Option<&[u8]>,
+    stored: Option<Stored<'_>>,
     group: &[OpRef],
     night: Night<'_>,
     ctx: &MergeCtx<'_>,
@@ -390,11 +427,18 @@ fn merge_profile(
     seg_scratch: &mut SegScratch,
     facts: &mut FactsCache<'_>,
     w: &mut Writer,
-) {
-    let is_new = raw.is_none();
+) -> Result<bool, Truncated> {
+    let is_new = stored.is_none();
+    match &stored {
+        Some(o) => decode_body(o, &mut s.old_entries, &mut s.old_segments)?,
+        None => {
+            s.old_entries.clear();
+            s.old_segments.clear();
+        }
+    }
     let mut entries = std::mem::take(&mut s.entries);
     entries.clear();
-    entries.extend_from_slice(&s.old_entries[..if is_new { 0 } else { s.old_entries.len() }]);
+    entries.extend_from_slice(&s.old_entries);
     let before = entries.len();
     entries.retain(|e| expiry(e, facts.get(e.trait_id)).is_none_or(|t| ctx.as_of < t));
     let expired = (before - entries.len()) as u64;
@@ -406,18 +450,14 @@ fn merge_profile(
     if changed {
         out.changed_profiles += 1;
     }
-    let (old_entries, old_segments): (&[Entry], &[u32]) = if is_new {
-        (&[], &[])
-    } else {
-        (&s.old_entries, &s.old_segments)
-    };
+    let (old_entries, old_segments): (&[Entry], &[u32]) = (&s.old_entries, &s.old_segments);
     if entries.is_empty() {
         // A profile without traits is dropped, with every membership it had.
         if !old_segments.is_empty() {
             out.membership_changes += 1;
         }
         s.entries = entries;
-        return;
+        return Ok(true);
     }
     let flipped = recency_flipped(&entries, ctx, facts);
     let segments: &[u32] = if ctx.reevaluate_all || changed || flipped {
@@ -439,24 +479,43 @@ fn merge_profile(
     out.profiles += 1;
     out.memberships += entries.len() as u64;
     out.has_customer |= key.first() == Some(&ProfileKey::TAG_CUSTOMER);
-    for e in &entries {
+    let events = events_of(&entries, ctx, facts);
+    fold_events(out, events);
+    let rewritten = match stored {
+        // Same entries, segments and events: the stored bytes are what `encode_into` would
+        // write (decoding accepts one encoding per value, and the encoding is a function of
+        // them).
+        Some(o) if !changed && same(segments, old_segments) && events == o.events => {
+            w.buf.extend_from_slice(o.raw);
+            false
+        }
+        _ => {
+            encode_into(w, key, events, &entries, segments);
+            true
+        }
+    };
+    s.entries = entries;
+    Ok(rewritten)
+}
+
+/// When a profile of `entries`, written tonight, can next change by the clock alone.
+fn events_of(entries: &[Entry], ctx: &MergeCtx<'_>, facts: &mut FactsCache<'_>) -> Events {
+    let (mut expiry_at, mut flip_at): (Option<Timestamp>, Option<Timestamp>) = (None, None);
+    for e in entries {
         let f = facts.get(e.trait_id);
         if let Some(t) = expiry(e, f) {
-            out.min_expiry = Some(out.min_expiry.map_or(t, |m| m.min(t)));
+            expiry_at = Some(expiry_at.map_or(t, |m| m.min(t)));
         }
         for t in flip_times(e, f) {
             if t > ctx.as_of {
-                out.min_flip = Some(out.min_flip.map_or(t, |m| m.min(t)));
+                flip_at = Some(flip_at.map_or(t, |m| m.min(t)));
             }
         }
     }
-    match raw {
-        // Same entries, same segments: the stored bytes are what `encode_into` would write
-        // (decoding accepts one encoding per value, and the encoding is a function of them).
-        Some(raw) if !changed && same(segments, old_segments) => w.buf.extend_from_slice(raw),
-        _ => encode_into(w, key, &entries, segments),
+    Events {
+        expiry_day: expiry_at.map(Events::day_of),
+        flip_day: flip_at.map(Events::day_of),
     }
-    s.entries = entries;
 }
 
 /// Bytewise order of two keys, 8 bytes at a time: keys are short (17 bytes for a UUID), and a
@@ -802,8 +861,20 @@ mod tests {
     }
 
     /// Runs `files` ((text, overwrite, target data source)) through the kernel and merges them
-    /// into `old` at `as_of`.
+    /// into `old` at `as_of`, trusting the stored profiles' events.
     fn merge(w: &World, old: Option<&[u8]>, files: &[(&str, bool, Dpid)], as_of: i64) -> PartOut {
+        merge_with(w, old, files, as_of, None, true)
+    }
+
+    /// [`merge`] into a state of as-of time `previous`, trusting the stored events or not.
+    fn merge_with(
+        w: &World,
+        old: Option<&[u8]>,
+        files: &[(&str, bool, Dpid)],
+        as_of: i64,
+        previous: Option<i64>,
+        trust_events: bool,
+    ) -> PartOut {
         let index = IdIndex::default();
         let outs: Vec<_> = files
             .iter()
@@ -838,7 +909,8 @@ mod tests {
             segments: &w.segments,
             reevaluate_all: false,
             recency_days: &w.recency,
-            previous_as_of: None,
+            previous_as_of: previous,
+            trust_events,
         };
         let bufs: Vec<&OpBuf> = outs.iter().map(|o| &o.parts[0]).collect();
         merge_partition(old, &bufs, &ctx).unwrap()
@@ -935,7 +1007,8 @@ mod tests {
             &[(&format!("{U}\td_sid=27,d_sid=26\n"), false, 21)],
             1000,
         );
-        assert_eq!(out1.min_expiry, Some(1000 + DAY));
+        // Day-start granularity: at or before the moment itself.
+        assert_eq!(out1.min_expiry, Some(DAY));
         let just_before = merge(&w, out1.payload.as_deref(), &[], 1000 + DAY - 1);
         assert_eq!(just_before.expired, 0);
         assert!(
@@ -1045,5 +1118,55 @@ mod tests {
             10 * DAY,
         );
         assert_eq!(segments(&out4), vec![1001, 1002, 1003]);
+    }
+
+    proptest::proptest! {
+        /// Copying quiet profiles through unread changes nothing: over any sequence of nights
+        /// (lines or none, TTLs running out, recency windows passing), a merge that trusts the
+        /// stored events gives the same partition and counters as one that reads every profile.
+        #[test]
+        fn trusting_stored_events_changes_nothing(
+            nights in proptest::collection::vec(
+                (
+                    proptest::collection::vec(
+                        (0usize..3, proptest::collection::vec(0usize..7, 1..4)),
+                        0..4,
+                    ),
+                    proptest::bool::weighted(0.2),
+                    0usize..7,
+                ),
+                1..7,
+            )
+        ) {
+            const ITEMS: [&str; 7] =
+                ["d_sid=24", "d_sid=25", "d_sid=26", "d_sid=27", "d_unsid=24", "d_unsid=27", "d_sid=40"];
+            const STEPS: [i64; 7] = [1, 3600, DAY - 1, DAY, DAY + 1, 3 * DAY, 121 * DAY];
+            let users = [U, "00000000000000000000000000000000000017", "99999999999999999999999999999999999999"];
+            let w = world();
+            let (mut trusted, mut read): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
+            let (mut as_of, mut previous) = (1000i64, None);
+            for (lines, overwrite, step) in nights {
+                let text: String = lines
+                    .iter()
+                    .map(|(user, items)| {
+                        let items: Vec<&str> = items.iter().map(|&i| ITEMS[i]).collect();
+                        format!("{}\t{}\n", users[*user], items.join(","))
+                    })
+                    .collect();
+                let files = [(text.as_str(), overwrite, 21)];
+                let files = if text.is_empty() { &files[..0] } else { &files[..] };
+                let a = merge_with(&w, trusted.as_deref(), files, as_of, previous, true);
+                let b = merge_with(&w, read.as_deref(), files, as_of, previous, false);
+                proptest::prop_assert_eq!(format!("{a:?}"), format!("{b:?}"));
+                if a.payload.is_some() {
+                    trusted = a.payload;
+                }
+                if b.payload.is_some() {
+                    read = b.payload;
+                }
+                previous = Some(as_of);
+                as_of += STEPS[step];
+            }
+        }
     }
 }

@@ -1,10 +1,26 @@
 //! The partitioned profile store: every profile's trait realizations, one file per partition,
 //! profiles sorted by encoded key ([`crate::model::ProfileKey::encode`]).
+//!
+//! A stored profile is a header the merge can act on without decoding the rest, then a body:
+//!
+//! ```text
+//! key (varint length, bytes) | entry count | expiry day | flip day | body length | body
+//! body: segment count, segments | entries (trait ID, data source, realization time)
+//! ```
+//!
+//! The days ([`Events`]) say when the profile can next change with no line of its own: an
+//! entry expiring, or a recency window of a segment opening or closing. A night whose as-of
+//! time is before both copies the profile's bytes through without reading its body, so a
+//! night's merge costs a header per quiet profile instead of a decode. The segments come first
+//! in the body because an export reads them and skips the entries by the body length.
 
 pub mod merge;
 
 use crate::codec::{Reader, Truncated, Writer};
 use crate::model::{Dpid, Timestamp, TraitId};
+
+/// Seconds in a day: [`Events`] are stored as days.
+pub const SECONDS_PER_DAY: i64 = 86_400;
 
 /// One trait realization on a profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,14 +31,60 @@ pub struct Entry {
     pub realized_at: Timestamp,
 }
 
+/// When a stored profile can next change by the clock alone, as whole days since the Unix
+/// epoch, rounded down (so at or before the moment itself: a night on that day reads the
+/// profile and finds out). `None`: never, under the TTLs and segment rules it was written with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Events {
+    /// The day its earliest-expiring entry expires.
+    pub expiry_day: Option<u32>,
+    /// The day of the earliest moment after it was written at which a recency term over one of
+    /// its traits changes its answer.
+    pub flip_day: Option<u32>,
+}
+
+impl Events {
+    /// The day of moment `t` (clamped to day 0 before the epoch).
+    pub fn day_of(t: Timestamp) -> u32 {
+        u32::try_from(t.max(0).div_euclid(SECONDS_PER_DAY)).unwrap_or(u32::MAX)
+    }
+
+    /// The first moment of `day`.
+    pub fn start_of(day: u32) -> Timestamp {
+        i64::from(day) * SECONDS_PER_DAY
+    }
+
+    /// Whether nothing can change by the clock up to and including `as_of`.
+    pub fn quiet_at(self, as_of: Timestamp) -> bool {
+        [self.expiry_day, self.flip_day]
+            .into_iter()
+            .flatten()
+            .all(|day| as_of < Events::start_of(day))
+    }
+}
+
 /// One stored profile, borrowing its partition's bytes for the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Profile<'a> {
     pub key: &'a [u8],
+    pub events: Events,
     /// Sorted by trait ID, one entry per trait.
     pub entries: Vec<Entry>,
     /// The segments the profile qualified for when it last changed, sorted.
     pub segments: Vec<u32>,
+}
+
+/// A stored profile's header, with its body and its whole encoding still undecoded.
+#[derive(Clone, Copy, Debug)]
+pub struct Stored<'a> {
+    pub key: &'a [u8],
+    /// How many entries the body holds.
+    pub entries: u32,
+    pub events: Events,
+    /// Segments then entries, for [`decode_body`].
+    pub body: &'a [u8],
+    /// The profile's whole encoding, header included.
+    pub raw: &'a [u8],
 }
 
 /// The state-relative name of a profile partition.
@@ -37,9 +99,11 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Profile<'_>>, Truncated> {
     while !r.is_empty() {
         let mut entries = Vec::new();
         let mut segments = Vec::new();
-        let key = decode_next(&mut r, payload.len(), &mut entries, &mut segments)?;
+        let stored = next_stored(&mut r)?;
+        decode_body(&stored, &mut entries, &mut segments)?;
         out.push(Profile {
-            key,
+            key: stored.key,
+            events: stored.events,
             entries,
             segments,
         });
@@ -47,21 +111,90 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Profile<'_>>, Truncated> {
     Ok(out)
 }
 
-/// Decodes the profile at `r` (a reader over a partition of `payload_len` bytes) into `entries`
-/// and `segments`, which are cleared first, and returns its key. [`decode`] one profile at a
-/// time, for callers that reuse their buffers across profiles.
-pub fn decode_next<'a>(
+/// A profile partition of a state of format `format_version` in this build's layout: the
+/// payload itself, or for format 1 (no headers, entries before segments) the same profiles
+/// re-encoded with no [`Events`], which a run must not trust (see `MergeCtx::trust_events`).
+pub fn in_current_layout(format_version: u32, payload: Vec<u8>) -> Result<Vec<u8>, Truncated> {
+    if format_version >= 2 {
+        return Ok(payload);
+    }
+    let mut r = Reader::new(&payload);
+    let mut w = Writer::default();
+    w.buf.reserve(payload.len() + payload.len() / 8);
+    let (mut entries, mut segments) = (Vec::new(), Vec::new());
+    while !r.is_empty() {
+        let key = decode_v1(&mut r, &mut entries, &mut segments)?;
+        encode_into(&mut w, key, Events::default(), &entries, &segments);
+    }
+    Ok(w.buf)
+}
+
+/// Decodes one profile of format 1: key, entry count, entries, segment count, segments.
+fn decode_v1<'a>(
     r: &mut Reader<'a>,
-    payload_len: usize,
     entries: &mut Vec<Entry>,
     segments: &mut Vec<u32>,
 ) -> Result<&'a [u8], Truncated> {
-    entries.clear();
-    segments.clear();
     let key = r.short_bytes()?;
     let n = r.varint_u32()? as usize;
+    entries.clear();
+    entries.reserve(n.min(r.remaining() / 3));
+    decode_entries(r, n, entries)?;
+    decode_segments(r, segments)?;
+    Ok(key)
+}
+
+/// Reads the header of the profile at `r` and steps over its body.
+pub fn next_stored<'a>(r: &mut Reader<'a>) -> Result<Stored<'a>, Truncated> {
+    let start = r.offset();
+    let key = r.short_bytes()?;
+    let entries = r.varint_u32()?;
+    let expiry_day = day(r)?;
+    let flip_day = day(r)?;
+    let len = usize::try_from(r.varint()?).map_err(|_| Truncated { offset: r.offset() })?;
+    let body = r.take(len)?;
+    Ok(Stored {
+        key,
+        entries,
+        events: Events {
+            expiry_day,
+            flip_day,
+        },
+        body,
+        raw: r.consumed_since(start),
+    })
+}
+
+/// An optional day: 0 for none, else the day plus one.
+fn day(r: &mut Reader<'_>) -> Result<Option<u32>, Truncated> {
+    let at = r.offset();
+    match r.varint()? {
+        0 => Ok(None),
+        v => u32::try_from(v - 1)
+            .map(Some)
+            .map_err(|_| Truncated { offset: at }),
+    }
+}
+
+/// Decodes a stored profile's body into `entries` and `segments`, which are cleared first. The
+/// body must hold exactly what its header counts.
+pub fn decode_body(
+    stored: &Stored<'_>,
+    entries: &mut Vec<Entry>,
+    segments: &mut Vec<u32>,
+) -> Result<(), Truncated> {
+    entries.clear();
+    let mut r = Reader::new(stored.body);
+    decode_segments(&mut r, segments)?;
+    let n = stored.entries as usize;
     // Each entry takes at least 3 bytes: a lying count cannot reserve much.
-    entries.reserve(n.min(payload_len / 3));
+    entries.reserve(n.min(r.remaining() / 3));
+    decode_entries(&mut r, n, entries)?;
+    ended(&r)
+}
+
+/// Appends `n` delta-encoded entries to `entries`.
+fn decode_entries(r: &mut Reader<'_>, n: usize, entries: &mut Vec<Entry>) -> Result<(), Truncated> {
     let (mut trait_id, mut realized_at) = (0i64, 0i64);
     for _ in 0..n {
         let at = r.offset();
@@ -74,35 +207,29 @@ pub fn decode_next<'a>(
             realized_at,
         });
     }
-    decode_segments(r, payload_len, segments)?;
-    Ok(key)
+    Ok(())
 }
 
-/// [`decode_next`] for readers that need no trait realizations (an export without
-/// `TRAIT_LIST`): the entries are skipped, not decoded, so their form is not checked.
-pub fn decode_next_segments<'a>(
-    r: &mut Reader<'a>,
-    payload_len: usize,
-    segments: &mut Vec<u32>,
-) -> Result<&'a [u8], Truncated> {
+/// Decodes only a stored profile's segments into `segments` (cleared first), for readers that
+/// need no trait realizations (an export without `TRAIT_LIST`): the entries are not read.
+pub fn decode_segments_only(stored: &Stored<'_>, segments: &mut Vec<u32>) -> Result<(), Truncated> {
+    decode_segments(&mut Reader::new(stored.body), segments)
+}
+
+/// A body must end where its last entry does: one encoding per profile.
+fn ended(r: &Reader<'_>) -> Result<(), Truncated> {
+    if r.is_empty() {
+        Ok(())
+    } else {
+        Err(Truncated { offset: r.offset() })
+    }
+}
+
+/// Reads a counted segment list into `segments` (cleared first).
+fn decode_segments(r: &mut Reader<'_>, segments: &mut Vec<u32>) -> Result<(), Truncated> {
     segments.clear();
-    let key = r.short_bytes()?;
-    let n = r.varint()?;
-    // An entry is three varints: trait ID, data source, realization time.
-    let varints = usize::try_from(n.saturating_mul(3)).unwrap_or(usize::MAX);
-    r.skip_varints(varints)?;
-    decode_segments(r, payload_len, segments)?;
-    Ok(key)
-}
-
-/// Appends a profile's counted segment list to `segments` (empty).
-fn decode_segments(
-    r: &mut Reader<'_>,
-    payload_len: usize,
-    segments: &mut Vec<u32>,
-) -> Result<(), Truncated> {
     let m = r.varint_u32()? as usize;
-    segments.reserve(m.min(payload_len));
+    segments.reserve(m.min(r.remaining()));
     let mut segment = 0i64;
     for _ in 0..m {
         let at = r.offset();
@@ -117,9 +244,28 @@ fn decode_segments(
 /// time and segment ID as a zigzag varint of its difference to the previous one (entries are
 /// sorted by trait and mostly realized by the same run, so most entries take 3-4 bytes instead
 /// of 16).
-pub fn encode_into(w: &mut Writer, key: &[u8], entries: &[Entry], segments: &[u32]) {
+pub fn encode_into(
+    w: &mut Writer,
+    key: &[u8],
+    events: Events,
+    entries: &[Entry],
+    segments: &[u32],
+) {
     w.short_bytes(key);
     w.varint(entries.len() as u64);
+    for day in [events.expiry_day, events.flip_day] {
+        w.varint(day.map_or(0, |d| u64::from(d) + 1));
+    }
+    // The body's length goes before it: one byte is reserved, and the body moves up in the
+    // rare case its length takes more.
+    let len_at = w.buf.len();
+    w.buf.push(0);
+    w.varint(segments.len() as u64);
+    let mut segment = 0i64;
+    for &s in segments {
+        w.zigzag(i64::from(s).wrapping_sub(segment));
+        segment = i64::from(s);
+    }
     let (mut trait_id, mut realized_at) = (0i64, 0i64);
     for e in entries {
         w.zigzag(i64::from(e.trait_id).wrapping_sub(trait_id));
@@ -128,11 +274,15 @@ pub fn encode_into(w: &mut Writer, key: &[u8], entries: &[Entry], segments: &[u3
         trait_id = i64::from(e.trait_id);
         realized_at = e.realized_at;
     }
-    w.varint(segments.len() as u64);
-    let mut segment = 0i64;
-    for &s in segments {
-        w.zigzag(i64::from(s).wrapping_sub(segment));
-        segment = i64::from(s);
+    let len = w.buf.len() - len_at - 1;
+    if len < 0x80 {
+        w.buf[len_at] = len as u8;
+    } else {
+        let mut prefix = Writer::default();
+        prefix.varint(len as u64);
+        w.buf
+            .splice(len_at..=len_at, prefix.buf.iter().copied())
+            .for_each(drop);
     }
 }
 
@@ -148,19 +298,25 @@ mod tests {
             data_source: 21,
             realized_at: 1_700_000_000,
         };
-        encode_into(&mut w, b"k1", &[e], &[1001, 1002]);
-        encode_into(&mut w, b"k2", &[], &[]);
+        let events = Events {
+            expiry_day: Some(19_800),
+            flip_day: None,
+        };
+        encode_into(&mut w, b"k1", events, &[e], &[1001, 1002]);
+        encode_into(&mut w, b"k2", Events::default(), &[], &[]);
         let profiles = decode(&w.buf).unwrap();
         assert_eq!(
             profiles,
             vec![
                 Profile {
                     key: b"k1",
+                    events,
                     entries: vec![e],
                     segments: vec![1001, 1002]
                 },
                 Profile {
                     key: b"k2",
+                    events: Events::default(),
                     entries: vec![],
                     segments: vec![]
                 }
@@ -169,27 +325,108 @@ mod tests {
         assert!(decode(&w.buf[..w.buf.len() - 2]).is_err());
     }
 
+    #[test]
+    fn format_1_partitions_are_read_in_the_current_layout() {
+        // Two profiles as format 1 wrote them: key, entry count, entries (trait, data source
+        // and time as deltas), segment count, segments (as deltas).
+        let mut v1 = Writer::default();
+        v1.short_bytes(b"k1");
+        v1.varint(2);
+        for (trait_delta, ds, time_delta) in [(24, 21, 1_700_000_000), (3, 21, 0)] {
+            v1.zigzag(trait_delta);
+            v1.varint(ds);
+            v1.zigzag(time_delta);
+        }
+        v1.varint(2);
+        v1.zigzag(1001);
+        v1.zigzag(1);
+        v1.short_bytes(b"k2");
+        v1.varint(0);
+        v1.varint(0);
+        let upgraded = in_current_layout(1, v1.buf.clone()).unwrap();
+        let entry = |trait_id| Entry {
+            trait_id,
+            data_source: 21,
+            realized_at: 1_700_000_000,
+        };
+        assert_eq!(
+            decode(&upgraded).unwrap(),
+            vec![
+                Profile {
+                    key: b"k1",
+                    events: Events::default(),
+                    entries: vec![entry(24), entry(27)],
+                    segments: vec![1001, 1002],
+                },
+                Profile {
+                    key: b"k2",
+                    events: Events::default(),
+                    entries: vec![],
+                    segments: vec![],
+                },
+            ]
+        );
+        assert_eq!(in_current_layout(2, upgraded.clone()).unwrap(), upgraded);
+        assert!(in_current_layout(1, v1.buf[..v1.buf.len() - 1].to_vec()).is_err());
+    }
+
+    #[test]
+    fn a_body_longer_than_its_counts_is_an_error() {
+        let mut w = Writer::default();
+        encode_into(&mut w, b"k", Events::default(), &[], &[7]);
+        // Body length 2 (segment count, one segment) becomes 3 with a stray byte after it.
+        let body_len_at = 1 + 1 + 1 + 2;
+        assert_eq!(w.buf[body_len_at], 2);
+        w.buf[body_len_at] = 3;
+        w.buf.push(0);
+        assert!(decode(&w.buf).is_err());
+    }
+
+    #[test]
+    fn events_are_quiet_before_their_first_day() {
+        let day = Events::day_of(1_795_399_200);
+        assert_eq!(Events::start_of(day), 1_795_392_000);
+        let events = Events {
+            expiry_day: Some(day),
+            flip_day: Some(day + 3),
+        };
+        assert!(events.quiet_at(Events::start_of(day) - 1));
+        assert!(!events.quiet_at(Events::start_of(day)));
+        assert!(Events::default().quiet_at(i64::MAX));
+        assert_eq!(Events::day_of(-5), 0);
+    }
+
+    /// A profile's fields: key, events, entries (trait, data source, time), segments.
+    type Fields = (Vec<u8>, Events, Vec<(u32, u32, i64)>, Vec<u32>);
+
+    /// Any profile, at the extremes of every field.
+    fn any_profile() -> impl proptest::strategy::Strategy<Value = Fields> {
+        use proptest::prelude::*;
+        let day = proptest::option::of(any::<u32>());
+        (
+            proptest::collection::vec(any::<u8>(), 0..40),
+            (day.clone(), day).prop_map(|(expiry_day, flip_day)| Events {
+                expiry_day,
+                flip_day,
+            }),
+            proptest::collection::vec((any::<u32>(), any::<u32>(), any::<i64>()), 0..12),
+            // Long enough lists for a body of more than 127 bytes.
+            proptest::collection::vec(any::<u32>(), 0..40),
+        )
+    }
+
     proptest::proptest! {
-        /// Any profiles round-trip, sorted or not, at the extremes of every field.
+        /// Any profiles round-trip, sorted or not.
         #[test]
         fn any_profiles_round_trip(
-            profiles in proptest::collection::vec(
-                (
-                    proptest::collection::vec(proptest::num::u8::ANY, 0..40),
-                    proptest::collection::vec(
-                        (proptest::num::u32::ANY, proptest::num::u32::ANY, proptest::num::i64::ANY),
-                        0..12,
-                    ),
-                    proptest::collection::vec(proptest::num::u32::ANY, 0..12),
-                ),
-                0..8,
-            )
+            profiles in proptest::collection::vec(any_profile(), 0..8)
         ) {
             let mut w = Writer::default();
             let want: Vec<Profile<'_>> = profiles
                 .iter()
-                .map(|(key, entries, segments)| Profile {
+                .map(|(key, events, entries, segments)| Profile {
                     key,
+                    events: *events,
                     entries: entries
                         .iter()
                         .map(|&(trait_id, data_source, realized_at)| Entry {
@@ -202,15 +439,23 @@ mod tests {
                 })
                 .collect();
             for p in &want {
-                encode_into(&mut w, p.key, &p.entries, &p.segments);
+                encode_into(&mut w, p.key, p.events, &p.entries, &p.segments);
             }
             proptest::prop_assert_eq!(&decode(&w.buf).unwrap(), &want);
-            // Skipping the entries gives the same keys and segments.
+            // The headers alone give the same keys, counts and events, and the segments alone
+            // the same segments; each profile's bytes are its encoding.
             let mut r = Reader::new(&w.buf);
             let mut segments = Vec::new();
             for p in &want {
-                let key = decode_next_segments(&mut r, w.buf.len(), &mut segments).unwrap();
-                proptest::prop_assert_eq!((key, &segments), (p.key, &p.segments));
+                let stored = next_stored(&mut r).unwrap();
+                decode_segments_only(&stored, &mut segments).unwrap();
+                proptest::prop_assert_eq!(
+                    (stored.key, stored.entries as usize, stored.events, &segments),
+                    (p.key, p.entries.len(), p.events, &p.segments)
+                );
+                let mut one = Writer::default();
+                encode_into(&mut one, p.key, p.events, &p.entries, &p.segments);
+                proptest::prop_assert_eq!(stored.raw, &one.buf[..]);
             }
             proptest::prop_assert!(r.is_empty());
             // Every strict prefix of a non-empty payload is an error or fewer profiles, never
@@ -231,7 +476,7 @@ mod tests {
             if let Ok(profiles) = decode(&payload) {
                 let mut w = Writer::default();
                 for p in &profiles {
-                    encode_into(&mut w, p.key, &p.entries, &p.segments);
+                    encode_into(&mut w, p.key, p.events, &p.entries, &p.segments);
                 }
                 proptest::prop_assert_eq!(w.buf, payload);
             }
@@ -247,13 +492,18 @@ mod tests {
                 realized_at: 1_795_222_800,
             })
             .collect();
+        let events = Events {
+            expiry_day: Some(Events::day_of(1_795_222_800) + 120),
+            flip_day: None,
+        };
         let mut w = Writer::default();
-        encode_into(&mut w, &[0u8; 17], &entries, &[5001, 5007]);
-        // Key (1 + 17), count, first entry (trait 2, source 1, time 5), five more of 3 bytes
-        // each, segment count, two segments (2 + 1): 46 bytes, where fixed widths took 133.
+        encode_into(&mut w, &[0u8; 17], events, &entries, &[5001, 5007]);
+        // Key (1 + 17), count, expiry day (3), no flip day, body length, segment count, two
+        // segments (2 + 1), first entry (trait 2, source 1, time 5), five more of 3 bytes
+        // each: 50 bytes, where fixed widths took 133.
         assert_eq!(
             w.buf.len(),
-            18 + 1 + (2 + 1 + 5) + 5 * (1 + 1 + 1) + 1 + 2 + 1
+            18 + 1 + 3 + 1 + 1 + 1 + 2 + 1 + (2 + 1 + 5) + 5 * (1 + 1 + 1)
         );
     }
 

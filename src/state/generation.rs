@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::fsutil::{self, FOOTER_LEN};
-use super::{CURRENT, FORMAT_VERSION, StateError};
+use super::{CURRENT, FORMAT_VERSION, OLDEST_FORMAT_VERSION, StateError};
 
 /// Suffix of a generation folder under construction.
 pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
@@ -241,7 +241,7 @@ impl Generation {
                 supported: FORMAT_VERSION,
             });
         }
-        if version.format_version < FORMAT_VERSION {
+        if version.format_version < OLDEST_FORMAT_VERSION {
             return Err(StateError::corrupt(
                 &path,
                 format!("unknown format version {}", version.format_version),

@@ -45,9 +45,17 @@ pub use ledger::{LEDGER_FILE, Ledger, LedgerEntry, LedgerError, Outcome};
 pub use lock::LockGuard;
 pub use verify::{Problem, VerifyReport, verify};
 
-/// Version of the state layout this build reads and writes. A state written by a newer
-/// segmill is refused rather than misread.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the state layout this build writes. A state written by a newer segmill is
+/// refused rather than misread.
+///
+/// - 1: the first layout.
+/// - 2: each stored profile starts with a header (entry count, expiry and recency days, body
+///   length) and keeps its segments before its entries (`profile` module). A state of format
+///   1 is read, and the first run over it rewrites every profile partition in format 2.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest layout this build reads (and upgrades on its next run).
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Name of the file inside the root that names the current generation.
 const CURRENT: &str = "CURRENT";
@@ -418,7 +426,7 @@ mod tests {
         );
         let text = String::from_utf8(manifest).unwrap();
         assert!(
-            text.starts_with("{\n  \"format_version\": 1,\n  \"generation\": 1,\n"),
+            text.starts_with("{\n  \"format_version\": 2,\n  \"generation\": 1,\n"),
             "{text}"
         );
         assert!(
@@ -567,7 +575,7 @@ mod tests {
         let path = gen1.dir.join("manifest.json");
         let text = fs::read_to_string(&path)
             .unwrap()
-            .replace("\"format_version\": 1", "\"format_version\": 2");
+            .replace("\"format_version\": 2", "\"format_version\": 3");
         fs::write(&path, &text).unwrap();
         write_atomic(
             &state.root().join(CURRENT),
@@ -579,8 +587,8 @@ mod tests {
             matches!(
                 err,
                 StateError::TooNew {
-                    found: 2,
-                    supported: 1,
+                    found: 3,
+                    supported: 2,
                     ..
                 }
             ),
@@ -588,7 +596,7 @@ mod tests {
         );
         assert!(
             err.to_string()
-                .ends_with("reads at most version 1; upgrade segmill"),
+                .ends_with("reads at most version 2; upgrade segmill"),
             "{err}"
         );
     }

@@ -273,7 +273,7 @@ fn check_generation(generation: &Generation, buf: &mut Vec<u8>, report: &mut Ver
                 continue;
             }
         }
-        match check_content(rel, buf, partitions) {
+        match check_content(rel, buf, partitions, generation.manifest.format_version) {
             Ok(()) => {}
             Err(Content::Bad(reason)) => report.problem(&path, reason),
             Err(Content::Unknown) => report.notes.push(format!(
@@ -292,9 +292,14 @@ enum Content {
     Unknown,
 }
 
-/// Decodes the verified payload of `rel` with the decoder of its kind, and checks that its
-/// partition number is below `partitions` (when known).
-fn check_content(rel: &str, payload: &[u8], partitions: Option<u32>) -> Result<(), Content> {
+/// Decodes the verified payload of `rel` (of a state of `format`) with the decoder of its
+/// kind, and checks that its partition number is below `partitions` (when known).
+fn check_content(
+    rel: &str,
+    payload: &[u8],
+    partitions: Option<u32>,
+    format: u32,
+) -> Result<(), Content> {
     if rel == LEDGER_FILE {
         return Ledger::from_bytes(payload)
             .map(drop)
@@ -318,6 +323,9 @@ fn check_content(rel: &str, payload: &[u8], partitions: Option<u32>) -> Result<(
         )));
     }
     let decoded = match kind {
+        "profile" if format < crate::state::FORMAT_VERSION => {
+            crate::profile::in_current_layout(format, payload.to_vec()).map(drop)
+        }
         "profile" => crate::profile::decode(payload).map(drop),
         "ID-sync" => crate::idsync::store::decode(payload).map(drop),
         _ => crate::outbound::export::decode_members(payload).map(drop),
@@ -358,7 +366,7 @@ mod tests {
         let gen1 = wtr.commit(meta(2), 3).unwrap();
         let wtr = state.begin(Some(&gen1)).unwrap();
         let mut w = crate::codec::Writer::default();
-        crate::profile::encode_into(&mut w, b"key", &[], &[7]);
+        crate::profile::encode_into(&mut w, b"key", Default::default(), &[], &[7]);
         wtr.write("profiles/part-0001", &w.buf).unwrap();
         let record = crate::idsync::store::Record {
             id: b"c1",
