@@ -1402,3 +1402,119 @@ fn a_second_export_at_the_same_time_does_not_overwrite_the_first() {
     assert_eq!(out.code, 0, "{out:#?}");
     assert_eq!(batch(&env, 7001, &root), iter_line(&u1, "3001", ""));
 }
+
+/// A state written in format 1, before profiles carried their expiry and recency days, is
+/// read, verified and upgraded. `tests/fixtures/format-1` holds the state and exports segmill
+/// wrote at commit c9bf961 for `segments_day1` plus a profile D with only a trait that never
+/// expires, alone in its partition (so nothing in that partition changes on day 2, and the
+/// partition must still be rewritten). Days 2 and 3 over it give the same profiles and the
+/// same exports as over the state this build writes on day 1, and leave format 2.
+#[test]
+fn a_format_1_state_is_read_and_upgraded_by_the_next_run() {
+    let catalog = format!(
+        "{}\n[[trait]]\nid = 15\ndata_source = 21\nttl_days = 0\n",
+        segment_catalog()
+    );
+    let (a, b, c, d) = (uuid(0xA), uuid(0xB), uuid(0xC), uuid(0xD));
+    let (fresh, old) = (Env::new(), Env::new());
+    for env in [&fresh, &old] {
+        env.config(4, &catalog);
+        env.put(
+            &uuid_file(21, TS1, "sync"),
+            format!(
+                "{a}\td_sid=11,d_sid=12\n{b}\td_sid=13\n{c}\td_sid=11,d_sid=13\n{d}\td_sid=15\n"
+            )
+            .as_bytes(),
+        );
+    }
+    fresh.run_ok(DAY1, 0);
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1");
+    copy_tree(&fixture.join("state"), &old.state());
+    copy_tree(&fixture.join("out"), &old.root().join("out"));
+    let format = |env: &Env| {
+        let current = read_text(&env.state().join("CURRENT"));
+        let generation = current
+            .split_whitespace()
+            .next()
+            .expect("CURRENT names a generation");
+        read_json(&env.state().join(generation).join("manifest.json"))["format_version"].clone()
+    };
+    assert_eq!(format(&old), 1);
+    let verified = old.segmill(&["state", "verify", "--all"]);
+    assert_eq!(verified.code, 0, "{verified:#?}");
+    let same = |day: &str| {
+        for user in [&a, &b, &c, &d] {
+            assert_eq!(
+                old.inspect_profile(user, None),
+                fresh.inspect_profile(user, None),
+                "{user} on {day}"
+            );
+        }
+        assert_eq!(
+            snapshot(&old.root().join("out"), |_| false),
+            snapshot(&fresh.root().join("out"), |_| false),
+            "exports after {day}"
+        );
+    };
+    same(DAY1);
+    // Day 2: A's trait 12 expires and B loses its only trait (see
+    // `segment_membership_follows_rules_recency_and_ttl`); day 3, recency windows close.
+    for env in [&old, &fresh] {
+        env.put(
+            &uuid_file(21, TS2, "sync"),
+            format!("{b}\td_unsid=13\n{c}\td_sid=14\n").as_bytes(),
+        );
+        env.run_ok(DAY2, 0);
+        assert_eq!(env.run_report(&run_id(2, DAY2))["expired_traits"], 1);
+    }
+    same(DAY2);
+    assert_eq!(format(&old), 2);
+    let verified = old.segmill(&["state", "verify", "--all"]);
+    assert_eq!(verified.code, 0, "{verified:#?}");
+    for env in [&old, &fresh] {
+        env.put(
+            &uuid_file(21, TS3, "sync"),
+            format!("{c}\td_sid=14\n").as_bytes(),
+        );
+        env.run_ok(DAY3, 0);
+    }
+    same(DAY3);
+    assert_eq!(segments_of(&old, &a), "2002, 2003");
+    assert_eq!(traits_of(&old, &d), [15]);
+}
+
+/// A profile's stored expiry day holds only under the TTLs it was written with: after a TTL
+/// is shortened, the next run reads every profile again, and a trait past its new TTL
+/// expires even on a profile no line touched.
+#[test]
+fn a_shortened_ttl_expires_traits_of_untouched_profiles() {
+    let env = Env::new();
+    let (a, b) = (uuid(0xA), uuid(0xB));
+    let catalog = |ttl: u32| {
+        CRM.replace(
+            "id = 11\ndata_source = 21\n",
+            &format!("id = 11\ndata_source = 21\nttl_days = {ttl}\n"),
+        )
+    };
+    env.config(1, &catalog(120));
+    env.put(
+        &uuid_file(21, TS1, "sync"),
+        format!("{a}\td_sid=11,d_sid=13\n").as_bytes(),
+    );
+    env.run_ok(DAY1, 0);
+    assert_eq!(traits_of(&env, &a), [11, 13]);
+    // Day 3 with a TTL of one day, and a line for B only (same partition: one partition).
+    env.config(1, &catalog(1));
+    env.put(
+        &uuid_file(21, TS3, "sync"),
+        format!("{b}\td_sid=13\n").as_bytes(),
+    );
+    env.run_ok(DAY3, 0);
+    assert_eq!(env.run_report(&run_id(2, DAY3))["expired_traits"], 1);
+    assert_eq!(traits_of(&env, &a), [13]);
+    // And back to 120 days: nothing more expires, and the next night trusts the days again.
+    env.config(1, &catalog(120));
+    env.run_ok(DAY4, 0);
+    assert_eq!(env.run_report(&run_id(3, DAY4))["expired_traits"], 0);
+    assert_eq!(traits_of(&env, &a), [13]);
+}
