@@ -1,7 +1,8 @@
 //! Partition merge: `profile::merge::merge_partition` applying 1M lines of ops to a partition of
 //! 1M stored profiles (half the lines hit stored profiles, half create new ones), without and
 //! with 200 segments to evaluate for every changed profile. The result is checked against a
-//! naive model (a map of trait sets).
+//! naive model (a map of trait sets). `merge_quiet`: a night of 20,000 lines on a partition of
+//! 1M profiles with TTLs, copying quiet profiles through or reading them all.
 //!
 //! Run with `cargo bench --bench merge`.
 
@@ -167,5 +168,75 @@ fn merge(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, merge);
+/// A small night on a large store with TTLs: 20,000 lines on stored users of 1M profiles whose
+/// traits all expire in 120 days, merged one day later. Trusting the stored events copies the
+/// quiet profiles through unread; reading every profile is what a night does after a TTL or a
+/// segment changed (and what every night did before the profiles carried their events). Both
+/// must give the same partition.
+fn merge_quiet(c: &mut Criterion) {
+    let (stored_n, night_n) = (common::size(1_000_000), common::size(20_000));
+    let owners = common::trait_owner();
+    let rules = TraitRules::compile([]).expect("no rules");
+    let mut model = Model::default();
+    let mut rng = common::Rng::new(12);
+    let stored_text = lines(0..stored_n, &mut rng, false, &mut model);
+    let night_users: Vec<u64> = (0..night_n).map(|_| rng.below(stored_n)).collect();
+    let night_text = lines(night_users.iter().copied(), &mut rng, true, &mut model);
+    let profiles = model.values().filter(|s| !s.is_empty()).count() as u64;
+
+    let files = [FileMeta {
+        job: 0,
+        overwrite: false,
+        target_ds: common::DPID,
+    }];
+    let ttl: AHashMap<u32, u32> = (0..common::TRAITS)
+        .map(|i| (common::FIRST_TRAIT + i, 120))
+        .collect();
+    let recency = AHashMap::new();
+    let segments = segment_rules();
+    let ctx = |as_of, previous_as_of, trust_events| MergeCtx {
+        files: &files,
+        jobs: 1,
+        ttl_days: &ttl,
+        as_of,
+        segments: &segments,
+        reevaluate_all: false,
+        recency_days: &recency,
+        previous_as_of,
+        trust_events,
+    };
+    let stored_ops = ops_of(&stored_text, &owners, &rules);
+    let stored = merge_partition(None, &[&stored_ops], &ctx(AS_OF, None, true))
+        .expect("merge into an empty partition")
+        .payload
+        .expect("a new partition");
+    drop(stored_ops);
+    let night_ops = ops_of(&night_text, &owners, &rules);
+    let next_day = AS_OF + 86_400;
+    let trusted = ctx(next_day, Some(AS_OF), true);
+    let reading = ctx(next_day, Some(AS_OF), false);
+    let merged = |ctx: &MergeCtx<'_>| {
+        let out = merge_partition(Some(black_box(&stored)), &[&night_ops], ctx).expect("merge");
+        assert_eq!(out.profiles, profiles);
+        out
+    };
+    assert_eq!(merged(&trusted).payload, merged(&reading).payload);
+
+    let mut group = c.benchmark_group("merge_quiet");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(stored_n));
+    for (label, ctx) in [
+        ("trusting_events", &trusted),
+        ("reading_every_profile", &reading),
+    ] {
+        group.bench_with_input(
+            BenchmarkId::new("20k_lines_on_1m_profiles", label),
+            ctx,
+            |b, ctx| b.iter(|| merged(ctx)),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, merge, merge_quiet);
 criterion_main!(benches);
