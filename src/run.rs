@@ -147,7 +147,10 @@ pub struct StateMeta {
     /// Per profile partition: whether it holds cross-device customer-ID profiles.
     #[serde(default)]
     pub customer_partitions: Vec<bool>,
-    /// Per profile partition: the generation that last rewrote it.
+    /// Per profile partition: the last generation that changed a profile's segments in it
+    /// (or dropped a profile that had some), which is when an `iter` export has something to
+    /// send from it. States written before session 8 hold the last generation that rewrote
+    /// the partition, which is never earlier.
     #[serde(default)]
     pub changed_generation: Vec<u64>,
     /// Per destination: its last export.
@@ -736,11 +739,19 @@ impl Night<'_> {
     }
 }
 
+/// Whether a merged partition's memberships changed: a profile's segments, or a profile with
+/// segments dropped. Nothing else changes what an `iter` export sends from it (traits go out
+/// only on a row sent for a membership change).
+pub(crate) fn changed_segments(out: &PartOut) -> bool {
+    out.membership_changes > 0
+}
+
 /// What the exports need to know of each profile partition.
 struct PartFacts<'a> {
     /// Whether it holds cross-device customer-ID profiles.
     customer: &'a [bool],
-    /// The generation that last rewrote it (this one's number if tonight did).
+    /// The last generation that changed a membership in it (this one's number if tonight did;
+    /// see [`StateMeta::changed_generation`]).
     changed_generation: &'a [u64],
     /// Whether a mapping of a cross-device data source arrived tonight.
     cross_synced_tonight: bool,
@@ -1097,9 +1108,9 @@ fn finish(
                 .unwrap_or(0)
         })
         .collect();
-    for p in 0..partitions {
-        if staged.contains(&crate::profile::part_name(p)) {
-            changed_generation[p as usize] = gen_number;
+    for (p, out) in parts.iter().enumerate() {
+        if out.as_ref().is_some_and(changed_segments) {
+            changed_generation[p] = gen_number;
         }
     }
     let exports: Vec<DestExport> = if opts.idsync_only || opts.no_export {

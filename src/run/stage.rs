@@ -22,7 +22,7 @@
 
 use super::{
     IdSyncResult, Night, PartFacts, Prepare, ReadFile, RejectRow, RunError, RunOptions, RunSummary,
-    Tonight, TraitFileResult, apply_idsync, finish, ops, prepare, staged,
+    Tonight, TraitFileResult, apply_idsync, changed_segments, finish, ops, prepare, staged,
 };
 use crate::config::Config;
 use crate::ingest::OpBuf;
@@ -625,12 +625,14 @@ fn merge(
             Some(Some(o)) => o.has_customer,
             _ => meta.and_then(|m| m.customer_partitions.get(i).copied()) == Some(true),
         });
-        changed_generation.push(if staged.contains(&crate::profile::part_name(p)) {
-            n.gen_number
-        } else {
-            meta.and_then(|m| m.changed_generation.get(i).copied())
-                .unwrap_or(0)
-        });
+        changed_generation.push(
+            if matches!(parts.get(&p), Some(Some(o)) if changed_segments(o)) {
+                n.gen_number
+            } else {
+                meta.and_then(|m| m.changed_generation.get(i).copied())
+                    .unwrap_or(0)
+            },
+        );
     }
     let facts = PartFacts {
         customer: &customer,
