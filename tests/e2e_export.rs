@@ -1416,8 +1416,9 @@ fn a_format_1_state_is_read_and_upgraded_by_the_next_run() {
         segment_catalog()
     );
     let (a, b, c, d) = (uuid(0xA), uuid(0xB), uuid(0xC), uuid(0xD));
-    let (fresh, old) = (Env::new(), Env::new());
-    for env in [&fresh, &old] {
+    // `old` upgrades by `run`, `staged` by the stages of a staged run.
+    let (fresh, old, staged) = (Env::new(), Env::new(), Env::new());
+    for env in [&fresh, &old, &staged] {
         env.config(4, &catalog);
         env.put(
             &uuid_file(21, TS1, "sync"),
@@ -1429,8 +1430,10 @@ fn a_format_1_state_is_read_and_upgraded_by_the_next_run() {
     }
     fresh.run_ok(DAY1, 0);
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1");
-    copy_tree(&fixture.join("state"), &old.state());
-    copy_tree(&fixture.join("out"), &old.root().join("out"));
+    for env in [&old, &staged] {
+        copy_tree(&fixture.join("state"), &env.state());
+        copy_tree(&fixture.join("out"), &env.root().join("out"));
+    }
     let format = |env: &Env| {
         let current = read_text(&env.state().join("CURRENT"));
         let generation = current
@@ -1459,16 +1462,38 @@ fn a_format_1_state_is_read_and_upgraded_by_the_next_run() {
     same(DAY1);
     // Day 2: A's trait 12 expires and B loses its only trait (see
     // `segment_membership_follows_rules_recency_and_ttl`); day 3, recency windows close.
-    for env in [&old, &fresh] {
+    for env in [&old, &fresh, &staged] {
         env.put(
             &uuid_file(21, TS2, "sync"),
             format!("{b}\td_unsid=13\n{c}\td_sid=14\n").as_bytes(),
         );
+    }
+    for env in [&old, &fresh] {
         env.run_ok(DAY2, 0);
         assert_eq!(env.run_report(&run_id(2, DAY2))["expired_traits"], 1);
     }
+    for args in [
+        &["plan", "--as-of", DAY2][..],
+        &["map", "--task", "0", "--of", "1"],
+        &["resolve", "--task", "0", "--of", "2"],
+        &["resolve", "--task", "1", "--of", "2"],
+        &["merge", "--task", "1", "--of", "2"],
+        &["merge", "--task", "0", "--of", "2"],
+        &["finalize"],
+    ] {
+        let out = staged.segmill(args);
+        assert_eq!(out.code, 0, "{args:?}: {out:#?}");
+    }
     same(DAY2);
     assert_eq!(format(&old), 2);
+    let tree = |env: &Env| {
+        let mut t = snapshot(&env.state(), |rel| {
+            rel == "lock" || rel.starts_with("runs/") || rel.starts_with("stage/")
+        });
+        t.extend(snapshot(&env.root().join("out"), |_| false));
+        t
+    };
+    assert_same_tree("the staged upgrade", &tree(&old), &tree(&staged));
     let verified = old.segmill(&["state", "verify", "--all"]);
     assert_eq!(verified.code, 0, "{verified:#?}");
     for env in [&old, &fresh] {
