@@ -250,6 +250,8 @@ fn diff(c: &mut Criterion) {
         resolve: &resolve,
     };
     let stale = |_: u32| true;
+    // Every partition is walked: no merge told which profiles changed.
+    let unknown_changes = |_: u32| None;
     let dir = tempfile::tempdir().expect("temp dir");
     let jobs: Vec<Job<'_>> = [7001u32, 7002]
         .into_iter()
@@ -262,6 +264,7 @@ fn diff(c: &mut Criterion) {
                 full: false,
                 last: None,
                 stale: &stale,
+                changes: &unknown_changes,
                 runs_dir,
             }
         })

@@ -4,6 +4,7 @@
 # profile store: show it with a 2x larger store").
 #
 #   scripts/bench_store.sh [--ids N] [--night2 LINES] [--threads T] [--repeat R] [--iter-only]
+#                          [--changed]
 #
 # For each store size S in (N, 2N): `segmill gen --ids S --lines 1.2*S --files 1` (cached under
 # target/bench-data/store-S), night 1 on a fresh state, then night 2 R times (default 3), each
@@ -13,7 +14,9 @@
 #
 # gen's destination 7002 is a `full` export, which writes every member of every profile every
 # night (CONTRACT §7): that part of night 2 follows the store by definition. --iter-only makes
-# it an `iter` destination, to see what the rest of the night costs.
+# it an `iter` destination, to see what the rest of the night costs. Night 2 repeats lines
+# night 1 already applied, which changes few memberships; --changed moves each of its `d_sid`
+# to the next trait of the same data source, so its users' traits and segments do change.
 # Defaults: N = 2,000,000 (a few minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +27,7 @@ night2=20000
 threads=2
 repeat=3
 iter_only=0
+changed=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --ids) ids=${2:?--ids needs a number}; shift ;;
@@ -31,7 +35,8 @@ while [ $# -gt 0 ]; do
     --threads) threads=${2:?--threads needs a number}; shift ;;
     --repeat) repeat=${2:?--repeat needs a number}; shift ;;
     --iter-only) iter_only=1 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --changed) changed=1 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_store.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -69,7 +74,21 @@ for size in "$ids" $((2 * ids)); do
   for f in "$data"/inbound/*/*; do ln "$f" "$run/inbound1/$(basename "$f")" 2>/dev/null || cp "$f" "$run/inbound1/"; done
   trait=$(ls "$data"/inbound/*/ftp_dpm_* | head -1)
   stamp=$(basename "$trait" | sed -E 's/.*_([0-9]{10})\.sync$/\1/')
-  head -n "$night2" "$trait" > "$run/inbound2/date=2026-11-23/$(basename "$trait" | sed "s/$stamp/$((stamp + 86400))/")"
+  night2_file="$run/inbound2/date=2026-11-23/$(basename "$trait" | sed "s/$stamp/$((stamp + 86400))/")"
+  if [ "$changed" = 1 ]; then
+    dpid=$(basename "$trait" | sed -E 's/^ftp_dpm_([0-9]+)_.*/\1/')
+    head -n "$night2" "$trait" | python3 -c "
+import re, sys, tomllib
+catalog = tomllib.load(open('$run/segmill.toml', 'rb'))
+ids = sorted(t['id'] for t in catalog['trait'] if t['data_source'] == $dpid)
+following = {a: b for a, b in zip(ids, ids[1:] + ids[:1])}
+move = lambda m: 'd_sid=' + str(following.get(int(m.group(1)), int(m.group(1))))
+for line in sys.stdin:
+    sys.stdout.write(re.sub(r'd_sid=([0-9]+)', move, line))
+" > "$night2_file"
+  else
+    head -n "$night2" "$trait" > "$night2_file"
+  fi
   cd "$run"
   say "store of $size: night 1"
   sed -i 's#^inbound = .*#inbound = "inbound1"#' segmill.toml

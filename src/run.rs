@@ -755,6 +755,9 @@ struct PartFacts<'a> {
     changed_generation: &'a [u64],
     /// Whether a mapping of a cross-device data source arrived tonight.
     cross_synced_tonight: bool,
+    /// By partition: the profiles whose segments changed tonight, when the merge kept them
+    /// ([`PartOut::changes`]; `None` for a partition not merged tonight).
+    changes: &'a [Option<&'a [crate::profile::merge::Change]>],
 }
 
 impl Night<'_> {
@@ -823,6 +826,23 @@ impl Night<'_> {
                     && facts.customer.get(p).copied().unwrap_or(false))
             }
         };
+        // Tonight's changes are all that changed since an export made by the parent generation
+        // (and by the ID-sync too, for customer-ID profiles, when a cross-device mapping came).
+        let parent_generation = self.parent.as_ref().map(|g| g.number);
+        let changes_for = |last: Option<DestMeta>| {
+            move |p: u32| {
+                let p = p as usize;
+                let since_parent =
+                    last.is_some_and(|m| Some(m.exported_generation) == parent_generation);
+                let resynced =
+                    facts.cross_synced_tonight && facts.customer.get(p).copied().unwrap_or(false);
+                if since_parent && !resynced {
+                    facts.changes.get(p).copied().flatten()
+                } else {
+                    None
+                }
+            }
+        };
         let mut wanted = Vec::new();
         for dest in config.destinations.values() {
             let full = match self.opts.export_only {
@@ -834,16 +854,24 @@ impl Night<'_> {
                 .parent_meta
                 .as_ref()
                 .and_then(|m| m.destinations.get(&dest.id).copied());
-            wanted.push((dest, full, last, stale_for(last), runs_dir(dest.id)?));
+            wanted.push((
+                dest,
+                full,
+                last,
+                stale_for(last),
+                changes_for(last),
+                runs_dir(dest.id)?,
+            ));
         }
         let jobs: Vec<export::Job<'_>> = wanted
             .iter()
-            .map(|(dest, full, last, stale, runs_dir)| export::Job {
+            .map(|(dest, full, last, stale, changes, runs_dir)| export::Job {
                 dest,
                 template: self.catalog.templates.get(&dest.id),
                 full: *full,
                 last: *last,
                 stale,
+                changes,
                 runs_dir: runs_dir.clone(),
             })
             .collect();
@@ -1118,10 +1146,15 @@ fn finish(
     } else if let Some(exports) = exports {
         exports
     } else {
+        let changes: Vec<Option<&[crate::profile::merge::Change]>> = parts
+            .iter()
+            .map(|out| out.as_ref().and_then(|o| o.changes.as_deref()))
+            .collect();
         let facts = PartFacts {
             customer: &customer_partitions,
             changed_generation: &changed_generation,
             cross_synced_tonight,
+            changes: &changes,
         };
         let out = n.compute_exports(&staged, &facts, 0..partitions, &|did| {
             tmp.dir(&format!("export-runs/{did}"))

@@ -22,6 +22,7 @@ use crate::model::{Dpid, ProfileKey, Timestamp, Uuid, device_format};
 use crate::profile::Entry;
 #[cfg(test)]
 use crate::profile::Profile;
+use crate::profile::merge::Change;
 use anyhow::{Context as _, anyhow};
 use md5::{Digest, Md5};
 use std::io::{Read as _, Write as _};
@@ -429,6 +430,36 @@ impl<'a> Differ<'a> {
         self.user(key, Some((entries, segments)), member, resolve);
     }
 
+    /// Feeds the profiles whose segments changed since the destination's last export (in key
+    /// order), instead of every profile ([`profile`](Self::profile)). Every other member is
+    /// kept as it is: its profile's segments are those it was sent, so the diff would send
+    /// nothing and write the member back unchanged.
+    fn changes(&mut self, changes: &[Change], resolve: &Resolver<'_>) {
+        let members = self.members;
+        for c in changes {
+            while let Some(m) = members.get(self.next)
+                && m.key < &c.key[..]
+            {
+                self.next += 1;
+                self.keep(m);
+            }
+            let member = members.get(self.next).filter(|m| m.key == &c.key[..]);
+            if member.is_some() {
+                self.next += 1;
+            }
+            self.user(&c.key, Some((&[], &c.segments)), member, resolve);
+        }
+        for m in members.get(self.next..).unwrap_or_default() {
+            self.keep(m);
+        }
+        self.next = members.len();
+    }
+
+    /// Writes an unchanged member back.
+    fn keep(&mut self, m: &Member<'_>) {
+        write_member(&mut self.new_members, m.key, &m.segments);
+    }
+
     /// The rows and new members payload, once every profile was fed.
     fn finish(mut self, resolve: &Resolver<'_>) -> (PartRows, Vec<u8>) {
         let members = self.members;
@@ -497,13 +528,17 @@ impl<'a> Differ<'a> {
         self.new_member.extend_from_slice(&self.kept_paused);
         self.new_member.sort_unstable();
         if !self.new_member.is_empty() {
-            let w = &mut self.new_members;
-            w.bytes(key);
-            w.u32(self.new_member.len() as u32);
-            for s in &self.new_member {
-                w.u32(*s);
-            }
+            write_member(&mut self.new_members, key, &self.new_member);
         }
+    }
+}
+
+/// Appends one member: its key and its segments (sorted).
+fn write_member(w: &mut Writer, key: &[u8], segments: &[u32]) {
+    w.bytes(key);
+    w.u32(segments.len() as u32);
+    for &s in segments {
+        w.u32(s);
     }
 }
 
@@ -1245,6 +1280,10 @@ pub struct Job<'a> {
     pub last: Option<DestMeta>,
     /// Whether partition `p`'s profiles changed since the destination's last export.
     pub stale: &'a (dyn Fn(u32) -> bool + Sync),
+    /// Partition `p`'s profiles whose segments changed since the destination's last export,
+    /// in key order, when that is known: then an `iter` export without traits reads just those
+    /// and its members, not the partition.
+    pub changes: &'a (dyn Fn(u32) -> Option<&'a [Change]> + Sync),
     /// An existing folder for the export's run files (`part-NNNN.run`).
     pub runs_dir: PathBuf,
 }
@@ -1370,7 +1409,23 @@ fn diff_due(
         .zip(&old_members)
         .map(|(&d, members)| Differ::new(&selections[d], members))
         .collect();
-    let payload = (src.profiles)(p)?;
+    // A destination whose changes are known is fed them; the others walk the partition.
+    let changes: Vec<Option<&[Change]>> = due
+        .iter()
+        .map(|&d| {
+            let s = &selections[d];
+            (!s.everything && !s.traits && s.view.mode == ExportMode::Iter)
+                .then(|| (jobs[d].changes)(p))
+                .flatten()
+        })
+        .collect();
+    for (differ, changes) in differs.iter_mut().zip(&changes) {
+        if let Some(changes) = changes {
+            differ.changes(changes, resolve);
+        }
+    }
+    let walking = changes.iter().any(Option::is_none);
+    let payload = if walking { (src.profiles)(p)? } else { None };
     if let Some(bytes) = payload.as_deref() {
         let with_traits = differs.iter().any(|d| d.selection.traits);
         let mut r = Reader::new(bytes);
@@ -1386,8 +1441,10 @@ fn diff_due(
                     .map(|()| stored)
                 })
                 .map_err(|e| anyhow!("profile partition {p}: {e}"))?;
-            for differ in &mut differs {
-                differ.profile(stored.key, &entries, &segments, resolve);
+            for (differ, changes) in differs.iter_mut().zip(&changes) {
+                if changes.is_none() {
+                    differ.profile(stored.key, &entries, &segments, resolve);
+                }
             }
         }
     }
@@ -1410,7 +1467,7 @@ mod tests {
     use crate::config::{Location, SyncType};
     use crate::profile::Events;
     use proptest::prelude::*;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     /// Today's reference: every row in one list, one stable sort, then adjacent rows of one
     /// user joined.
@@ -1864,6 +1921,7 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
         // Destination 7 is due for partition 0 only; 8 (full) for every one.
         let stale7 = |p: u32| p == 0;
         let stale8 = |_: u32| false;
+        let no_changes = |_: u32| None;
         let dir = tempfile::tempdir().unwrap();
         let compute_in = |name: &str, which: &[u32]| {
             let jobs: Vec<Job<'_>> = which
@@ -1877,6 +1935,7 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
                         full: false,
                         last: if did == 7 { last7 } else { None },
                         stale: if did == 7 { &stale7 } else { &stale8 },
+                        changes: &no_changes,
                         runs_dir,
                     }
                 })
@@ -1915,7 +1974,80 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
         );
     }
 
+    /// Rows of `rows` as the merge reads them back.
+    fn read_rows(rows: PartRows, traits: bool) -> Vec<ExportRow> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.run");
+        rows.write_run(&path).unwrap();
+        merged(&Runs {
+            files: vec![path],
+            traits,
+        })
+    }
+
     proptest! {
+        /// Fed only the profiles whose segments changed since the members were written, an
+        /// `iter` diff sends the same rows and leaves the same members as a walk over every
+        /// profile.
+        #[test]
+        fn a_diff_of_the_changes_equals_a_diff_of_every_profile(
+            users in proptest::collection::btree_map(
+                0u128..40,
+                (
+                    proptest::option::of(proptest::collection::btree_set(
+                        prop_oneof![Just(10u32), Just(20), Just(30), Just(40), Just(50)],
+                        0..4,
+                    )),
+                    proptest::option::of(proptest::collection::btree_set(
+                        prop_oneof![Just(10u32), Just(20), Just(30), Just(40), Just(50)],
+                        0..4,
+                    )),
+                ),
+                0..30,
+            )
+        ) {
+            let v = view(ExportMode::Iter);
+            let resolve = |_: Dpid, _: &[u8]| None;
+            let keys: BTreeMap<u128, Vec<u8>> =
+                users.keys().map(|&n| (n, ProfileKey::Uuid(Uuid(n)).encode())).collect();
+            let profiles_of = |new: bool| -> Vec<Profile<'_>> {
+                users
+                    .iter()
+                    .filter_map(|(n, (before, after))| {
+                        let segments = if new { after } else { before };
+                        segments.as_ref().map(|s| Profile {
+                            key: &keys[n],
+                            events: Events::default(),
+                            entries: vec![entry(5, 1000)],
+                            segments: s.iter().copied().collect(),
+                        })
+                    })
+                    .collect()
+            };
+            // The members the last export left: the old profiles diffed against none.
+            let (_, payload) = diff_partition(&profiles_of(false), &[], &v, &resolve, false);
+            let members = decode_members(&payload).unwrap();
+            let (walked, walked_members) =
+                diff_partition(&profiles_of(true), &members, &v, &resolve, false);
+            let changes: Vec<Change> = users
+                .iter()
+                .filter_map(|(n, (before, after))| {
+                    let empty = BTreeSet::new();
+                    let after_or_none = after.as_ref().unwrap_or(&empty);
+                    (before.as_ref().unwrap_or(&empty) != after_or_none).then(|| Change {
+                        key: keys[n].clone().into(),
+                        segments: after_or_none.iter().copied().collect(),
+                    })
+                })
+                .collect();
+            let selection = Selection::new(v.clone(), false, false);
+            let mut differ = Differ::new(&selection, &members);
+            differ.changes(&changes, &resolve);
+            let (fed, fed_members) = differ.finish(&resolve);
+            prop_assert_eq!(read_rows(fed, false), read_rows(walked, false));
+            prop_assert_eq!(fed_members, walked_members);
+        }
+
         /// The bitmap (narrow spans) and the binary search (wide ones) answer alike.
         #[test]
         fn segment_sets_contain_exactly_their_segments(

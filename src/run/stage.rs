@@ -634,10 +634,17 @@ fn merge(
             },
         );
     }
+    let changes: Vec<Option<&[crate::profile::merge::Change]>> = (0..n.partitions)
+        .map(|p| match parts.get(&p) {
+            Some(Some(o)) => o.changes.as_deref(),
+            _ => None,
+        })
+        .collect();
     let facts = PartFacts {
         customer: &customer,
         changed_generation: &changed_generation,
         cross_synced_tonight: n.cross_synced(&plan.idsync_parts),
+        changes: &changes,
     };
     let exports = n.compute_exports(&staged, &facts, range.clone(), &|did| {
         let dir = out.join("export").join(did.to_string());
