@@ -83,6 +83,7 @@ fn export(c: &mut Criterion) {
         paused: Vec::new(),
         device: None,
         mode: ExportMode::Full,
+        cross_device: Vec::new(),
     };
     let gen_template = "<UUID><TAB><SEGMENT_LIST;separator=\",\">";
     let template = Template::parse(gen_template).expect("gen's template parses");

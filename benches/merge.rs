@@ -131,6 +131,7 @@ fn merge(c: &mut Criterion) {
         recency_days: &recency,
         previous_as_of: None,
         trust_events: true,
+        keep_changes: false,
     };
 
     let stored_ops = ops_of(&stored_text, &owners, &rules);
@@ -204,6 +205,7 @@ fn merge_quiet(c: &mut Criterion) {
         recency_days: &recency,
         previous_as_of,
         trust_events,
+        keep_changes: false,
     };
     let stored_ops = ops_of(&stored_text, &owners, &rules);
     let stored = merge_partition(None, &[&stored_ops], &ctx(AS_OF, None, true))

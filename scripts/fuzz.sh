@@ -18,7 +18,8 @@
 #   template       outbound::template::Template parse/render; plain text renders to itself
 #   read_chunks    inbound::read::read_chunks (gzip and plain) vs flate2 and the raw bytes
 #   ledger         state::Ledger::from_bytes; to_bytes round trip
-#   state_files    profile::decode and idsync::store::decode; decode → encode is the identity
+#   state_files    profile::decode, profile::in_current_layout (format 1) and
+#                  idsync::store::decode; decode → encode is the identity
 #   generation     state::StateDir::current + Generation reads of a damaged state folder:
 #                  never returns damaged bytes
 #

@@ -564,7 +564,23 @@ impl Night<'_> {
             recency_days: &self.catalog.recency_days,
             previous_as_of: self.parent_meta.as_ref().map(|m| m.as_of),
             trust_events: self.events_hold(),
+            keep_changes: self.change_fed_exports(),
         }
+    }
+
+    /// Whether a destination may diff just tonight's changed profiles: an `iter` export
+    /// whose template does not list traits, on a night that exports.
+    fn change_fed_exports(&self) -> bool {
+        !self.opts.no_export
+            && !self.opts.idsync_only
+            && self.config.destinations.values().any(|d| {
+                d.mode == crate::config::ExportMode::Iter
+                    && !self
+                        .catalog
+                        .templates
+                        .get(&d.id)
+                        .is_some_and(crate::outbound::template::Template::uses_traits)
+            })
     }
 
     /// The format version of the state this night starts from (this build's for a new one).
@@ -575,14 +591,15 @@ impl Night<'_> {
     }
 
     /// Whether the stored state's times of expiry and of recency flips still hold: it was
-    /// written in this format, under tonight's TTLs and segment definitions.
+    /// written in this format, under tonight's TTLs and segment definitions, at an as-of time
+    /// not after tonight's (a recency flip is stored as the first one after its profile was
+    /// written).
     fn events_hold(&self) -> bool {
         self.parent_format() == crate::state::FORMAT_VERSION
             && !self.reevaluate_all()
-            && self
-                .parent_meta
-                .as_ref()
-                .is_some_and(|m| m.ttl_fingerprint == self.ttl_fingerprint)
+            && self.parent_meta.as_ref().is_some_and(|m| {
+                m.ttl_fingerprint == self.ttl_fingerprint && m.as_of <= self.opts.as_of
+            })
     }
 
     /// Whether partition `p` can be carried over unchanged: no op tonight, and nothing in it
@@ -756,8 +773,9 @@ struct PartFacts<'a> {
     /// Whether a mapping of a cross-device data source arrived tonight.
     cross_synced_tonight: bool,
     /// By partition: the profiles whose segments changed tonight, when the merge kept them
-    /// ([`PartOut::changes`]; `None` for a partition not merged tonight).
-    changes: &'a [Option<&'a [crate::profile::merge::Change]>],
+    /// ([`PartOut::changes`]; `None` for a partition not merged tonight, or with too many
+    /// changes to keep, or on a night without a destination to feed them to).
+    changes: &'a [Option<&'a [u8]>],
 }
 
 impl Night<'_> {
@@ -1146,7 +1164,7 @@ fn finish(
     } else if let Some(exports) = exports {
         exports
     } else {
-        let changes: Vec<Option<&[crate::profile::merge::Change]>> = parts
+        let changes: Vec<Option<&[u8]>> = parts
             .iter()
             .map(|out| out.as_ref().and_then(|o| o.changes.as_deref()))
             .collect();

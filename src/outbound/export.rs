@@ -4,9 +4,11 @@
 //!
 //! State: `members/<DID>/part-XXXX` holds, per profile, the segments the destination was last
 //! sent (restricted to its segments). An `iter` export diffs the current memberships against
-//! it; only partitions whose profiles changed since the destination's last export are read,
-//! unless the destination is new or its segment list changed (then every partition is, so
-//! its first `iter` is a full list).
+//! it; only partitions whose memberships changed since the destination's last export are
+//! diffed, unless the destination is new or its selection changed (then every partition is, so
+//! its first `iter` is a full list). When the merge kept the profiles whose segments changed
+//! tonight and the destination was last exported by the previous generation, just those are
+//! diffed, and the partition is not read.
 //!
 //! Memory stays bounded whatever the number of users: each diffed partition's rows are
 //! encoded compactly, sorted, and written to a run file at once ([`compute`]); the writer
@@ -22,7 +24,6 @@ use crate::model::{Dpid, ProfileKey, Timestamp, Uuid, device_format};
 use crate::profile::Entry;
 #[cfg(test)]
 use crate::profile::Profile;
-use crate::profile::merge::Change;
 use anyhow::{Context as _, anyhow};
 use md5::{Digest, Md5};
 use std::io::{Read as _, Write as _};
@@ -66,6 +67,9 @@ pub struct DestinationView {
     /// `None` for AAM UUIDs.
     pub device: Option<u32>,
     pub mode: ExportMode,
+    /// The cross-device data sources, sorted: their customer-ID profiles go out under the AAM
+    /// UUID their ID is synced to (to a destination of AAM UUIDs).
+    pub cross_device: Vec<Dpid>,
 }
 
 impl DestinationView {
@@ -83,17 +87,25 @@ impl DestinationView {
         paused.sort_unstable();
         let device = device_format(dest.master_dpid).map(|_| dest.master_dpid);
         let mode = if full { ExportMode::Full } else { dest.mode };
+        let cross_device = config
+            .data_sources
+            .values()
+            .filter(|d| d.cross_device)
+            .map(|d| d.id)
+            .collect();
         DestinationView {
             did: dest.id,
             active,
             paused,
             device,
             mode,
+            cross_device,
         }
     }
 
     /// Changes whenever what the destination selects changes: its segments, their paused
-    /// state, or its ID space. The members store is then diffed in every partition.
+    /// state, its ID space, or (for AAM UUIDs) which data sources' customer-ID profiles it
+    /// receives. The members store is then diffed in every partition.
     pub fn fingerprint(&self) -> u64 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         for s in &self.active {
@@ -104,6 +116,12 @@ impl DestinationView {
             h.update(&s.to_le_bytes());
         }
         h.update(&self.device.unwrap_or(0).to_le_bytes());
+        if self.device.is_none() {
+            h.update(b"|cross-device|");
+            for d in &self.cross_device {
+                h.update(&d.to_le_bytes());
+            }
+        }
         h.digest()
     }
 
@@ -434,20 +452,20 @@ impl<'a> Differ<'a> {
     /// order), instead of every profile ([`profile`](Self::profile)). Every other member is
     /// kept as it is: its profile's segments are those it was sent, so the diff would send
     /// nothing and write the member back unchanged.
-    fn changes(&mut self, changes: &[Change], resolve: &Resolver<'_>) {
+    fn changes(&mut self, changes: &[Member<'_>], resolve: &Resolver<'_>) {
         let members = self.members;
         for c in changes {
             while let Some(m) = members.get(self.next)
-                && m.key < &c.key[..]
+                && m.key < c.key
             {
                 self.next += 1;
                 self.keep(m);
             }
-            let member = members.get(self.next).filter(|m| m.key == &c.key[..]);
+            let member = members.get(self.next).filter(|m| m.key == c.key);
             if member.is_some() {
                 self.next += 1;
             }
-            self.user(&c.key, Some((&[], &c.segments)), member, resolve);
+            self.user(c.key, Some((&[], &c.segments)), member, resolve);
         }
         for m in members.get(self.next..).unwrap_or_default() {
             self.keep(m);
@@ -534,7 +552,7 @@ impl<'a> Differ<'a> {
 }
 
 /// Appends one member: its key and its segments (sorted).
-fn write_member(w: &mut Writer, key: &[u8], segments: &[u32]) {
+pub(crate) fn write_member(w: &mut Writer, key: &[u8], segments: &[u32]) {
     w.bytes(key);
     w.u32(segments.len() as u32);
     for &s in segments {
@@ -1278,23 +1296,25 @@ pub struct Job<'a> {
     pub full: bool,
     /// The destination's last export, if any.
     pub last: Option<DestMeta>,
-    /// Whether partition `p`'s profiles changed since the destination's last export.
+    /// Whether partition `p`'s memberships changed since the destination's last export.
     pub stale: &'a (dyn Fn(u32) -> bool + Sync),
     /// Partition `p`'s profiles whose segments changed since the destination's last export,
     /// in key order, when that is known: then an `iter` export without traits reads just those
     /// and its members, not the partition.
-    pub changes: &'a (dyn Fn(u32) -> Option<&'a [Change]> + Sync),
+    /// They are in the members layout ([`decode_members`]), as the merge keeps them.
+    pub changes: &'a (dyn Fn(u32) -> Option<&'a [u8]> + Sync),
     /// An existing folder for the export's run files (`part-NNNN.run`).
     pub runs_dir: PathBuf,
 }
 
 /// Computes the exports of `jobs`, in their order. Only stale partitions are diffed for a
 /// destination, unless it is new, its selection changed, or the export is `full`: then every
-/// partition is. Partitions are taken in parallel; each is read and decoded once for all the
-/// destinations it is due for (without its trait realizations unless a template uses them),
-/// and each destination's rows are sorted and written to a run file in its `runs_dir` and its
-/// members payload handed to `on_members` before the next partition is taken, so memory holds
-/// one partition per worker thread.
+/// partition is. Partitions are taken in parallel. Each is read and decoded once for all the
+/// destinations due that walk its profiles (without their trait realizations unless a
+/// template uses them), and not read at all when each of them is fed the partition's changes
+/// ([`Job::changes`]). Each destination's rows are sorted and written to a run file in its
+/// `runs_dir`, and its members payload handed to `on_members`, before the next partition is
+/// taken, so memory holds one partition per worker thread.
 pub fn compute(
     config: &Config,
     jobs: &[Job<'_>],
@@ -1410,7 +1430,7 @@ fn diff_due(
         .map(|(&d, members)| Differ::new(&selections[d], members))
         .collect();
     // A destination whose changes are known is fed them; the others walk the partition.
-    let changes: Vec<Option<&[Change]>> = due
+    let changes: Vec<Option<&[u8]>> = due
         .iter()
         .map(|&d| {
             let s = &selections[d];
@@ -1420,8 +1440,10 @@ fn diff_due(
         })
         .collect();
     for (differ, changes) in differs.iter_mut().zip(&changes) {
-        if let Some(changes) = changes {
-            differ.changes(changes, resolve);
+        if let Some(bytes) = changes {
+            let changed = decode_members(bytes)
+                .map_err(|e| anyhow!("tonight's changes of profile partition {p}: {e}"))?;
+            differ.changes(&changed, resolve);
         }
     }
     let walking = changes.iter().any(Option::is_none);
@@ -1716,6 +1738,7 @@ mod tests {
             paused: vec![40],
             device: None,
             mode,
+            cross_device: Vec::new(),
         }
     }
 
@@ -1974,6 +1997,26 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
         );
     }
 
+    #[test]
+    fn the_cross_device_sources_are_part_of_an_aam_uuid_selection() {
+        let uuids = view(ExportMode::Iter);
+        let with = DestinationView {
+            cross_device: vec![33],
+            ..uuids.clone()
+        };
+        assert_ne!(uuids.fingerprint(), with.fingerprint());
+        // A destination of device IDs never receives customer-ID profiles.
+        let devices = DestinationView {
+            device: Some(20_914),
+            ..uuids
+        };
+        let devices_with = DestinationView {
+            cross_device: vec![33],
+            ..devices.clone()
+        };
+        assert_eq!(devices.fingerprint(), devices_with.fingerprint());
+    }
+
     /// Rows of `rows` as the merge reads them back.
     fn read_rows(rows: PartRows, traits: bool) -> Vec<ExportRow> {
         let dir = tempfile::tempdir().unwrap();
@@ -2029,13 +2072,13 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
             let members = decode_members(&payload).unwrap();
             let (walked, walked_members) =
                 diff_partition(&profiles_of(true), &members, &v, &resolve, false);
-            let changes: Vec<Change> = users
+            let changes: Vec<Member<'_>> = users
                 .iter()
                 .filter_map(|(n, (before, after))| {
                     let empty = BTreeSet::new();
                     let after_or_none = after.as_ref().unwrap_or(&empty);
-                    (before.as_ref().unwrap_or(&empty) != after_or_none).then(|| Change {
-                        key: keys[n].clone().into(),
+                    (before.as_ref().unwrap_or(&empty) != after_or_none).then(|| Member {
+                        key: &keys[n],
                         segments: after_or_none.iter().copied().collect(),
                     })
                 })

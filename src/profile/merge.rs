@@ -2,11 +2,12 @@
 //! order — `.sync` realizations and removals as they come, `.overwrite` per user when the file
 //! is done (CONTRACT §3). Produces the new partition and the merge-stage receipt counters.
 //!
-//! The ops are sorted by key as 16-byte refs, then walked beside the stored partition, which
-//! is decoded one profile at a time into reused buffers. A profile whose entries and segments
-//! come out unchanged is copied through as its stored bytes (the encoding is canonical: see
-//! `profile::tests::decoding_then_encoding_gives_the_same_bytes`), so a quiet profile costs a
-//! decode and a copy. The stored profile and the one being built live in reused buffers.
+//! The ops are sorted by key as 16-byte refs, then walked beside the stored partition. A stored
+//! profile with no op tonight whose [`Events`] say nothing happens by the as-of time is not
+//! decoded: only its header is read, and its bytes are copied through with the run of quiet
+//! profiles around it. Any other profile is decoded into reused buffers; if its entries,
+//! segments and events come out unchanged it too is copied through as its stored bytes (the
+//! encoding is canonical: see `profile::tests::decoding_then_encoding_gives_the_same_bytes`).
 
 #[cfg(test)]
 use super::decode;
@@ -53,13 +54,16 @@ pub struct MergeCtx<'a> {
     /// without reading its body. When `false`, every profile is read and its events computed
     /// again.
     pub trust_events: bool,
+    /// Keep the profiles whose segments changed ([`PartOut::changes`]) for an `iter` export.
+    pub keep_changes: bool,
 }
 
 /// The result of merging one partition. Serialized without its payload by a staged run's
 /// merge task, for `segmill finalize`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct PartOut {
-    /// The new payload, or `None` when nothing changed (the old file can be carried over).
+    /// The new payload, or `None` when nothing changed (the old file can be carried over, if it
+    /// is in the current format: the run rewrites a format-1 partition regardless).
     #[serde(skip)]
     pub payload: Option<Vec<u8>>,
     /// Merge-stage counters per file index (categories decided here, item counts, devices).
@@ -83,34 +87,30 @@ pub struct PartOut {
     /// Whether the partition holds cross-device customer-ID profiles.
     pub has_customer: bool,
     /// The profiles whose segments changed, in key order, with their new segments (none for a
-    /// dropped profile), while they are few (see [`changes_kept`]); `None` past that. An `iter`
-    /// export diffs just these against its members instead of every profile.
+    /// dropped profile), in the members layout (`outbound::export::decode_members`), while
+    /// they are few: `None` past [`changes_kept`] bytes, or when `MergeCtx::keep_changes` is
+    /// off. An `iter` export diffs just these against its members instead of every profile.
     #[serde(skip)]
-    pub changes: Option<Vec<Change>>,
+    pub changes: Option<Vec<u8>>,
 }
 
-/// A profile whose segments changed tonight: its key and its new segments.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    pub key: Box<[u8]>,
-    pub segments: Box<[u32]>,
-}
-
-/// How many changed profiles [`PartOut::changes`] keeps for a partition of `stored_bytes`:
-/// about one profile in six (a stored profile takes 40-50 bytes), and never a list that costs
-/// more to hold than the partition's walk costs to do.
+/// How many bytes of [`PartOut::changes`] a partition of `stored_bytes` keeps: about 30 bytes
+/// a change against 40-50 a stored profile, so about one profile in 25 (and at least a few
+/// hundred). Every partition's list is held until the exports, so together they stay under
+/// about 3% of the profile store.
 pub fn changes_kept(stored_bytes: usize) -> usize {
-    stored_bytes / 256 + 64
+    stored_bytes / 32 + 8192
 }
 
 /// Records a change of segments into `out`, unless its list is already past `limit`.
 fn note_change(out: &mut PartOut, key: &[u8], segments: &[u32], limit: usize) {
     if let Some(changes) = &mut out.changes {
         if changes.len() < limit {
-            changes.push(Change {
-                key: key.into(),
-                segments: segments.into(),
-            });
+            let mut w = Writer {
+                buf: std::mem::take(changes),
+            };
+            crate::outbound::export::write_member(&mut w, key, segments);
+            *changes = w.buf;
         } else {
             out.changes = None;
         }
@@ -317,7 +317,7 @@ pub fn merge_partition(
         min_expiry: None,
         min_flip: None,
         has_customer: false,
-        changes: Some(Vec::new()),
+        changes: ctx.keep_changes.then(Vec::new),
     };
     let changes_limit = changes_kept(old.len());
     let mut scratch = Scratch {
@@ -950,6 +950,7 @@ mod tests {
             recency_days: &w.recency,
             previous_as_of: previous,
             trust_events,
+            keep_changes: true,
         };
         let bufs: Vec<&OpBuf> = outs.iter().map(|o| &o.parts[0]).collect();
         merge_partition(old, &bufs, &ctx).unwrap()

@@ -634,7 +634,7 @@ fn merge(
             },
         );
     }
-    let changes: Vec<Option<&[crate::profile::merge::Change]>> = (0..n.partitions)
+    let changes: Vec<Option<&[u8]>> = (0..n.partitions)
         .map(|p| match parts.get(&p) {
             Some(Some(o)) => o.changes.as_deref(),
             _ => None,

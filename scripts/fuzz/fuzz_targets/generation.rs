@@ -40,8 +40,20 @@ fn pristine() -> &'static Pristine {
             data_source: 21,
             realized_at: 1_795_312_800,
         };
-        profile::encode_into(&mut w, b"\x00\x00\x00\x15cust-001", &[e], &[1001]);
-        profile::encode_into(&mut w, b"\x00\x00\x00\x15cust-002", &[], &[]);
+        profile::encode_into(
+            &mut w,
+            b"\x00\x00\x00\x15cust-001",
+            Default::default(),
+            &[e],
+            &[1001],
+        );
+        profile::encode_into(
+            &mut w,
+            b"\x00\x00\x00\x15cust-002",
+            Default::default(),
+            &[],
+            &[],
+        );
         let mut ids = Writer::default();
         ids.bytes(b"cust-001");
         ids.u32(0);
