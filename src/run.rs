@@ -419,8 +419,8 @@ impl Night<'_> {
 
     /// Looks up the pending customer IDs (a deferred parse's, see [`FileCtx::index`]) of the
     /// ID-sync partitions `parts`, a batch at a time, one partition a thread, each batch with an
-    /// index of just its partitions (and the chains' masters): memory holds a batch's share of
-    /// tonight's ID index, not all of it. `pending(q)` gives partition `q`'s pending ops;
+    /// index of just the keys it looks up (and the partitions of the chains' masters): memory
+    /// holds a batch's share of tonight's lookups, not an index of every key. `pending(q)` gives partition `q`'s pending ops;
     /// resolved ops go to `spool`. Returns the unmatched lines by file, ascending.
     fn resolve_parts(
         &self,
@@ -438,11 +438,29 @@ impl Night<'_> {
         let mut unmatched: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         for batch in parts.chunks(rayon::current_num_threads().max(1)) {
             let only: BTreeSet<u32> = batch.iter().copied().collect();
-            let index = IdIndex::build_parts(&dpids, self.partitions, Some(&only), &source)?;
-            let resolved: Vec<anyhow::Result<crate::ingest::Resolved>> = batch
+            let ops: Vec<(u32, Vec<OpBuf>)> = batch
                 .par_iter()
-                .map(|&q| {
-                    crate::ingest::resolve_pending(&pending(q)?, &index, self.partitions)
+                .map(|&q| Ok((q, pending(q)?)))
+                .collect::<anyhow::Result<_>>()?;
+            // The index holds just the keys looked up (a pass over each partition, and no
+            // table of all its keys); a chain's master still loads its partition whole.
+            let mut wanted = ahash::AHashSet::new();
+            for (q, ops) in &ops {
+                crate::ingest::pending_keys(ops, &mut wanted)
+                    .map_err(|e| anyhow!("ID-sync partition {q}: {e}"))?;
+            }
+            let index = IdIndex::build_wanted(
+                &dpids,
+                self.partitions,
+                Some(&only),
+                Some(&wanted),
+                &source,
+            )?;
+            drop(wanted);
+            let resolved: Vec<anyhow::Result<crate::ingest::Resolved>> = ops
+                .par_iter()
+                .map(|(q, ops)| {
+                    crate::ingest::resolve_pending(ops, &index, self.partitions)
                         .map_err(|e| anyhow!("ID-sync partition {q}: {e}"))
                 })
                 .collect();

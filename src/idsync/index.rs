@@ -198,6 +198,22 @@ impl IdIndex {
         only: Option<&BTreeSet<u32>>,
         source: &PartSource<'_>,
     ) -> anyhow::Result<IdIndex> {
+        IdIndex::build_wanted(dpids, partitions, only, None, source)
+    }
+
+    /// [`build_parts`](Self::build_parts) for lookups of just the keys `wanted` (by
+    /// [`wanted_hash`](Self::wanted_hash)) in the partitions `only` of `dpids`: a small night's
+    /// deferred lookups. Those partitions' tables hold only the wanted keys, so building them
+    /// costs a pass over the partition and no table of every key. A partition a chain's master
+    /// lives in is loaded whole, as in [`build_parts`](Self::build_parts), so every wanted key
+    /// answers as in a full index; other keys of those partitions are not found.
+    pub fn build_wanted(
+        dpids: &BTreeSet<Dpid>,
+        partitions: u32,
+        only: Option<&BTreeSet<u32>>,
+        wanted: Option<&ahash::AHashSet<u128>>,
+        source: &PartSource<'_>,
+    ) -> anyhow::Result<IdIndex> {
         let mut tables: BTreeMap<Dpid, Vec<Shard>> = BTreeMap::new();
         let mut pending: AHashMap<u128, (Dpid, Box<[u8]>)> = AHashMap::new();
         let mut loaded: BTreeSet<(Dpid, u32)> = BTreeSet::new();
@@ -214,20 +230,25 @@ impl IdIndex {
         for &(d, _) in &frontier {
             tables.entry(d).or_default();
         }
-        for _round in 0..MAX_CHAIN {
+        for round in 0..MAX_CHAIN {
             if frontier.is_empty() {
                 break;
             }
-            loaded.extend(frontier.iter().copied());
-            let wanted: Vec<(Dpid, u32)> = frontier.iter().copied().collect();
-            let results: Vec<anyhow::Result<(Shard, Vec<Other>)>> = wanted
+            // The first round's partitions hold only the wanted keys: they do not count as
+            // loaded, so a chain's master in one of them loads it whole in a later round.
+            let filter = wanted.filter(|_| round == 0);
+            if filter.is_none() {
+                loaded.extend(frontier.iter().copied());
+            }
+            let parts: Vec<(Dpid, u32)> = frontier.iter().copied().collect();
+            let results: Vec<anyhow::Result<(Shard, Vec<Other>)>> = parts
                 .par_iter()
                 .map(|&(dpid, p)| {
                     let name = part_name(Table::Adobe, dpid, p);
                     let Some(bytes) = source(&name)? else {
                         return Ok((Shard::default(), Vec::new()));
                     };
-                    let (keys, others) = load_part(dpid, &bytes)
+                    let (keys, others) = load_part(dpid, &bytes, filter)
                         .map_err(|e| anyhow::anyhow!("ID-sync table {name}: {e}"))?;
                     let shard = Shard::build(&keys).map_err(|e| {
                         anyhow::anyhow!("ID-sync table {name}: cannot map its index table: {e}")
@@ -236,7 +257,7 @@ impl IdIndex {
                 })
                 .collect();
             let mut next = BTreeSet::new();
-            for (&(dpid, p), result) in wanted.iter().zip(results) {
+            for (&(dpid, p), result) in parts.iter().zip(results) {
                 let (shard, others) = result?;
                 let shards = tables.entry(dpid).or_default();
                 if shards.is_empty() {
@@ -312,6 +333,11 @@ impl IdIndex {
         self.shards.get(d * self.partitions as usize + p)
     }
 
+    /// The hash of a key for [`build_wanted`](Self::build_wanted)'s set.
+    pub fn wanted_hash(dpid: Dpid, id: &[u8]) -> u128 {
+        stored(id_hash(dpid, id))
+    }
+
     /// The hash [`lookup_hashed`](Self::lookup_hashed) and [`prefetch`](Self::prefetch) take.
     #[inline]
     pub fn hash(dpid: Dpid, id: &[u8]) -> u128 {
@@ -374,14 +400,25 @@ impl IdIndex {
 }
 
 /// Splits one partition file of `dpid` into UUID-mapped keys and other mappings.
-fn load_part(dpid: Dpid, bytes: &[u8]) -> Result<Loaded, crate::codec::Truncated> {
+fn load_part(
+    dpid: Dpid,
+    bytes: &[u8],
+    wanted: Option<&ahash::AHashSet<u128>>,
+) -> Result<Loaded, crate::codec::Truncated> {
     // ~80 bytes per record: reserve once instead of growing.
-    let mut keys = Vec::with_capacity(bytes.len() / 72 + 1);
+    let mut keys = Vec::with_capacity(if wanted.is_some() {
+        0
+    } else {
+        bytes.len() / 72 + 1
+    });
     let mut others = Vec::new();
     for_each(bytes, |r| {
         let hash = stored(id_hash(dpid, r.id));
         match r.value {
-            Value::Uuid(u) => keys.push(Slot { hash, uuid: u.0 }),
+            Value::Uuid(u) if wanted.is_none_or(|w| w.contains(&hash)) => {
+                keys.push(Slot { hash, uuid: u.0 })
+            }
+            Value::Uuid(_) => {}
             // Not a UUID: a master ID in another data source (text in the UUID space never
             // resolves).
             Value::Id(text) if r.value_dpid != AAM_UUID_DPID => {
@@ -426,6 +463,15 @@ mod tests {
         dpids: &[Dpid],
         only: Option<&BTreeSet<u32>>,
     ) -> IdIndex {
+        build_wanted(mappings, dpids, only, None)
+    }
+
+    fn build_wanted(
+        mappings: &[(Dpid, &str, Dpid, &str)],
+        dpids: &[Dpid],
+        only: Option<&BTreeSet<u32>>,
+        wanted: Option<&ahash::AHashSet<u128>>,
+    ) -> IdIndex {
         let incoming: Vec<Incoming<'_>> = mappings
             .iter()
             .map(|&(kd, k, vd, v)| Incoming {
@@ -445,7 +491,7 @@ mod tests {
         let source = |name: &str| -> anyhow::Result<Option<Cow<'_, [u8]>>> {
             Ok(parts.get(name).map(|b| Cow::Borrowed(b.as_slice())))
         };
-        IdIndex::build_parts(&dpids.iter().copied().collect(), 4, only, &source).unwrap()
+        IdIndex::build_wanted(&dpids.iter().copied().collect(), 4, only, wanted, &source).unwrap()
     }
 
     #[test]
@@ -553,6 +599,55 @@ mod tests {
         assert_eq!(
             answered, 400,
             "every synced ID answered by exactly one group"
+        );
+    }
+
+    #[test]
+    fn an_index_of_wanted_keys_answers_them_like_the_full_index() {
+        // Chains within DPID 21 (whose partitions hold only wanted keys at first) and through
+        // DPID 22, to UUIDs; half the customer IDs are wanted.
+        let uuid = |i: u64| format!("{:038}", u128::from(i) * 7_919 + 11);
+        let (ids, mids, uuids): (Vec<String>, Vec<String>, Vec<String>) = (0..300u64)
+            .map(|i| (format!("c-{i}"), format!("m-{i}"), uuid(i)))
+            .collect();
+        let mut mappings: Vec<(Dpid, &str, Dpid, &str)> = Vec::new();
+        for i in 0..300 {
+            match i % 3 {
+                0 => mappings.push((21, &ids[i], 0, &uuids[i])),
+                1 => {
+                    mappings.push((21, &ids[i], 21, &mids[i]));
+                    mappings.push((21, &mids[i], 0, &uuids[i]));
+                }
+                _ => {
+                    mappings.push((21, &ids[i], 22, &mids[i]));
+                    mappings.push((22, &mids[i], 0, &uuids[i]));
+                }
+            }
+        }
+        let full = build(&mappings, &[21]);
+        let mut answered = 0;
+        for group in [[0u32, 1], [2, 3]] {
+            let only: BTreeSet<u32> = group.into_iter().collect();
+            let in_group: Vec<&String> = ids
+                .iter()
+                .step_by(2)
+                .filter(|id| only.contains(&part_of_hash(IdIndex::hash(21, id.as_bytes()), 4)))
+                .collect();
+            let wanted: ahash::AHashSet<u128> = in_group
+                .iter()
+                .map(|id| IdIndex::wanted_hash(21, id.as_bytes()))
+                .collect();
+            let part = build_wanted(&mappings, &[21], Some(&only), Some(&wanted));
+            for id in in_group {
+                let got = part.lookup(21, id.as_bytes());
+                assert_eq!(got, full.lookup(21, id.as_bytes()), "{id}");
+                assert!(got.is_some(), "{id}");
+                answered += 1;
+            }
+        }
+        assert_eq!(
+            answered, 150,
+            "every wanted ID answered by exactly one group"
         );
     }
 

@@ -511,16 +511,7 @@ pub fn resolve_pending(
     let mut key = Vec::with_capacity(64);
     for buf in pending {
         for op in &buf.ops {
-            let pk = buf.key(op);
-            let (Some(&flag), Some(dpid), Some(id)) = (
-                pk.first(),
-                pk.get(1..5)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .map(Dpid::from_be_bytes),
-                pk.get(5..),
-            ) else {
-                return Err("a pending op's key is too short");
-            };
+            let (flag, dpid, id) = split_pending_key(buf.key(op))?;
             key.clear();
             let target = index.lookup(dpid, id);
             if resolve_target(target, dpid, flag != 0, id, &mut key) {
@@ -533,6 +524,35 @@ pub fn resolve_pending(
     }
     out.unmatched.sort_unstable();
     Ok(out)
+}
+
+/// A pending op's key ([`pending_key`]) taken apart: (cross-device flag, DPID, customer ID).
+fn split_pending_key(pk: &[u8]) -> Result<(u8, Dpid, &[u8]), &'static str> {
+    match (
+        pk.first(),
+        pk.get(1..5)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(Dpid::from_be_bytes),
+        pk.get(5..),
+    ) {
+        (Some(&flag), Some(dpid), Some(id)) => Ok((flag, dpid, id)),
+        _ => Err("a pending op's key is too short"),
+    }
+}
+
+/// Adds the keys [`resolve_pending`] will look up in `pending` to `wanted` (as
+/// [`IdIndex::wanted_hash`]), for an index of just those ([`IdIndex::build_wanted`]).
+pub fn pending_keys(
+    pending: &[OpBuf],
+    wanted: &mut ahash::AHashSet<u128>,
+) -> Result<(), &'static str> {
+    for buf in pending {
+        for op in &buf.ops {
+            let (_, dpid, id) = split_pending_key(buf.key(op))?;
+            wanted.insert(IdIndex::wanted_hash(dpid, id));
+        }
+    }
+    Ok(())
 }
 
 /// The device source an ODC line's ID-type column names (AAM-REFERENCE §2.11).
