@@ -420,8 +420,9 @@ impl Night<'_> {
     /// Looks up the pending customer IDs (a deferred parse's, see [`FileCtx::index`]) of the
     /// ID-sync partitions `parts`, a batch at a time, one partition a thread, each batch with an
     /// index of just the keys it looks up (and the partitions of the chains' masters): memory
-    /// holds a batch's share of tonight's lookups, not an index of every key. `pending(q)` gives partition `q`'s pending ops;
-    /// resolved ops go to `spool`. Returns the unmatched lines by file, ascending.
+    /// holds a batch's share of tonight's lookups, not an index of every key. `pending(q)`
+    /// gives partition `q`'s pending ops; resolved ops go to `spool`. Returns the unmatched
+    /// lines by file, ascending.
     fn resolve_parts(
         &self,
         staged: &staged::Staged,
