@@ -561,14 +561,21 @@ mod tests {
         assert_eq!(index.lookup(22, ids[0].as_bytes()), None);
     }
 
+    /// `n` customer IDs `c-i`, master IDs `m-i` and distinct UUIDs, for chains.
+    fn chain_ids(n: u64) -> (Vec<String>, Vec<String>, Vec<String>) {
+        (0..n)
+            .map(|i| {
+                let uuid = format!("{:038}", u128::from(i) * 7_919 + 11);
+                (format!("c-{i}"), format!("m-{i}"), uuid)
+            })
+            .collect()
+    }
+
     #[test]
     fn a_partition_group_answers_its_keys_like_the_full_index() {
         // Chains from DPID 21 through 22 (other partitions, another DPID) to UUIDs and devices.
-        let uuid = |i: u64| format!("{:038}", u128::from(i) * 7_919 + 11);
         let gaid = "e4fe9bde-caa0-47b6-908d-ffba3fa184f2";
-        let (ids, mids, uuids): (Vec<String>, Vec<String>, Vec<String>) = (0..400u64)
-            .map(|i| (format!("c-{i}"), format!("m-{i}"), uuid(i)))
-            .collect();
+        let (ids, mids, uuids) = chain_ids(400);
         let mut mappings: Vec<(Dpid, &str, Dpid, &str)> = Vec::new();
         for i in 0..400 {
             match i % 3 {
@@ -606,10 +613,7 @@ mod tests {
     fn an_index_of_wanted_keys_answers_them_like_the_full_index() {
         // Chains within DPID 21 (whose partitions hold only wanted keys at first) and through
         // DPID 22, to UUIDs; half the customer IDs are wanted.
-        let uuid = |i: u64| format!("{:038}", u128::from(i) * 7_919 + 11);
-        let (ids, mids, uuids): (Vec<String>, Vec<String>, Vec<String>) = (0..300u64)
-            .map(|i| (format!("c-{i}"), format!("m-{i}"), uuid(i)))
-            .collect();
+        let (ids, mids, uuids) = chain_ids(300);
         let mut mappings: Vec<(Dpid, &str, Dpid, &str)> = Vec::new();
         for i in 0..300 {
             match i % 3 {
