@@ -38,6 +38,7 @@
 
 #![deny(unsafe_code)]
 
+mod anon_table;
 pub mod catalog;
 pub mod cli;
 pub mod codec;

@@ -677,7 +677,13 @@ impl Night<'_> {
         // rest; what stays per chunk is its rejected lines, for the rejects file.
         spool.checkpoint();
         pending.checkpoint();
-        let mut cap = Cap::new(file);
+        // About one distinct user per 128 bytes of text (lines of some 80 bytes, most users
+        // on a line or two); compressed text is some 4 times smaller.
+        let text_bytes = if gzip { p.found.size * 4 } else { p.found.size };
+        let mut cap = Cap::new(
+            file,
+            usize::try_from(text_bytes / 128).unwrap_or(usize::MAX),
+        );
         let mut rejected: Vec<RejectRow> = Vec::new();
         let mut spill_error = None;
         let read_result = read_chunks_each(

@@ -14,6 +14,7 @@
 
 use super::Table;
 use super::store::{Value, for_each, part_name, part_of_hash};
+use crate::anon_table::AnonTable;
 use crate::model::{AAM_UUID_DPID, Dpid, Uuid, device_format, id_hash};
 use ahash::AHashMap;
 use rayon::prelude::*;
@@ -44,17 +45,15 @@ struct Slot {
     uuid: u128,
 }
 
-/// The open-addressing table of one (DPID, partition), in its own anonymous mapping so the
-/// kernel can back it with 2 MiB pages: a table of a gigabyte in 4 KiB pages misses the TLB on
-/// nearly every probe, and a huge-page walk is much shorter (DESIGN.md: 431 → 191 ns per
-/// cache-missing read).
+/// The open-addressing table of one (DPID, partition), in its own mapping.
 #[derive(Default)]
 struct Shard {
-    map: Option<memmap2::MmapMut>,
+    table: AnonTable<Slot>,
 }
 
-/// The smallest page size: touching one byte in each faults the whole mapping in.
-const PAGE: usize = 4096;
+// SAFETY: two integers, `repr(C)`, no padding, 32-byte aligned: any bit pattern is a value.
+#[allow(unsafe_code)]
+unsafe impl crate::anon_table::Plain for Slot {}
 
 /// A hash as stored: 0 marks an empty slot, so the (2^-128) hash 0 is stored as 1.
 #[inline]
@@ -67,25 +66,13 @@ impl Shard {
         if keys.is_empty() {
             return Ok(Shard::default());
         }
-        let len = keys.len() * LOAD_DEN / LOAD_NUM + 1;
-        let mut map = memmap2::MmapMut::map_anon(len * size_of::<Slot>())?;
-        // A hint: without transparent huge pages the table works the same, only slower.
-        #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage);
-        // The fill reads a slot before writing it. On an untouched page that read maps the
-        // shared zero page, and the write after it must replace the mapping and flush it from
-        // every core's TLB (`perf`: a quarter of a small night's time went to those flushes).
-        // Writing every page first gives each its own zeroed page at once.
-        map.iter_mut().step_by(PAGE).for_each(|b| *b = 0);
-        fill(slots_mut(&mut map), keys);
-        Ok(Shard { map: Some(map) })
+        let mut table = AnonTable::prefaulted(keys.len() * LOAD_DEN / LOAD_NUM + 1)?;
+        fill(table.slots_mut(), keys);
+        Ok(Shard { table })
     }
 
     fn slots(&self) -> &[Slot] {
-        match &self.map {
-            Some(map) => slots_ref(map),
-            None => &[],
-        }
+        self.table.slots()
     }
 
     #[inline]
@@ -123,29 +110,6 @@ fn fill(slots: &mut [Slot], keys: &[Slot]) {
             }
             i = if i + 1 == len { 0 } else { i + 1 };
         }
-    }
-}
-
-/// The slots of a table mapping.
-#[allow(unsafe_code)]
-fn slots_ref(map: &memmap2::MmapMut) -> &[Slot] {
-    // SAFETY: the mapping is page-aligned (more than `Slot`'s 32), `len / 32` slots long, and
-    // any bit pattern is a valid `Slot` (two plain integers, `repr(C)`, no padding); the
-    // borrow of `map` bounds the slice's lifetime.
-    unsafe {
-        std::slice::from_raw_parts(map.as_ptr().cast::<Slot>(), map.len() / size_of::<Slot>())
-    }
-}
-
-/// [`slots_ref`], writable.
-#[allow(unsafe_code)]
-fn slots_mut(map: &mut memmap2::MmapMut) -> &mut [Slot] {
-    // SAFETY: as in `slots_ref`; the exclusive borrow of `map` makes the slice exclusive.
-    unsafe {
-        std::slice::from_raw_parts_mut(
-            map.as_mut_ptr().cast::<Slot>(),
-            map.len() / size_of::<Slot>(),
-        )
     }
 }
 

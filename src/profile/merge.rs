@@ -342,16 +342,22 @@ pub fn merge_partition(
     let mut rewritten = false;
     let mut head = next(&mut stored)?;
     let mut j = 0usize;
+    // How far the prefetches below have reached: every op's, not one per profile merged (a
+    // profile with several lines consumes several refs at once).
+    let (mut ops_fetched, mut acts_fetched) = (0usize, 0usize);
     loop {
         // In key order the ops, their keys and their acts are scattered over the night's
-        // buffers: start loading those a few groups ahead (ops first, then what they point to).
-        if let Some(&r) = refs.get(j + 2 * PREFETCH_AHEAD) {
-            let buf = ops[r.buf as usize];
-            prefetch_read(&buf.ops[r.op as usize]);
+        // buffers: start loading those a few ops ahead (ops first, then what they point to).
+        let ops_to = (j + 2 * PREFETCH_AHEAD).min(refs.len());
+        for &r in &refs[ops_fetched.min(ops_to)..ops_to] {
+            prefetch_read(&ops[r.buf as usize].ops[r.op as usize]);
         }
-        if let Some(&r) = refs.get(j + PREFETCH_AHEAD) {
+        ops_fetched = ops_fetched.max(ops_to);
+        let acts_to = (j + PREFETCH_AHEAD).min(refs.len());
+        for &r in &refs[acts_fetched.min(acts_to)..acts_to] {
             night.prefetch(r);
         }
+        acts_fetched = acts_fetched.max(acts_to);
         let new = refs.get(j).map(|&r| (r.prefix, night.key(r)));
         // Keys are compared by their first 8 bytes as integers first, as the sort did.
         let (key, from_store, with_ops) = match (head, new) {
