@@ -2,11 +2,14 @@
 //! night probes at random (the ID index, the per-user cap). A mapping's memory goes back to the
 //! system when the table is dropped, where the allocator might keep it for later.
 //!
-//! The tables are not advised for transparent huge pages any more. On the 2-core VM of the
-//! benchmarks, the full job (`scripts/bench.sh`'s 24M lines against 20M IDs, medians of 3)
-//! built its ID index in 0.62 s without them and 1.15 s with them (the kernel clearing 2 MiB
-//! pages while the page cache is full of the night's files), and the lookups they were meant
-//! to speed up took no less time in the parse (7.85 s against 8.06 s).
+//! A table filled all at once ([`AnonTable::filled`], the ID index) is advised for transparent
+//! huge pages: a table of a gigabyte in 4 KiB pages misses the TLB on nearly every probe, and a
+//! 2 MiB page walk is shorter. `cargo bench --bench idindex`, batched lookups at 20M keys on 2
+//! threads: 30.8M/s with the advice, 26.6M/s without. On this benchmark VM the full job pays
+//! for it in the index build (0.99-1.48 s against 0.60-0.66 s, the kernel clearing 2 MiB pages),
+//! with no steady gain in its parse; on hardware without a hypervisor's second page walk the
+//! lookups gain more. A table that fills as the night goes ([`AnonTable::zeroed`], the cap) is
+//! not advised: session 7 measured the advice slowing the parse down.
 
 /// A slot type any bit pattern of which is a valid value, with zero as its empty slot.
 ///
@@ -45,18 +48,18 @@ impl<T: Plain> AnonTable<T> {
         Self::map(len, false)
     }
 
-    /// [`zeroed`](Self::zeroed), every page faulted in now, for a table filled all at once: a
-    /// probe reads a slot before writing it, and on an untouched page that read maps the
-    /// shared zero page, so the write after it must replace the mapping and flush it from every
-    /// core's TLB (`perf`: a quarter of a small night's time went to those flushes when the
-    /// pages were 4 KiB). Writing every page first gives each its own zeroed page at once.
-    /// A table that fills over a long time gains nothing by it and would wait for all of its
-    /// zeroing up front (0.4 s for 512 MiB here).
-    pub(crate) fn prefaulted(len: usize) -> std::io::Result<AnonTable<T>> {
+    /// A table of `len` zeroed slots about to be filled all at once: advised for huge pages
+    /// (see the module), every page faulted in now. A probe reads a slot before writing it, and
+    /// on an untouched page that read maps the shared zero page, so the write after it must
+    /// replace the mapping and flush it from every core's TLB (`perf`: a quarter of a small
+    /// night's time went to those flushes). Writing every page first gives each its own zeroed
+    /// page at once. A table that fills over a long time gains nothing by it and would wait for
+    /// all of its zeroing up front (0.4 s for 512 MiB here).
+    pub(crate) fn filled(len: usize) -> std::io::Result<AnonTable<T>> {
         Self::map(len, true)
     }
 
-    fn map(len: usize, prefault: bool) -> std::io::Result<AnonTable<T>> {
+    fn map(len: usize, for_fill: bool) -> std::io::Result<AnonTable<T>> {
         if len == 0 {
             return Ok(AnonTable::default());
         }
@@ -64,7 +67,10 @@ impl<T: Plain> AnonTable<T> {
             .checked_mul(size_of::<T>())
             .ok_or_else(|| std::io::Error::other("table size overflows"))?;
         let mut map = memmap2::MmapMut::map_anon(bytes)?;
-        if prefault {
+        if for_fill {
+            // A hint: without transparent huge pages the table works the same, only slower.
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::HugePage);
             map.iter_mut().step_by(PAGE).for_each(|b| *b = 0);
         }
         Ok(AnonTable {
@@ -111,7 +117,7 @@ mod tests {
     fn a_table_starts_zeroed_and_keeps_what_is_written() {
         for mut t in [
             AnonTable::<u128>::zeroed(10_000).unwrap(),
-            AnonTable::<u128>::prefaulted(10_000).unwrap(),
+            AnonTable::<u128>::filled(10_000).unwrap(),
         ] {
             assert_eq!(t.slots().len(), 10_000);
             assert!(t.slots().iter().all(|&s| s == 0));

@@ -45,7 +45,8 @@ struct Slot {
     uuid: u128,
 }
 
-/// The open-addressing table of one (DPID, partition), in its own mapping.
+/// The open-addressing table of one (DPID, partition), in its own mapping advised for huge
+/// pages ([`AnonTable::filled`]).
 #[derive(Default)]
 struct Shard {
     table: AnonTable<Slot>,
@@ -66,7 +67,7 @@ impl Shard {
         if keys.is_empty() {
             return Ok(Shard::default());
         }
-        let mut table = AnonTable::prefaulted(keys.len() * LOAD_DEN / LOAD_NUM + 1)?;
+        let mut table = AnonTable::filled(keys.len() * LOAD_DEN / LOAD_NUM + 1)?;
         fill(table.slots_mut(), keys);
         Ok(Shard { table })
     }
