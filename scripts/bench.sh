@@ -17,6 +17,9 @@
 #   floors   `cat` of every input file to /dev/null and `wc -l` of them (GNU wc counts newlines
 #            with a vectorised memchr): reading the input once is the floor of any tool;
 #            `gzip -dc` of the .gz files with --split (inflate is the floor for those);
+#   bare join benches/bare_join.rs: an ID-sync hash map, every trait line's ID looked up and the
+#            matched lines written with their UUIDs, on the same threads: the join alone, with
+#            none of segmill's work beyond it (plain inputs only: skipped with --split);
 #   segmill  `segmill run` on a fresh state (ID-sync import, index, parse, merge, segments,
 #            exports, receipts, commit), then `segmill inspect stats` for its counts;
 #   duckdb   scripts/bench/duckdb_job.py (DuckDB from PyPI in the cached venv target/bench-venv).
@@ -39,7 +42,7 @@ while [ $# -gt 0 ]; do
     --check) check=1 ;;
     --threads) threads=${2:?--threads needs a number}; shift ;;
     --keep) keep=1 ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -71,8 +74,11 @@ if [ ! -x /usr/bin/time ]; then
   { apt-get update -qq && apt-get install -y -qq time >/dev/null; } || die "cannot install GNU time; install the 'time' package"
 fi
 
-say "building segmill (release)"
+say "building segmill (release) and the bare join"
 cargo build --release --quiet --bin segmill
+bare=$(cargo bench --no-run --bench bare_join 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
+bare=$(realpath "$bare" 2>/dev/null || true)
+[ -x "$bare" ] || die "cannot build benches/bare_join.rs"
 
 if [ ! -x "$venv/bin/python" ] || ! cmp -s scripts/bench/requirements.txt "$venv/.requirements"; then
   say "creating the DuckDB virtual environment in $venv"
@@ -142,6 +148,13 @@ if [ "${#gz_files[@]}" -gt 0 ]; then
   timed floor-gunzip sh -c 'for f; do gzip -dc "$f"; done > /dev/null' sh "${gz_files[@]}"
 fi
 
+if [ "${#gz_files[@]}" = 0 ]; then
+  say "floor: the bare join (benches/bare_join.rs)"
+  timed bare-join env RAYON_NUM_THREADS="$threads" "$bare" "$run/bare-join.tsv" \
+    "${idsync_files[@]}" -- "${trait_files[@]}"
+  rm -f "$run/bare-join.tsv"
+fi
+
 say "segmill run (threads $threads, fresh state)"
 timed segmill "$bin" --config "$run/segmill.toml" --threads "$threads" run --as-of "$as_of"
 "$bin" --config "$run/segmill.toml" inspect stats > "$run/segmill-stats.txt"
@@ -206,7 +219,8 @@ print()
 print(f"  {'step':<28}{'wall s':>9}{'peak RSS':>11}{'MB/s':>9}{'x floor':>9}")
 floor = res("floor-cat")
 rows = [("floor: cat > /dev/null", "floor-cat"), ("floor: wc -l", "floor-wc"),
-        ("floor: gzip -dc (.gz only)", "floor-gunzip"), ("segmill run", "segmill"),
+        ("floor: gzip -dc (.gz only)", "floor-gunzip"), ("floor: bare join (Rust)", "bare-join"),
+        ("segmill run", "segmill"),
         ("duckdb job", "duckdb"), ("segmill run, rules stripped", "segmill-norules")]
 for label, name in rows:
     r = res(name)
@@ -221,6 +235,12 @@ print()
 print(f"  DuckDB / segmill: {d[0] / s[0]:.1f}x wall time, {d[1] / s[1]:.1f}x peak RSS "
       f"(target: >= 15x faster, segmill <= 3.5 GB peak RSS: {s[1] / 2**30:.2f} GiB)")
 print("  (MB/s = input text bytes, ID sync included, / wall time)")
+b = res("bare-join")
+if b is not None:
+    bj = json.loads((run / "bare-join.out").read_text())
+    print(f"  segmill / bare join: {s[0] / b[0]:.1f}x wall time; DuckDB / bare join: {d[0] / b[0]:.1f}x "
+          f"(bare join: {bj['ids']} IDs mapped in {bj['build_s']:.2f} s, {bj['lines']} lines joined in "
+          f"{bj['join_s']:.2f} s, {bj['unmatched']} unmatched)")
 
 rep = sorted((run / "state" / "runs").glob("*.json"))
 if rep:

@@ -15,8 +15,8 @@
 ///
 /// # Safety
 ///
-/// Implementors must be plain data: no padding, no pointers, no invalid bit patterns, and an
-/// alignment of at most 4096 (a mapping is page-aligned).
+/// Implementors must be plain data: no padding, no pointers, no invalid bit patterns, a size
+/// above zero and an alignment of at most 4096 (a mapping is page-aligned).
 #[allow(unsafe_code)]
 pub(crate) unsafe trait Plain: Copy + 'static {}
 
@@ -60,6 +60,7 @@ impl<T: Plain> AnonTable<T> {
     }
 
     fn map(len: usize, for_fill: bool) -> std::io::Result<AnonTable<T>> {
+        const { assert!(size_of::<T>() > 0 && align_of::<T>() <= PAGE) };
         if len == 0 {
             return Ok(AnonTable::default());
         }

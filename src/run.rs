@@ -678,8 +678,12 @@ impl Night<'_> {
         spool.checkpoint();
         pending.checkpoint();
         // About one distinct user per 128 bytes of text (lines of some 80 bytes, most users
-        // on a line or two); compressed text is some 4 times smaller.
-        let text_bytes = if gzip { p.found.size * 4 } else { p.found.size };
+        // on a line or two); compressed text is some 4 times smaller. `Cap::new` bounds it.
+        let text_bytes = if gzip {
+            p.found.size.saturating_mul(4)
+        } else {
+            p.found.size
+        };
         let mut cap = Cap::new(
             file,
             usize::try_from(text_bytes / 128).unwrap_or(usize::MAX),

@@ -115,14 +115,20 @@ impl Cap {
 /// 128-bit hash (the lookup hash, see `ingest::process_chunk`) with its top byte replaced by a
 /// saturating count. Users are told apart by the other 120 bits (two of 20 million users share
 /// them with odds of about 10^-22), and a slot's key and count come in one cache line. The
-/// table lives in a [`AnonTable`]: a file of 20 million users needs a 512 MiB table, probed
-/// at random.
+/// table lives in an [`AnonTable`], sized from the file's size up to [`MAX_PRESIZED_USERS`]
+/// and grown at 3/4 full: a file of 20 million users ends in a 512 MiB table, probed at
+/// random.
 #[derive(Default)]
 struct UserCounts {
     /// 0 marks an empty slot; a used one has a count of at least 1.
     slots: AnonTable<u128>,
     len: usize,
 }
+
+/// The most users a table is sized for up front (a 512 MiB table): a file's size only guesses
+/// its users, and every page of a table is touched once it holds a few users a page, so a guess
+/// too large costs its whole size. Past this, the table grows as users come.
+const MAX_PRESIZED_USERS: usize = 24 << 20;
 
 /// Where a slot's count starts: its top byte.
 const COUNT_SHIFT: u32 = 120;
@@ -131,9 +137,10 @@ const COUNT_SHIFT: u32 = 120;
 const COUNT: u128 = 0xFF << COUNT_SHIFT;
 
 impl UserCounts {
-    /// A table sized for about `users` users without growing.
+    /// A table sized for about `users` users (at most [`MAX_PRESIZED_USERS`]) without growing.
     fn with_capacity(users: usize) -> UserCounts {
-        let slots = (users.saturating_mul(4) / 3).max(1024).next_power_of_two();
+        let users = users.min(MAX_PRESIZED_USERS);
+        let slots = (users * 4 / 3).max(1024).next_power_of_two();
         UserCounts {
             // Without the memory for the table the file is counted in a growing one.
             slots: AnonTable::zeroed(slots).unwrap_or_default(),
@@ -215,6 +222,28 @@ mod tests {
         // Users are told apart by their hashes below the count byte.
         assert_eq!(t.bump(1 | 0xAB << COUNT_SHIFT), 2);
         assert_eq!(t.bump(7 | 1 << 119), 1);
+    }
+
+    #[test]
+    fn a_presized_table_takes_its_users_without_growing() {
+        let mut t = UserCounts::with_capacity(3_000);
+        let slots = t.slots.slots().len();
+        assert_eq!(slots, 4096);
+        // Users whose home is the last slot: their probes wrap around to the first ones.
+        let users: Vec<u128> = (0..3_000u128).map(|k| 4095 + (k << 12)).collect();
+        for round in 1..=2 {
+            for &u in &users {
+                assert_eq!(t.bump(u), round);
+            }
+        }
+        assert_eq!(t.len, 3_000);
+        assert_eq!(t.slots.slots().len(), slots);
+        // A hint larger than the bound gets the bound's table, not the hint's.
+        let big = UserCounts::with_capacity(usize::MAX);
+        assert_eq!(
+            big.slots.slots().len(),
+            (MAX_PRESIZED_USERS * 4 / 3).next_power_of_two()
+        );
     }
 
     #[test]

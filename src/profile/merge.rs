@@ -348,13 +348,15 @@ pub fn merge_partition(
     loop {
         // In key order the ops, their keys and their acts are scattered over the night's
         // buffers: start loading those a few ops ahead (ops first, then what they point to).
+        // (After a group longer than the distance, the cursors restart at `j`: the refs behind
+        // it are merged already.)
         let ops_to = (j + 2 * PREFETCH_AHEAD).min(refs.len());
-        for &r in &refs[ops_fetched.min(ops_to)..ops_to] {
+        for &r in &refs[ops_fetched.max(j).min(ops_to)..ops_to] {
             prefetch_read(&ops[r.buf as usize].ops[r.op as usize]);
         }
         ops_fetched = ops_fetched.max(ops_to);
         let acts_to = (j + PREFETCH_AHEAD).min(refs.len());
-        for &r in &refs[acts_fetched.min(acts_to)..acts_to] {
+        for &r in &refs[acts_fetched.max(j).min(acts_to)..acts_to] {
             night.prefetch(r);
         }
         acts_fetched = acts_fetched.max(acts_to);
