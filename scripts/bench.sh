@@ -17,12 +17,12 @@
 #   floors   `cat` of every input file to /dev/null and `wc -l` of them (GNU wc counts newlines
 #            with a vectorised memchr): reading the input once is the floor of any tool;
 #            `gzip -dc` of the .gz files with --split (inflate is the floor for those);
-#   bare join benches/bare_join.rs: an ID-sync hash map, every trait line's ID looked up and the
-#            matched lines written with their UUIDs, on the same threads: the join alone, with
-#            none of segmill's work beyond it (plain inputs only: skipped with --split);
 #   segmill  `segmill run` on a fresh state (ID-sync import, index, parse, merge, segments,
 #            exports, receipts, commit), then `segmill inspect stats` for its counts;
-#   duckdb   scripts/bench/duckdb_job.py (DuckDB from PyPI in the cached venv target/bench-venv).
+#   duckdb   scripts/bench/duckdb_job.py (DuckDB from PyPI in the cached venv target/bench-venv);
+#   bare join benches/bare_join.rs: an ID-sync hash table, every trait line's ID looked up and the
+#            matched lines written with their UUIDs, on the same threads: the join alone, with
+#            none of segmill's work beyond it (plain inputs only: skipped with --split).
 # The generated sample is cached under target/bench-data/<size>/, keyed by the gen options; all
 # steps read it from the page cache (it was just written or read), so the figures are warm-cache.
 # Exits non-zero if any step fails or --check finds a difference.
@@ -148,13 +148,6 @@ if [ "${#gz_files[@]}" -gt 0 ]; then
   timed floor-gunzip sh -c 'for f; do gzip -dc "$f"; done > /dev/null' sh "${gz_files[@]}"
 fi
 
-if [ "${#gz_files[@]}" = 0 ]; then
-  say "floor: the bare join (benches/bare_join.rs)"
-  timed bare-join env RAYON_NUM_THREADS="$threads" "$bare" "$run/bare-join.tsv" \
-    "${idsync_files[@]}" -- "${trait_files[@]}"
-  rm -f "$run/bare-join.tsv"
-fi
-
 say "segmill run (threads $threads, fresh state)"
 timed segmill "$bin" --config "$run/segmill.toml" --threads "$threads" run --as-of "$as_of"
 "$bin" --config "$run/segmill.toml" inspect stats > "$run/segmill-stats.txt"
@@ -164,6 +157,14 @@ mkdir -p "$run/duckdb-tmp"
 timed duckdb "$venv/bin/python" scripts/bench/duckdb_job.py --drop "$data" \
   --out "$run/duckdb-users.tsv" --threads "$threads" --memory-limit "$duckdb_mem" \
   --temp-dir "$run/duckdb-tmp"
+
+# Last of the timed jobs: its 1.9 GB of output (and their writeback) must not land in the others'.
+if [ "${#gz_files[@]}" = 0 ]; then
+  say "floor: the bare join (benches/bare_join.rs)"
+  timed bare-join env RAYON_NUM_THREADS="$threads" "$bare" "$run/bare-join.tsv" \
+    "${idsync_files[@]}" -- "${trait_files[@]}"
+  rm -f "$run/bare-join.tsv"
+fi
 
 if [ "$check" = 1 ]; then
   say "check: segmill with the trait rules stripped must match DuckDB exactly"
