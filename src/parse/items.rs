@@ -45,6 +45,18 @@ impl<'a> Iterator for Items<'a> {
     type Item = Item<'a>;
 
     fn next(&mut self) -> Option<Item<'a>> {
+        let rest = self.rest?;
+        if let Some((id, after)) = plain_realize(rest) {
+            self.rest = after;
+            return Some(Item::Realize(id));
+        }
+        self.next_general()
+    }
+}
+
+impl<'a> Items<'a> {
+    /// [`Iterator::next`] through the whole grammar, without the `d_sid=N` shortcut.
+    fn next_general(&mut self) -> Option<Item<'a>> {
         loop {
             let rest = self.rest?;
             let token = match next_token(rest) {
@@ -66,6 +78,35 @@ impl<'a> Iterator for Items<'a> {
 }
 
 impl FusedIterator for Items<'_> {}
+
+/// The most digits [`plain_realize`] reads: any 9 digits fit a `TraitId`.
+const PLAIN_DIGITS: usize = 9;
+
+/// The shortcut for the item nearly every line is made of: when `rest` starts with `d_sid=`,
+/// 1 to 9 digits and then a comma or its end, that item's trait and what follows the comma
+/// (`None` at the end), just as the whole grammar reads them. Anything else (spaces, quotes, a
+/// longer number, another key) gives `None`, and the whole grammar reads the item.
+#[inline]
+fn plain_realize(rest: &[u8]) -> Option<(TraitId, Option<&[u8]>)> {
+    let digits = rest.strip_prefix(b"d_sid=")?;
+    let n = digits
+        .iter()
+        .take(PLAIN_DIGITS + 1)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if n == 0 || n > PLAIN_DIGITS {
+        return None;
+    }
+    let after = match digits.get(n) {
+        None => None,
+        Some(b',') => Some(digits.get(n + 1..).unwrap_or_default()),
+        Some(_) => return None,
+    };
+    let id = digits[..n]
+        .iter()
+        .fold(0, |id: TraitId, &d| id * 10 + TraitId::from(d - b'0'));
+    Some((id, after))
+}
 
 /// One item of a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -527,6 +568,53 @@ mod tests {
             [bad(Malformed::EmptyValue); 4]
         );
         assert_eq!(all(br#""""#), [bad(Malformed::EmptyValue)]);
+    }
+
+    #[test]
+    fn the_d_sid_shortcut_reads_what_the_grammar_reads() {
+        // The shortcut's edges: 9 and 10 digits, leading zeros, a comma at the end, spaces,
+        // quotes, another key after.
+        let cases: [&[u8]; 12] = [
+            b"d_sid=123456789",
+            b"d_sid=1234567890",
+            b"d_sid=4294967296",
+            b"d_sid=007,d_sid=8,",
+            b"d_sid=5 ,d_sid= 6",
+            b"d_sid=\"7\",d_sid=",
+            b"d_sid=9,,d_sid=10:0",
+            b"d_sid=1x,d_sid=2",
+            b"d_sid=3,d_sidx=4,d_unsid=3",
+            b"d_sid=,",
+            b"d_sid=12,-d_sid=13",
+            b"d_sid=",
+        ];
+        for raw in cases {
+            assert_eq!(all(raw), general(raw), "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    /// The items of `raw` through the whole grammar only.
+    fn general(raw: &[u8]) -> Vec<Item<'_>> {
+        let mut it = items(raw);
+        std::iter::from_fn(|| it.next_general()).collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        /// The `d_sid=N` shortcut never changes what a line's items are.
+        #[test]
+        fn items_with_and_without_the_shortcut_agree(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "d_sid=", "d_sid=7", "d_sid=123456789", "d_sid=4294967296", "d_unsid=",
+                    "0", "42", ",", " ", "\"", "=", ":", "-1", "x", "ic=",
+                ]),
+                0..12,
+            )
+        ) {
+            let raw = parts.concat().into_bytes();
+            proptest::prop_assert_eq!(all(&raw), general(&raw));
+        }
     }
 
     #[test]
