@@ -401,6 +401,10 @@ impl Grouped {
     }
 }
 
+/// How many IDs ahead [`merge_group`] starts loading a mapping's ID (and twice as far, the
+/// mapping).
+const PREFETCH_AHEAD: usize = 8;
+
 /// Merges one group's mappings (in application order) into partition `part` of `dpid` and
 /// hands the new payload to `out`; returns the mappings stored per file index.
 fn merge_group(
@@ -413,7 +417,7 @@ fn merge_group(
 ) -> Result<Vec<(usize, u64)>, StoreError> {
     let name = part_name(table, dpid, part);
     let previous = old(&name)?;
-    let stored = match &previous {
+    let stored_records = match &previous {
         Some(bytes) => decode(bytes).map_err(|source| StoreError::Corrupt {
             part: name.clone(),
             source,
@@ -437,54 +441,59 @@ fn merge_group(
             })
             .then(a.1.cmp(&b.1))
     });
-    let group = group.iter().map(|&(_, i)| (i, &incoming[i as usize]));
-    let mut winners: Vec<(Record<'_>, usize)> = Vec::with_capacity(group.len());
-    for (_, m) in group {
-        match winners.last_mut() {
-            Some(last) if last.0.id == m.record.id => {
-                if m.record.timestamp >= last.0.timestamp {
-                    *last = (m.record, m.file);
-                }
-            }
-            _ => winners.push((m.record, m.file)),
-        }
-    }
-    let mut merged: Vec<Record<'_>> = Vec::with_capacity(stored.len() + winners.len());
+    // Walk the IDs in order, the winner of each merged with the stored records as it is
+    // found, and encode as we go. Tonight's mappings are read in ID order from wherever their
+    // chunks left them: start loading a mapping, then its ID, a few IDs ahead.
+    let mut w = Writer::default();
+    w.buf.reserve(
+        previous.as_ref().map_or(0, Vec::len)
+            + incoming
+                .iter()
+                .map(|m| m.record.id.len() + 28)
+                .sum::<usize>(),
+    );
     let mut counts: BTreeMap<usize, u64> = BTreeMap::new();
-    let (mut i, mut j) = (0, 0);
-    while i < stored.len() || j < winners.len() {
-        let take_new = match (stored.get(i), winners.get(j)) {
-            (Some(s), Some((w, _))) => match s.id.cmp(w.id) {
-                std::cmp::Ordering::Less => false,
-                std::cmp::Ordering::Greater => true,
-                std::cmp::Ordering::Equal => {
-                    i += 1; // the stored one is replaced or kept below
-                    if w.timestamp >= s.timestamp {
-                        true
-                    } else {
-                        merged.push(*s);
-                        j += 1;
-                        continue;
-                    }
-                }
-            },
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
-        if take_new {
-            let (w, file) = winners[j];
-            merged.push(w);
-            *counts.entry(file).or_default() += 1;
-            j += 1;
-        } else {
-            merged.push(stored[i]);
-            i += 1;
+    let mut stored = stored_records.iter().peekable();
+    let mut k = 0;
+    while k < group.len() {
+        if let Some(&(_, ahead)) = group.get(k + 2 * PREFETCH_AHEAD) {
+            crate::idsync::index::prefetch_read(&incoming[ahead as usize]);
         }
+        if let Some(&(_, ahead)) = group.get(k + PREFETCH_AHEAD) {
+            crate::idsync::index::prefetch_read(incoming[ahead as usize].record.id);
+        }
+        let first = &incoming[group[k].1 as usize];
+        let (mut winner, mut file) = (first.record, first.file);
+        k += 1;
+        // Later in application order wins a tie of timestamps.
+        while let Some(m) = group.get(k).map(|&(_, i)| &incoming[i as usize])
+            && m.record.id == winner.id
+        {
+            if m.record.timestamp >= winner.timestamp {
+                (winner, file) = (m.record, m.file);
+            }
+            k += 1;
+        }
+        while let Some(s) = stored.next_if(|s| s.id < winner.id) {
+            write_record(&mut w, s);
+        }
+        // A stored mapping of the same ID is replaced unless it is newer.
+        if let Some(s) = stored.next_if(|s| s.id == winner.id)
+            && s.timestamp > winner.timestamp
+        {
+            write_record(&mut w, s);
+            continue;
+        }
+        write_record(&mut w, &winner);
+        *counts.entry(file).or_default() += 1;
     }
-    let payload = encode(&merged);
+    for s in stored {
+        write_record(&mut w, s);
+    }
+    let payload = w.buf;
     // The inputs go before the payload is handed on (it may be written out).
-    drop(merged);
-    drop(stored);
+    drop(group);
+    drop(stored_records);
     drop(previous);
     out(&name, payload)?;
     Ok(counts.into_iter().collect())
@@ -632,6 +641,87 @@ mod tests {
         assert_eq!(lookup(&applied2.parts, "b").as_deref(), Some("u3"));
         assert_eq!(lookup(&applied2.parts, "c").as_deref(), Some("u4"));
         assert_eq!(applied2.stored_per_file, BTreeMap::from([(0, 1)]));
+    }
+
+    proptest::proptest! {
+        /// The merge of tonight's mappings into a stored partition keeps, per ID, the newest
+        /// mapping: tonight's latest by timestamp (the later of a tie), unless the stored one
+        /// is strictly newer; and counts each file's mappings that were stored.
+        #[test]
+        fn the_newest_mapping_of_each_id_is_stored(
+            stored in proptest::collection::btree_map(0u8..40, 0u64..6, 0..30),
+            tonight in proptest::collection::vec((0u8..40, 0u64..6, 0usize..3), 0..120),
+            partitions in 1u32..4,
+        ) {
+            let id = |i: u8| format!("id-{i:02}");
+            let value = |t: u64, k: usize| format!("v{t}-{k}");
+            let ids: Vec<String> = (0..40).map(id).collect();
+            let values: Vec<String> = (0..6)
+                .flat_map(|t| (0..=120).map(move |k| value(t, k)))
+                .collect();
+            let v = |t: u64, k: usize| values[t as usize * 121 + k].as_str();
+            // Stored values are numbered 120, tonight's by position (below 120).
+            let old_parts: Vec<Incoming<'_>> = stored
+                .iter()
+                .map(|(&i, &t)| Incoming {
+                    key_dpid: 21,
+                    record: rec(&ids[i as usize], v(t, 120), t),
+                    file: 0,
+                })
+                .collect();
+            let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
+            let base = apply(Table::Adobe, &old_parts, partitions, &none).unwrap().parts;
+            let old = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
+                Ok(base.get(name).cloned())
+            };
+            let incoming: Vec<Incoming<'_>> = tonight
+                .iter()
+                .enumerate()
+                .map(|(k, &(i, t, file))| Incoming {
+                    key_dpid: 21,
+                    record: rec(&ids[i as usize], v(t, k), t),
+                    file,
+                })
+                .collect();
+            let applied = apply(Table::Adobe, &incoming, partitions, &old).unwrap();
+
+            // The model: stored first, then tonight's in order, a later one winning ties.
+            let mut want: BTreeMap<u8, (u64, String, Option<usize>)> = stored
+                .iter()
+                .map(|(&i, &t)| (i, (t, value(t, 120), None)))
+                .collect();
+            for (k, &(i, t, file)) in tonight.iter().enumerate() {
+                match want.get(&i) {
+                    Some((old_t, _, _)) if *old_t > t => {}
+                    _ => {
+                        want.insert(i, (t, value(t, k), Some(file)));
+                    }
+                }
+            }
+            let mut counts = BTreeMap::new();
+            for (_, _, file) in want.values() {
+                if let Some(f) = file {
+                    *counts.entry(*f).or_insert(0u64) += 1;
+                }
+            }
+            proptest::prop_assert_eq!(&applied.stored_per_file, &counts);
+            let mut parts = base.clone();
+            parts.extend(applied.parts.clone());
+            let mut got = BTreeMap::new();
+            for payload in parts.values() {
+                let records = decode(payload).unwrap();
+                proptest::prop_assert!(records.windows(2).all(|w| w[0].id < w[1].id));
+                for r in records {
+                    got.insert(
+                        String::from_utf8(r.id.to_vec()).unwrap(),
+                        String::from_utf8(r.value.text().into_owned()).unwrap(),
+                    );
+                }
+            }
+            let want: BTreeMap<String, String> =
+                want.into_iter().map(|(i, (_, v, _))| (id(i), v)).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]
