@@ -27,7 +27,7 @@ use crate::ingest::spool::Spool;
 use crate::ingest::{ChunkOut, FileCtx, IdKind, OpBuf, process_chunk, seq_file, seq_line};
 use crate::model::{AAM_UUID_DPID, Dpid, Timestamp, device_format};
 use crate::outbound::export::{self, DestExport, DestMeta, ExportSummary};
-use crate::profile::merge::{FileMeta, MergeCtx, PartOut, merge_partition};
+use crate::profile::merge::{FileMeta, MergeCtx, PartOut, merge_partition, merge_partition_into};
 use crate::report::receipt::{
     Category, Counters, FileReceipt, FileStatus, JobReceipt, SAMPLES_PER_CATEGORY, Sample,
     escape_tsv, receipt_time, sample_text,
@@ -762,6 +762,30 @@ impl Night<'_> {
         let refs: Vec<&OpBuf> = bufs.iter().collect();
         let name = crate::profile::part_name(p);
         let format = self.parent_format();
+        if format == crate::state::FORMAT_VERSION {
+            // The stored partition is mapped and let go of as the merge passes it, and the new
+            // one goes to disk as it is made: a large partition is never held whole.
+            let mapped = match &self.parent {
+                Some(g) => g.map(&name)?,
+                None => None,
+            };
+            let mut sink = MergeSink {
+                stream: staged.stream(&name),
+                stored: mapped.as_ref(),
+            };
+            let out = merge_partition_into(
+                mapped.as_ref().map(crate::state::MappedPayload::bytes),
+                &refs,
+                ctx,
+                &mut sink,
+            )
+            .map_err(|e| anyhow!("profile partition {name}: {e}"))?;
+            // Unchanged, the parent's file is carried over instead (the stream is dropped).
+            if out.rewritten {
+                sink.stream.finish()?;
+            }
+            return Ok(Some(out));
+        }
         let old = match self.parent_file(&name)? {
             Some(payload) => Some(
                 crate::profile::in_current_layout(format, payload)
@@ -782,6 +806,25 @@ impl Night<'_> {
             staged.write(&name, &payload)?;
         }
         Ok(Some(out))
+    }
+}
+
+/// A merge's new partition streamed into the generation, and its stored one let go of behind
+/// it.
+struct MergeSink<'a> {
+    stream: staged::StagedStream<'a>,
+    stored: Option<&'a crate::state::MappedPayload>,
+}
+
+impl crate::profile::merge::PartSink for MergeSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write(bytes)
+    }
+
+    fn passed(&mut self, offset: usize) {
+        if let Some(stored) = self.stored {
+            stored.release_before(offset);
+        }
     }
 }
 

@@ -435,7 +435,7 @@ impl Bytes {
 /// process's memory (they stay in the page cache and fault back in if touched again). A hint:
 /// a refusal changes nothing.
 #[allow(unsafe_code)]
-fn release(map: &Mmap, start: usize, len: usize) {
+pub(crate) fn release(map: &Mmap, start: usize, len: usize) {
     #[cfg(unix)]
     {
         const PAGE: usize = 4096;

@@ -92,6 +92,9 @@ pub struct PartOut {
     /// off. An `iter` export diffs just these against its members instead of every profile.
     #[serde(skip)]
     pub changes: Option<Vec<u8>>,
+    /// Whether the new partition differs from the stored one by a byte.
+    #[serde(skip)]
+    pub rewritten: bool,
 }
 
 /// How many bytes of [`PartOut::changes`] a partition of `stored_bytes` keeps: about 30 bytes
@@ -292,12 +295,73 @@ impl<'a> Night<'a> {
     }
 }
 
-/// Merges `ops` (this partition's op buffers, in run order) into `old`.
+/// Where [`merge_partition_into`] puts the new partition, a piece at a time, and what it tells
+/// the owner of the stored partition as it walks past it.
+pub trait PartSink {
+    /// Appends the next bytes of the new partition.
+    ///
+    /// # Errors
+    ///
+    /// The bytes could not be written; the merge stops with [`MergeError::Write`].
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+
+    /// The merge will not read the stored partition before `offset` again.
+    fn passed(&mut self, _offset: usize) {}
+}
+
+impl PartSink for Vec<u8> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Why a merge stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Stored(#[from] Truncated),
+    #[error("cannot write the new partition: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+/// The new partition is handed to the sink in pieces of about this many bytes, and a quiet run
+/// of stored profiles at least this long goes to it straight from the stored bytes.
+#[cfg(not(test))]
+const SINK_PIECE: usize = 256 << 10;
+/// Small in tests, so that their partitions go to the sink in many pieces.
+#[cfg(test)]
+const SINK_PIECE: usize = 96;
+
+/// Merges `ops` (this partition's op buffers, in run order) into `old`, the new partition in
+/// [`PartOut::payload`] (`None` when no byte of it changed).
 pub fn merge_partition(
     old: Option<&[u8]>,
     ops: &[&OpBuf],
     ctx: &MergeCtx<'_>,
 ) -> Result<PartOut, Truncated> {
+    let total: usize = ops.iter().map(|b| b.ops.len()).sum();
+    let mut payload = Vec::with_capacity(old.map_or(0, <[u8]>::len) + total * 48);
+    let mut out = merge_partition_into(old, ops, ctx, &mut payload).map_err(|e| match e {
+        MergeError::Stored(t) => t,
+        MergeError::Write(e) => unreachable!("a Vec takes every write: {e}"),
+    })?;
+    if out.rewritten {
+        out.payload = Some(payload);
+    }
+    Ok(out)
+}
+
+/// Merges `ops` (this partition's op buffers, in run order) into `old`, writing the new
+/// partition to `sink` as it is made, whether or not it differs from `old`
+/// ([`PartOut::rewritten`] says if it does). Memory holds tonight's ops and a piece of the new
+/// partition, not the whole of it; `sink` hears which stored bytes the merge is done with.
+pub fn merge_partition_into(
+    old: Option<&[u8]>,
+    ops: &[&OpBuf],
+    ctx: &MergeCtx<'_>,
+    sink: &mut dyn PartSink,
+) -> Result<PartOut, MergeError> {
     let night = Night { bufs: ops };
     let refs = night.sorted();
     let old = old.unwrap_or_default();
@@ -318,6 +382,7 @@ pub fn merge_partition(
         min_flip: None,
         has_customer: false,
         changes: ctx.keep_changes.then(Vec::new),
+        rewritten: false,
     };
     let changes_limit = changes_kept(old.len());
     let mut scratch = Scratch {
@@ -333,9 +398,9 @@ pub fn merge_partition(
     let mut seg_scratch = SegScratch::default();
     let mut facts = FactsCache::new(ctx);
     let mut w = Writer::default();
-    // The new partition is about the old one plus what tonight's lines add: reserving it
-    // up front saves copying the buffer as it grows (an estimate; too little only costs that).
-    w.buf.reserve(old.len() + refs.len() * 48);
+    w.buf.reserve(2 * SINK_PIECE);
+    // Where the stored bytes were last reported passed.
+    let mut passed = 0usize;
     // Quiet stored profiles are copied through a run at a time: from `quiet_from` in `old` to
     // the current head, flushed before anything else is written.
     let mut quiet_from = 0usize;
@@ -388,6 +453,13 @@ pub fn merge_partition(
             out.has_customer |= o.key.first() == Some(&ProfileKey::TAG_CUSTOMER);
             fold_events(&mut out, o.events);
             head = next(&mut stored)?;
+            // A long quiet run goes to the sink straight from the stored bytes.
+            let at = start_of(&stored, head);
+            if at - quiet_from >= SINK_PIECE {
+                flush(sink, &mut w.buf, &old[quiet_from..at])?;
+                quiet_from = at;
+                report_passed(sink, &mut passed, quiet_from);
+            }
             continue;
         }
         // The head is this profile or one after it: the quiet run ends where the head starts.
@@ -417,15 +489,39 @@ pub fn merge_partition(
             head = next(&mut stored)?;
         }
         quiet_from = start_of(&stored, head);
+        if w.buf.len() >= SINK_PIECE {
+            flush(sink, &mut w.buf, &[])?;
+        }
+        report_passed(sink, &mut passed, quiet_from);
     }
-    if rewritten {
-        w.buf.extend_from_slice(&old[quiet_from..]);
-        out.payload = Some(w.buf);
-    }
+    flush(sink, &mut w.buf, &old[quiet_from..])?;
+    sink.passed(old.len());
+    out.rewritten = rewritten;
     for (job, heap) in scratch.ntr.into_iter().enumerate() {
         out.ntr_samples[job] = heap.into_sorted_vec();
     }
     Ok(out)
+}
+
+/// Hands `buf` (emptied) and then `stored`, a run of stored bytes, to `sink`.
+fn flush(sink: &mut dyn PartSink, buf: &mut Vec<u8>, stored: &[u8]) -> Result<(), MergeError> {
+    if !buf.is_empty() {
+        sink.write(buf).map_err(MergeError::Write)?;
+        buf.clear();
+    }
+    if !stored.is_empty() {
+        sink.write(stored).map_err(MergeError::Write)?;
+    }
+    Ok(())
+}
+
+/// Tells `sink` the merge is past `offset` of the stored bytes, once it is a piece further
+/// than it last said (`passed`).
+fn report_passed(sink: &mut dyn PartSink, passed: &mut usize, offset: usize) {
+    if offset >= *passed + SINK_PIECE {
+        *passed = offset;
+        sink.passed(offset);
+    }
 }
 
 /// The next stored profile's header, or `None` at the end of the partition.

@@ -111,6 +111,18 @@ impl Staged {
         Ok(())
     }
 
+    /// Starts data file `name` as a stream: [`StagedStream::finish`] writes it as
+    /// [`Staged::write`] would have the whole payload. Into a generation, the bytes go to disk
+    /// as they come (past the first [`STREAM_HOLD`]); otherwise they are collected first.
+    pub(super) fn stream(&self, name: &str) -> StagedStream<'_> {
+        StagedStream {
+            staged: self,
+            name: name.to_owned(),
+            held: Vec::new(),
+            file: None,
+        }
+    }
+
     /// Whether `name` was written by this run.
     pub(super) fn contains(&self, name: &str) -> bool {
         self.written
@@ -201,6 +213,62 @@ impl Staged {
     }
 }
 
+/// Bytes a [`StagedStream`] into a generation holds before it creates its file: a partition
+/// this small, or a stream dropped unfinished, never touches the disk.
+const STREAM_HOLD: usize = 1 << 20;
+
+/// A data file being written a piece at a time; see [`Staged::stream`]. Dropped unfinished, it
+/// writes nothing and leaves no file.
+pub(super) struct StagedStream<'a> {
+    staged: &'a Staged,
+    name: String,
+    held: Vec<u8>,
+    file: Option<crate::state::FileWriter<'a>>,
+}
+
+impl StagedStream<'_> {
+    /// Appends `bytes` to the file.
+    pub(super) fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        if let Some(file) = &mut self.file {
+            return file.write_all(bytes);
+        }
+        match &self.staged.target {
+            Target::Writer(w) if self.held.len() + bytes.len() > STREAM_HOLD => {
+                let mut file = w
+                    .create(&self.name)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                file.write_all(&self.held)?;
+                file.write_all(bytes)?;
+                self.held = Vec::new();
+                self.file = Some(file);
+                Ok(())
+            }
+            _ => {
+                self.held.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Finishes the file (an empty one writes none, as [`Staged::write`]).
+    pub(super) fn finish(self) -> anyhow::Result<()> {
+        match self.file {
+            Some(file) => {
+                file.finish()
+                    .with_context(|| format!("cannot write state file {}", self.name))?;
+                self.staged
+                    .written
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(self.name);
+                Ok(())
+            }
+            None => self.staged.write(&self.name, &self.held),
+        }
+    }
+}
+
 /// Relative names of the files under `dir/prefix`, temp files of killed writers left out.
 pub(super) fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> anyhow::Result<()> {
     let here = dir.join(prefix);
@@ -224,4 +292,76 @@ pub(super) fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> anyhow::R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_writes_what_one_write_would_and_a_dropped_one_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = crate::state::StateDir::open(tmp.path()).unwrap();
+        let staged = Staged::new(Some(state.begin(None).unwrap()));
+        let payload: Vec<u8> = (0..3 * STREAM_HOLD as u32)
+            .map(|i| (i % 253) as u8)
+            .collect();
+
+        // Past the hold, in pieces of odd sizes: to disk as it comes.
+        let mut stream = staged.stream("profiles/part-0000");
+        for piece in payload.chunks(STREAM_HOLD / 3 + 7) {
+            stream.write(piece).unwrap();
+        }
+        stream.finish().unwrap();
+        // Under the hold: written at the finish.
+        let mut small = staged.stream("profiles/part-0001");
+        small.write(&payload[..100]).unwrap();
+        small.finish().unwrap();
+        // Empty: written as an emptied partition (no file, but counts as written).
+        staged.stream("profiles/part-0002").finish().unwrap();
+        // Dropped unfinished, on either side of the hold: nothing.
+        let mut dropped = staged.stream("profiles/part-0003");
+        dropped.write(&payload).unwrap();
+        drop(dropped);
+        let mut dropped = staged.stream("profiles/part-0004");
+        dropped.write(&payload[..10]).unwrap();
+        drop(dropped);
+
+        assert_eq!(
+            staged.read("profiles/part-0000").unwrap(),
+            Some(payload.clone())
+        );
+        assert_eq!(
+            staged.read("profiles/part-0001").unwrap(),
+            Some(payload[..100].to_vec())
+        );
+        assert_eq!(staged.read("profiles/part-0002").unwrap(), Some(Vec::new()));
+        assert_eq!(staged.read("profiles/part-0003").unwrap(), None);
+        assert_eq!(staged.read("profiles/part-0004").unwrap(), None);
+        let names: Vec<String> = staged.names().into_iter().collect();
+        assert_eq!(
+            names,
+            [
+                "profiles/part-0000",
+                "profiles/part-0001",
+                "profiles/part-0002"
+            ]
+        );
+        let generation = staged
+            .into_writer()
+            .unwrap()
+            .commit(serde_json::json!(null), 1)
+            .unwrap();
+        let mut files: Vec<&str> = generation.files().map(|(name, _)| name).collect();
+        files.sort_unstable();
+        assert_eq!(files, ["profiles/part-0000", "profiles/part-0001"]);
+        for n in 2..5 {
+            assert!(
+                !generation
+                    .dir
+                    .join(format!("profiles/part-000{n}"))
+                    .exists()
+            );
+        }
+    }
 }

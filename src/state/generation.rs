@@ -343,6 +343,35 @@ impl Generation {
         }))
     }
 
+    /// The verified payload of `rel` as a read-only memory map, or `None` if the manifest does
+    /// not list it, for a reader that walks it once front to back and lets go of what it has
+    /// passed ([`MappedPayload::release_before`]), so that a large partition is never resident
+    /// whole. Size, footer and checksum are checked first, as [`Generation::read`] does.
+    pub fn map(&self, rel: &str) -> Result<Option<MappedPayload>, StateError> {
+        let Some((path, entry, expected)) = self.locate(rel)? else {
+            return Ok(None);
+        };
+        let file = open_listed(&path)?;
+        let file_len = check_len(&file, &path, entry.size)?;
+        let len = usize::try_from(entry.size)
+            .map_err(|_| StateError::corrupt(&path, "larger than this machine's address space"))?;
+        // SAFETY: data files are never modified once written (see the module docs), and the
+        // generation is read under the state lock; the map is read-only.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|source| StateError::io("map", &path, source))?;
+        if map.len() as u64 != file_len {
+            return Err(StateError::corrupt(&path, "changed size while being read"));
+        }
+        let (payload, footer) = map.split_at(len);
+        check_footer(&path, footer, entry.size, expected)?;
+        check_sum(&path, fsutil::checksum(payload), expected)?;
+        let mapped = MappedPayload { map, len };
+        // The check touched every page: let them go until the reader comes to them.
+        mapped.release_before(len);
+        Ok(Some(mapped))
+    }
+
     /// Reads and verifies every data file; for `inspect` and after restoring a backup.
     pub fn verify_all(&self) -> Result<(), StateError> {
         for rel in self.manifest.files.keys() {
@@ -517,6 +546,24 @@ fn check_sum(path: &Path, found: u64, expected: u64) -> Result<(), StateError> {
         ));
     }
     Ok(())
+}
+
+/// A data file's verified payload, memory-mapped; see [`Generation::map`].
+pub struct MappedPayload {
+    map: memmap2::Mmap,
+    len: usize,
+}
+
+impl MappedPayload {
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[..self.len]
+    }
+
+    /// Lets the pages wholly before `offset` leave this process's memory (they stay in the
+    /// page cache, and the same bytes fault back in if touched again).
+    pub fn release_before(&self, offset: usize) {
+        crate::inbound::read::release(&self.map, 0, offset.min(self.len));
+    }
 }
 
 /// Streams the payload of one data file and verifies its checksum at the end; see

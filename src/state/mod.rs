@@ -38,7 +38,7 @@ pub use fsutil::{
 };
 pub(crate) use fsutil::{is_temp_name, temp_path_for};
 pub use generation::{
-    Blobs, FetchBlob, FileEntry, FileWriter, Generation, GenerationWriter, Manifest,
+    Blobs, FetchBlob, FileEntry, FileWriter, Generation, GenerationWriter, Manifest, MappedPayload,
     VerifiedReader, read_loose, write_loose,
 };
 pub use ledger::{LEDGER_FILE, Ledger, LedgerEntry, LedgerError, Outcome};
@@ -465,10 +465,18 @@ mod tests {
         rdr.read_to_end(&mut back).unwrap();
         assert_eq!(back, payload);
         assert_eq!(
-            generation.read("profiles/part-0000").unwrap(),
-            Some(payload)
+            generation.read("profiles/part-0000").unwrap().as_ref(),
+            Some(&payload)
         );
         assert!(generation.open("nope").unwrap().is_none());
+        let mapped = generation.map("profiles/part-0000").unwrap().unwrap();
+        assert_eq!(mapped.bytes(), &payload[..]);
+        // Letting go of pages changes nothing the reader sees.
+        mapped.release_before(200_000);
+        assert_eq!(mapped.bytes(), &payload[..]);
+        mapped.release_before(usize::MAX);
+        assert_eq!(mapped.bytes(), &payload[..]);
+        assert!(generation.map("nope").unwrap().is_none());
     }
 
     #[test]
@@ -480,6 +488,8 @@ mod tests {
         fs::write(&path, &raw).unwrap();
         let current = state.current().unwrap().unwrap();
         let reason = corrupt_reason(current.read("profiles/part-0007").unwrap_err(), &path);
+        assert!(reason.starts_with("payload checksum is "), "{reason}");
+        let reason = corrupt_reason(current.map("profiles/part-0007").err().unwrap(), &path);
         assert!(reason.starts_with("payload checksum is "), "{reason}");
 
         let mut rdr = current.open("profiles/part-0007").unwrap().unwrap();
@@ -510,6 +520,8 @@ mod tests {
         );
         let reason = corrupt_reason(current.open("profiles/part-0007").err().unwrap(), &path);
         assert!(reason.starts_with("file is 26 bytes"), "{reason}");
+        let reason = corrupt_reason(current.map("profiles/part-0007").err().unwrap(), &path);
+        assert!(reason.starts_with("file is 26 bytes"), "{reason}");
         let err = current.read("profiles/part-0007").unwrap_err().to_string();
         assert!(
             err.starts_with(&format!(
@@ -531,6 +543,8 @@ mod tests {
         bad_magic[5] = b'X';
         fs::write(&path, &bad_magic).unwrap();
         let reason = corrupt_reason(current.read("profiles/part-0007").unwrap_err(), &path);
+        assert!(reason.starts_with("footer magic"), "{reason}");
+        let reason = corrupt_reason(current.map("profiles/part-0007").err().unwrap(), &path);
         assert!(reason.starts_with("footer magic"), "{reason}");
 
         let mut bad_len = raw.clone();
