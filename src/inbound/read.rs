@@ -444,8 +444,8 @@ pub(crate) fn release(map: &Mmap, start: usize, len: usize) {
         if to > from {
             // SAFETY: the map is a read-only file mapping: after MADV_DONTNEED, touching the
             // range reads the file's pages again, the same bytes (inbound files are immutable,
-            // see the module docs); nothing is written through it, and the caller is done with
-            // the range.
+            // see the module docs, and so are a generation's data files); nothing is written
+            // through it, and the caller is done with the range.
             let _ = unsafe {
                 map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
             };

@@ -366,9 +366,14 @@ impl Generation {
         let (payload, footer) = map.split_at(len);
         check_footer(&path, footer, entry.size, expected)?;
         check_sum(&path, fsutil::checksum(payload), expected)?;
-        let mapped = MappedPayload { map, len };
+        let mapped = MappedPayload {
+            map,
+            len,
+            released: std::cell::Cell::new(0),
+        };
         // The check touched every page: let them go until the reader comes to them.
         mapped.release_before(len);
+        mapped.released.set(0);
         Ok(Some(mapped))
     }
 
@@ -552,6 +557,8 @@ fn check_sum(path: &Path, found: u64, expected: u64) -> Result<(), StateError> {
 pub struct MappedPayload {
     map: memmap2::Mmap,
     len: usize,
+    /// Bytes let go of so far.
+    released: std::cell::Cell<usize>,
 }
 
 impl MappedPayload {
@@ -562,7 +569,12 @@ impl MappedPayload {
     /// Lets the pages wholly before `offset` leave this process's memory (they stay in the
     /// page cache, and the same bytes fault back in if touched again).
     pub fn release_before(&self, offset: usize) {
-        crate::inbound::read::release(&self.map, 0, offset.min(self.len));
+        let (from, to) = (self.released.get(), offset.min(self.len));
+        if to > from {
+            // Whole pages only: the one straddling `to` goes with the next call.
+            crate::inbound::read::release(&self.map, from, to - from);
+            self.released.set(to / 4096 * 4096);
+        }
     }
 }
 
