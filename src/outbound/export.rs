@@ -397,11 +397,88 @@ impl PartRows {
 /// order ([`Differ::profile`]) and then finished ([`Differ::finish`]): the rows to export
 /// (with traits only when its [`Selection`] asks for them) and the new members payload. One
 /// decoded partition feeds the differs of every destination that is due.
+/// One stored member as it lies in a members payload: its key, and its segments still as
+/// little-endian u32s.
+#[derive(Clone, Copy)]
+struct RawMember<'a> {
+    key: &'a [u8],
+    segments: &'a [u8],
+}
+
+/// A destination's members of one partition, read one at a time in key order from their
+/// payload (never decoded into a list: a large partition's members are not held twice).
+struct MemberCursor<'a> {
+    payload: &'a [u8],
+    r: Reader<'a>,
+    /// The next member not yet taken, and where it starts in the payload.
+    head: Option<RawMember<'a>>,
+    head_start: usize,
+    /// Where the payload could not be read, if it could not: the cursor stops there.
+    damaged: Option<Truncated>,
+}
+
+impl<'a> MemberCursor<'a> {
+    fn new(payload: &'a [u8]) -> MemberCursor<'a> {
+        let mut cursor = MemberCursor {
+            payload,
+            r: Reader::new(payload),
+            head: None,
+            head_start: 0,
+            damaged: None,
+        };
+        cursor.advance();
+        cursor
+    }
+
+    /// Reads the next member into `head`.
+    fn advance(&mut self) {
+        self.head_start = self.r.offset();
+        self.head = None;
+        if self.r.is_empty() || self.damaged.is_some() {
+            return;
+        }
+        let read = |r: &mut Reader<'a>| -> Result<RawMember<'a>, Truncated> {
+            let key = r.bytes()?;
+            let n = r.u32()? as usize;
+            let segments = r.take(n.checked_mul(4).ok_or(Truncated { offset: r.offset() })?)?;
+            Ok(RawMember { key, segments })
+        };
+        match read(&mut self.r) {
+            Ok(m) => self.head = Some(m),
+            Err(e) => self.damaged = Some(e),
+        }
+    }
+
+    fn peek(&self) -> Option<RawMember<'a>> {
+        self.head
+    }
+
+    fn take(&mut self) -> Option<RawMember<'a>> {
+        let head = self.head;
+        if head.is_some() {
+            self.advance();
+        }
+        head
+    }
+
+    /// Takes every member before `key` (all of them for `None`) as their stored bytes.
+    fn take_before(&mut self, key: Option<&[u8]>) -> &'a [u8] {
+        let start = self.head_start;
+        while let Some(m) = self.head
+            && key.is_none_or(|k| m.key < k)
+        {
+            self.advance();
+        }
+        &self.payload[start..self.head_start]
+    }
+}
+
 struct Differ<'a> {
     selection: &'a Selection,
-    /// The destination's members of this partition, by key; `next` is the first not yet seen.
-    members: &'a [Member<'a>],
-    next: usize,
+    /// The destination's members of this partition, by key.
+    members: MemberCursor<'a>,
+    /// The segments of the member being diffed.
+    old: Vec<u32>,
     rows: PartRows,
     new_members: Writer,
     export_key: Vec<u8>,
@@ -414,11 +491,12 @@ struct Differ<'a> {
 }
 
 impl<'a> Differ<'a> {
-    fn new(selection: &'a Selection, members: &'a [Member<'a>]) -> Differ<'a> {
+    /// A differ against `members`, a members payload ([`decode_members`]'s layout).
+    fn new(selection: &'a Selection, members: &'a [u8]) -> Differ<'a> {
         Differ {
             selection,
-            members,
-            next: 0,
+            members: MemberCursor::new(members),
+            old: Vec::new(),
             rows: PartRows::default(),
             new_members: Writer::default(),
             export_key: Vec::new(),
@@ -434,16 +512,15 @@ impl<'a> Differ<'a> {
     /// The next profile in key order: every member before it first, then the profile with
     /// its member, if any.
     fn profile(&mut self, key: &[u8], entries: &[Entry], segments: &[u32], resolve: &Resolver<'_>) {
-        let members = self.members;
-        while let Some(m) = members.get(self.next)
+        while let Some(m) = self.members.peek()
             && m.key < key
         {
-            self.next += 1;
+            self.members.take();
             self.user(m.key, None, Some(m), resolve);
         }
-        let member = members.get(self.next).filter(|m| m.key == key);
+        let member = self.members.peek().filter(|m| m.key == key);
         if member.is_some() {
-            self.next += 1;
+            self.members.take();
         }
         self.user(key, Some((entries, segments)), member, resolve);
     }
@@ -453,38 +530,31 @@ impl<'a> Differ<'a> {
     /// kept as it is: its profile's segments are those it was sent, so the diff would send
     /// nothing and write the member back unchanged.
     fn changes(&mut self, changes: &[Member<'_>], resolve: &Resolver<'_>) {
-        let members = self.members;
         for c in changes {
-            while let Some(m) = members.get(self.next)
-                && m.key < c.key
-            {
-                self.next += 1;
-                self.keep(m);
-            }
-            let member = members.get(self.next).filter(|m| m.key == c.key);
+            // Unchanged members are written back as they are stored (the layout has one
+            // encoding per member, and a member's segments are stored sorted).
+            let kept = self.members.take_before(Some(c.key));
+            self.new_members.buf.extend_from_slice(kept);
+            let member = self.members.peek().filter(|m| m.key == c.key);
             if member.is_some() {
-                self.next += 1;
+                self.members.take();
             }
             self.user(c.key, Some((&[], &c.segments)), member, resolve);
         }
-        for m in members.get(self.next..).unwrap_or_default() {
-            self.keep(m);
-        }
-        self.next = members.len();
+        let kept = self.members.take_before(None);
+        self.new_members.buf.extend_from_slice(kept);
     }
 
-    /// Writes an unchanged member back.
-    fn keep(&mut self, m: &Member<'_>) {
-        write_member(&mut self.new_members, m.key, &m.segments);
-    }
-
-    /// The rows and new members payload, once every profile was fed.
-    fn finish(mut self, resolve: &Resolver<'_>) -> (PartRows, Vec<u8>) {
-        let members = self.members;
-        for m in members.get(self.next..).unwrap_or_default() {
+    /// The rows and new members payload, once every profile was fed; an error if the stored
+    /// members could not be read to their end.
+    fn finish(mut self, resolve: &Resolver<'_>) -> Result<(PartRows, Vec<u8>), Truncated> {
+        while let Some(m) = self.members.take() {
             self.user(m.key, None, Some(m), resolve);
         }
-        (self.rows, self.new_members.buf)
+        match self.members.damaged {
+            Some(e) => Err(e),
+            None => Ok((self.rows, self.new_members.buf)),
+        }
     }
 
     /// One user: a stored profile (entries, segments), a member, or both.
@@ -492,7 +562,7 @@ impl<'a> Differ<'a> {
         &mut self,
         key: &[u8],
         profile: Option<(&[Entry], &[u32])>,
-        member: Option<&Member<'_>>,
+        member: Option<RawMember<'_>>,
         resolve: &Resolver<'_>,
     ) {
         let sel = self.selection;
@@ -502,9 +572,16 @@ impl<'a> Differ<'a> {
         };
         let segments = profile.map_or(&[][..], |(_, s)| s);
         sel.active.intersect_into(segments, &mut self.current);
-        let old = member.map_or(&[][..], |m| m.segments.as_slice());
-        sel.active.intersect_into(old, &mut self.old_active);
-        sel.paused.intersect_into(old, &mut self.kept_paused);
+        self.old.clear();
+        if let Some(m) = member {
+            self.old.extend(
+                m.segments
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+        sel.active.intersect_into(&self.old, &mut self.old_active);
+        sel.paused.intersect_into(&self.old, &mut self.kept_paused);
         let emit = match view.mode {
             // Element by element: for these short lists a `memcmp` call costs more.
             ExportMode::Iter => {
@@ -570,11 +647,15 @@ fn diff_partition(
     traits: bool,
 ) -> (PartRows, Vec<u8>) {
     let selection = Selection::new(view.clone(), traits, true);
-    let mut differ = Differ::new(&selection, members);
+    let mut stored = Writer::default();
+    for m in members {
+        write_member(&mut stored, m.key, &m.segments);
+    }
+    let mut differ = Differ::new(&selection, &stored.buf);
     for p in profiles {
         differ.profile(p.key, &p.entries, &p.segments, resolve);
     }
-    differ.finish(resolve)
+    differ.finish(resolve).expect("members written here")
 }
 
 /// What is wrong with an export run file.
@@ -1417,17 +1498,10 @@ fn diff_due(
             Ok((name, payload))
         })
         .collect::<anyhow::Result<_>>()?;
-    let old_members: Vec<Vec<Member<'_>>> = olds
-        .iter()
-        .map(|(name, payload)| match payload.as_deref() {
-            Some(bytes) => decode_members(bytes).map_err(|e| anyhow!("{name}: {e}")),
-            None => Ok(Vec::new()),
-        })
-        .collect::<anyhow::Result<_>>()?;
     let mut differs: Vec<Differ<'_>> = due
         .iter()
-        .zip(&old_members)
-        .map(|(&d, members)| Differ::new(&selections[d], members))
+        .zip(&olds)
+        .map(|(&d, (_, members))| Differ::new(&selections[d], members.as_deref().unwrap_or(&[])))
         .collect();
     // A destination whose changes are known is fed them; the others walk the partition.
     let changes: Vec<Option<&[u8]>> = due
@@ -1471,8 +1545,8 @@ fn diff_due(
         }
     }
     drop(payload);
-    for (&d, differ) in due.iter().zip(differs) {
-        let (rows, new_members) = differ.finish(resolve);
+    for ((&d, differ), (name, _)) in due.iter().zip(differs).zip(&olds) {
+        let (rows, new_members) = differ.finish(resolve).map_err(|e| anyhow!("{name}: {e}"))?;
         on_members(jobs[d].dest.id, p, new_members)?;
         if !rows.is_empty() {
             let path = jobs[d].runs_dir.join(format!("part-{p:04}.run"));
@@ -1748,6 +1822,28 @@ mod tests {
             data_source: 1,
             realized_at,
         }
+    }
+
+    #[test]
+    fn damaged_members_are_an_error_not_the_end_of_the_list() {
+        let mut stored = Writer::default();
+        for (n, segments) in [(1u128, &[10u32][..]), (2, &[20, 40]), (3, &[30])] {
+            write_member(&mut stored, &ProfileKey::Uuid(Uuid(n)).encode(), segments);
+        }
+        let selection = Selection::new(view(ExportMode::Iter), false, false);
+        let resolve = |_: Dpid, _: &[u8]| None;
+        // Whole, the members are read to their end and kept.
+        let mut differ = Differ::new(&selection, &stored.buf);
+        differ.changes(&[], &resolve);
+        let (_, members) = differ.finish(&resolve).unwrap();
+        assert_eq!(members, stored.buf);
+        // Cut inside the last member's segments, on both paths.
+        let cut = &stored.buf[..stored.buf.len() - 2];
+        let mut differ = Differ::new(&selection, cut);
+        differ.changes(&[], &resolve);
+        assert!(differ.finish(&resolve).is_err());
+        let differ = Differ::new(&selection, cut);
+        assert!(differ.finish(&resolve).is_err());
     }
 
     #[test]
@@ -2084,9 +2180,9 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
                 })
                 .collect();
             let selection = Selection::new(v.clone(), false, false);
-            let mut differ = Differ::new(&selection, &members);
+            let mut differ = Differ::new(&selection, &payload);
             differ.changes(&changes, &resolve);
-            let (fed, fed_members) = differ.finish(&resolve);
+            let (fed, fed_members) = differ.finish(&resolve).unwrap();
             prop_assert_eq!(read_rows(fed, false), read_rows(walked, false));
             prop_assert_eq!(fed_members, walked_members);
         }
