@@ -393,10 +393,6 @@ impl PartRows {
     }
 }
 
-/// Diffs one partition's profiles against a destination's members, fed the profiles in key
-/// order ([`Differ::profile`]) and then finished ([`Differ::finish`]): the rows to export
-/// (with traits only when its [`Selection`] asks for them) and the new members payload. One
-/// decoded partition feeds the differs of every destination that is due.
 /// One stored member as it lies in a members payload: its key, and its segments still as
 /// little-endian u32s.
 #[derive(Clone, Copy)]
@@ -473,6 +469,10 @@ impl<'a> MemberCursor<'a> {
     }
 }
 
+/// Diffs one partition's profiles against a destination's members, fed the profiles in key
+/// order ([`Differ::profile`]) and then finished ([`Differ::finish`]): the rows to export
+/// (with traits only when its [`Selection`] asks for them) and the new members payload. One
+/// decoded partition feeds the differs of every destination that is due.
 struct Differ<'a> {
     selection: &'a Selection,
     /// The destination's members of this partition, by key.
@@ -1545,8 +1545,13 @@ fn diff_due(
         }
     }
     drop(payload);
-    for ((&d, differ), (name, _)) in due.iter().zip(differs).zip(&olds) {
-        let (rows, new_members) = differ.finish(resolve).map_err(|e| anyhow!("{name}: {e}"))?;
+    // Every destination's stored members are read to their end before any is written.
+    let finished: Vec<(PartRows, Vec<u8>)> = differs
+        .into_iter()
+        .zip(&olds)
+        .map(|(differ, (name, _))| differ.finish(resolve).map_err(|e| anyhow!("{name}: {e}")))
+        .collect::<anyhow::Result<_>>()?;
+    for (&d, (rows, new_members)) in due.iter().zip(finished) {
         on_members(jobs[d].dest.id, p, new_members)?;
         if !rows.is_empty() {
             let path = jobs[d].runs_dir.join(format!("part-{p:04}.run"));

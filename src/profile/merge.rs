@@ -62,8 +62,10 @@ pub struct MergeCtx<'a> {
 /// merge task, for `segmill finalize`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct PartOut {
-    /// The new payload, or `None` when nothing changed (the old file can be carried over, if it
-    /// is in the current format: the run rewrites a format-1 partition regardless).
+    /// The new payload from [`merge_partition`], or `None` when nothing changed (the old file
+    /// can be carried over, if it is in the current format: the run rewrites a format-1
+    /// partition regardless). Always `None` from [`merge_partition_into`], which hands the
+    /// payload to its sink.
     #[serde(skip)]
     pub payload: Option<Vec<u8>>,
     /// Merge-stage counters per file index (categories decided here, item counts, devices).
@@ -305,7 +307,9 @@ pub trait PartSink {
     /// The bytes could not be written; the merge stops with [`MergeError::Write`].
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()>;
 
-    /// The merge will not read the stored partition before `offset` again.
+    /// The merge has read the stored partition up to `offset` and is unlikely to read before
+    /// it again (it does once, to write out the stored profiles before the first one that
+    /// changed): its pages can go, to fault back in if they are read.
     fn passed(&mut self, _offset: usize) {}
 }
 
@@ -353,9 +357,10 @@ pub fn merge_partition(
 }
 
 /// Merges `ops` (this partition's op buffers, in run order) into `old`, writing the new
-/// partition to `sink` as it is made, whether or not it differs from `old`
-/// ([`PartOut::rewritten`] says if it does). Memory holds tonight's ops and a piece of the new
+/// partition to `sink` as it is made, once it differs from `old` ([`PartOut::rewritten`]): an
+/// unchanged partition writes nothing. Memory holds tonight's ops and a piece of the new
 /// partition, not the whole of it; `sink` hears which stored bytes the merge is done with.
+/// [`PartOut::payload`] stays `None`.
 pub fn merge_partition_into(
     old: Option<&[u8]>,
     ops: &[&OpBuf],
@@ -453,18 +458,20 @@ pub fn merge_partition_into(
             out.has_customer |= o.key.first() == Some(&ProfileKey::TAG_CUSTOMER);
             fold_events(&mut out, o.events);
             head = next(&mut stored)?;
-            // A long quiet run goes to the sink straight from the stored bytes.
             let at = start_of(&stored, head);
-            if at - quiet_from >= SINK_PIECE {
+            // A long quiet run goes to the sink straight from the stored bytes.
+            if rewritten && at - quiet_from >= SINK_PIECE {
                 flush(sink, &mut w.buf, &old[quiet_from..at])?;
                 quiet_from = at;
-                report_passed(sink, &mut passed, quiet_from);
             }
+            report_passed(sink, &mut passed, at);
             continue;
         }
         // The head is this profile or one after it: the quiet run ends where the head starts.
-        w.buf
-            .extend_from_slice(&old[quiet_from..start_of(&stored, head)]);
+        let start = start_of(&stored, head);
+        if rewritten {
+            w.buf.extend_from_slice(&old[quiet_from..start]);
+        }
         let group = if with_ops {
             let start = j;
             j = night.group_end(&refs, start);
@@ -472,7 +479,7 @@ pub fn merge_partition_into(
         } else {
             &refs[0..0]
         };
-        rewritten |= merge_profile(
+        let changed = merge_profile(
             key,
             from_store,
             group,
@@ -485,6 +492,17 @@ pub fn merge_partition_into(
             &mut w,
             changes_limit,
         )?;
+        if !rewritten {
+            if changed {
+                // Up to this profile, the new partition is the stored one: the sink gets it
+                // now, and nothing at all if no profile changes.
+                rewritten = true;
+                flush(sink, &mut Vec::new(), &old[..start])?;
+            } else {
+                // The profile's stored bytes, copied through.
+                w.buf.clear();
+            }
+        }
         if from_store.is_some() {
             head = next(&mut stored)?;
         }
@@ -494,7 +512,9 @@ pub fn merge_partition_into(
         }
         report_passed(sink, &mut passed, quiet_from);
     }
-    flush(sink, &mut w.buf, &old[quiet_from..])?;
+    if rewritten {
+        flush(sink, &mut w.buf, &old[quiet_from..])?;
+    }
     sink.passed(old.len());
     out.rewritten = rewritten;
     for (job, heap) in scratch.ntr.into_iter().enumerate() {
@@ -1057,7 +1077,94 @@ mod tests {
             keep_changes: true,
         };
         let bufs: Vec<&OpBuf> = outs.iter().map(|o| &o.parts[0]).collect();
-        merge_partition(old, &bufs, &ctx).unwrap()
+        // Through a sink, which the small SINK_PIECE of tests feeds in many pieces.
+        let mut sink = Recording::default();
+        let mut out = merge_partition_into(old, &bufs, &ctx, &mut sink).unwrap();
+        let old_len = old.map_or(0, <[u8]>::len);
+        assert!(
+            sink.passed.windows(2).all(|p| p[0] <= p[1]),
+            "{:?}",
+            sink.passed
+        );
+        assert_eq!(sink.passed.last(), Some(&old_len));
+        if out.rewritten {
+            out.payload = Some(sink.bytes);
+        } else {
+            assert!(
+                sink.bytes.is_empty(),
+                "an unchanged partition writes nothing"
+            );
+        }
+        let whole = merge_partition(old, &bufs, &ctx).unwrap();
+        assert_eq!(whole.payload, out.payload);
+        out
+    }
+
+    /// A sink that keeps what it is given.
+    #[derive(Default)]
+    struct Recording {
+        bytes: Vec<u8>,
+        passed: Vec<usize>,
+    }
+
+    impl PartSink for Recording {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            self.bytes.extend_from_slice(bytes);
+            Ok(())
+        }
+
+        fn passed(&mut self, offset: usize) {
+            self.passed.push(offset);
+        }
+    }
+
+    #[test]
+    fn a_sink_that_cannot_write_stops_the_merge() {
+        struct Full;
+        impl PartSink for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<()> {
+                Err(std::io::Error::other("disk full"))
+            }
+        }
+        let w = world();
+        let line = format!("{U}\td_sid=24,d_sid=25\n");
+        let stored = merge(&w, None, &[(&line, false, 21)], 1000)
+            .payload
+            .unwrap();
+        let index = IdIndex::default();
+        let ctx = FileCtx {
+            file: 0,
+            target_ds: 21,
+            overwrite: false,
+            id_kind: IdKind::AamUuid,
+            trait_owner: &w.owners,
+            rules: &w.rules,
+            index: Some(&index),
+            partitions: 1,
+        };
+        let other = "00000000000000000000000000000000000017\td_sid=26\n";
+        let chunk = process_chunk(other.as_bytes(), 1, &ctx);
+        let metas = [FileMeta {
+            job: 0,
+            overwrite: false,
+            target_ds: 21,
+        }];
+        let merge_ctx = MergeCtx {
+            files: &metas,
+            jobs: 1,
+            ttl_days: &w.ttl,
+            as_of: 2000,
+            segments: &w.segments,
+            reevaluate_all: false,
+            recency_days: &w.recency,
+            previous_as_of: Some(1000),
+            trust_events: true,
+            keep_changes: false,
+        };
+        let err = merge_partition_into(Some(&stored), &[&chunk.parts[0]], &merge_ctx, &mut Full)
+            .unwrap_err();
+        assert!(matches!(err, MergeError::Write(_)), "{err}");
+        assert_eq!(err.to_string(), "cannot write the new partition: disk full");
     }
 
     fn traits(out: &PartOut) -> Vec<(TraitId, Dpid, i64)> {

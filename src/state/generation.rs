@@ -34,6 +34,9 @@ const MANIFEST: &str = "manifest.json";
 /// Buffer size for streaming reads and writes: 64–128 KiB measured best (DESIGN.md).
 const IO_BUF: usize = 128 * 1024;
 
+/// Bytes [`Generation::map`] hashes before it lets them go.
+const CHECK_WINDOW: usize = 1 << 20;
+
 /// The folder name of generation `number`: `gen-` and at least 6 digits.
 pub(crate) fn dir_name(number: u64) -> String {
     format!("gen-{number:06}")
@@ -356,23 +359,27 @@ impl Generation {
         let len = usize::try_from(entry.size)
             .map_err(|_| StateError::corrupt(&path, "larger than this machine's address space"))?;
         // SAFETY: data files are never modified once written (see the module docs), and the
-        // generation is read under the state lock; the map is read-only.
+        // map is read-only. (A file truncated under the map by someone else would fault the
+        // process, as an input file would; segmill itself never does.)
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|source| StateError::io("map", &path, source))?;
         if map.len() as u64 != file_len {
             return Err(StateError::corrupt(&path, "changed size while being read"));
         }
-        let (payload, footer) = map.split_at(len);
-        check_footer(&path, footer, entry.size, expected)?;
-        check_sum(&path, fsutil::checksum(payload), expected)?;
+        check_footer(&path, &map[len..], entry.size, expected)?;
         let mapped = MappedPayload {
             map,
             len,
             released: std::cell::Cell::new(0),
         };
-        // The check touched every page: let them go until the reader comes to them.
-        mapped.release_before(len);
+        // A window at a time, each let go of once hashed, until the reader comes to it.
+        let mut hasher = Xxh3Default::new();
+        for (n, window) in mapped.bytes().chunks(CHECK_WINDOW).enumerate() {
+            hasher.update(window);
+            mapped.release_before((n + 1) * CHECK_WINDOW);
+        }
+        check_sum(&path, hasher.digest(), expected)?;
         mapped.released.set(0);
         Ok(Some(mapped))
     }
