@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::idsync::Table;
-use crate::idsync::index::{IdIndex, Target};
+use crate::idsync::index::{IdIndex, PartBytes, Target};
 use crate::model::{Dpid, ProfileKey, Uuid, device_format, partition_of};
 use crate::profile::merge::SECONDS_PER_DAY;
 use crate::run::StateMeta;
@@ -60,8 +60,8 @@ pub fn profile(config: &Config, id: &str, dpid: Option<Dpid>) -> anyhow::Result<
             if !config.data_sources.contains_key(&d) {
                 bail!("DPID {d} is not a configured data source");
             }
-            let source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-                Ok(g.read(name)?.map(std::borrow::Cow::Owned))
+            let source = |name: &str| -> anyhow::Result<Option<PartBytes<'_>>> {
+                Ok(g.read(name)?.map(PartBytes::Owned))
             };
             let index = IdIndex::build(&BTreeSet::from([d]), meta.partitions, &source)?;
             match index.lookup(d, id.as_bytes()) {

@@ -15,7 +15,7 @@
 
 use crate::catalog::Catalog;
 use crate::config::{Config, IdType};
-use crate::idsync::index::IdIndex;
+use crate::idsync::index::{IdIndex, PartBytes};
 use crate::idsync::store::{self as idstore, Record};
 use crate::idsync::{self, ChunkRows, FileSpec, Table};
 use crate::inbound::discover::{self, Discovery, Found, JobKey, RejectedFile, check_trait_file};
@@ -417,6 +417,21 @@ impl Night<'_> {
         }
     }
 
+    /// [`current_file`](Self::current_file), memory-mapped when it is a file of a generation.
+    fn current_mapped(
+        &self,
+        staged: &staged::Staged,
+        name: &str,
+    ) -> anyhow::Result<Option<PartBytes<'static>>> {
+        if staged.contains(name) {
+            return staged.map(name);
+        }
+        match &self.parent {
+            Some(g) => Ok(g.map(name)?.map(PartBytes::Mapped)),
+            None => Ok(None),
+        }
+    }
+
     /// Looks up the pending customer IDs (a deferred parse's, see [`FileCtx::index`]) of the
     /// ID-sync partitions `parts`, a batch at a time, one partition a thread, each batch with an
     /// index of just the keys it looks up (and the partitions of the chains' masters): memory
@@ -431,11 +446,9 @@ impl Night<'_> {
         spool: &mut Spool,
     ) -> anyhow::Result<BTreeMap<u32, Vec<u64>>> {
         let dpids = self.customer_dpids();
-        let source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-            Ok(self
-                .current_file(staged, name)?
-                .map(std::borrow::Cow::Owned))
-        };
+        // Each partition is read once, mapped and let go of behind the read: a large store's
+        // partitions are not held whole.
+        let source = |name: &str| self.current_mapped(staged, name);
         let mut unmatched: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         for batch in parts.chunks(rayon::current_num_threads().max(1)) {
             let only: BTreeSet<u32> = batch.iter().copied().collect();
@@ -886,10 +899,8 @@ impl Night<'_> {
         let any_customer = range
             .clone()
             .any(|p| facts.customer.get(p as usize).copied().unwrap_or(false));
-        let index_source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-            Ok(self
-                .current_file(staged, name)?
-                .map(std::borrow::Cow::Owned))
+        let index_source = |name: &str| -> anyhow::Result<Option<PartBytes<'_>>> {
+            Ok(self.current_file(staged, name)?.map(PartBytes::Owned))
         };
         let cross_index = if any_customer && !cross_device.is_empty() {
             IdIndex::build(&cross_device, self.partitions, &index_source)?
@@ -1013,8 +1024,8 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
         None
     } else {
         let t = Instant::now();
-        let index_source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-            Ok(n.current_file(&staged, name)?.map(std::borrow::Cow::Owned))
+        let index_source = |name: &str| -> anyhow::Result<Option<PartBytes<'_>>> {
+            Ok(n.current_file(&staged, name)?.map(PartBytes::Owned))
         };
         let index = IdIndex::build(&n.customer_dpids(), n.partitions, &index_source)?;
         n.stages.insert("index".into(), t.elapsed().as_secs_f64());

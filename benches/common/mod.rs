@@ -200,10 +200,10 @@ pub fn idsync_parts(ids: u64) -> BTreeMap<String, Vec<u8>> {
 
 /// The in-memory index over `parts` for `DPID`, as `segmill run` builds it.
 pub fn build_index(parts: &BTreeMap<String, Vec<u8>>) -> IdIndex {
-    let source = |name: &str| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+    let source = |name: &str| -> anyhow::Result<Option<segmill::idsync::index::PartBytes<'_>>> {
         Ok(parts
             .get(name)
-            .map(|b| std::borrow::Cow::Borrowed(b.as_slice())))
+            .map(|b| segmill::idsync::index::PartBytes::Borrowed(b.as_slice())))
     };
     IdIndex::build(&BTreeSet::from([DPID]), PARTITIONS, &source).expect("build index")
 }

@@ -13,12 +13,11 @@
 //! beside the tables.
 
 use super::Table;
-use super::store::{Value, for_each, part_name, part_of_hash};
+use super::store::{Value, for_each_at, part_name, part_of_hash};
 use crate::anon_table::AnonTable;
 use crate::model::{AAM_UUID_DPID, Dpid, Uuid, device_format, id_hash};
 use ahash::AHashMap;
 use rayon::prelude::*;
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Longest master chain followed before giving up (a cycle, or a pathological graph).
@@ -134,7 +133,37 @@ pub struct IdIndex {
 
 /// A partition source: the payload of a state file by name, or `None` if it does not exist.
 /// Payloads already in memory (tonight's ID-sync partitions) are lent, not copied.
-pub type PartSource<'a> = dyn Fn(&str) -> anyhow::Result<Option<Cow<'a, [u8]>>> + Sync + 'a;
+pub type PartSource<'a> = dyn Fn(&str) -> anyhow::Result<Option<PartBytes<'a>>> + Sync + 'a;
+
+/// A partition's payload from a [`PartSource`]: lent, owned, or mapped from the state (then
+/// let go of behind the one pass that reads it).
+pub enum PartBytes<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+    Mapped(crate::state::MappedPayload),
+}
+
+impl PartBytes<'_> {
+    /// See [`MappedPayload::release_before`](crate::state::MappedPayload::release_before);
+    /// nothing for bytes in memory.
+    fn release_before(&self, offset: usize) {
+        if let PartBytes::Mapped(m) = self {
+            m.release_before(offset);
+        }
+    }
+}
+
+impl std::ops::Deref for PartBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            PartBytes::Borrowed(b) => b,
+            PartBytes::Owned(v) => v,
+            PartBytes::Mapped(m) => m.bytes(),
+        }
+    }
+}
 
 /// A mapping whose master is not an AAM UUID: (key hash, master DPID, master ID).
 type Other = (u128, Dpid, Box<[u8]>);
@@ -367,9 +396,10 @@ impl IdIndex {
 /// Splits one partition file of `dpid` into UUID-mapped keys and other mappings.
 fn load_part(
     dpid: Dpid,
-    bytes: &[u8],
+    part: &PartBytes<'_>,
     wanted: Option<&ahash::AHashSet<u128>>,
 ) -> Result<Loaded, crate::codec::Truncated> {
+    let bytes: &[u8] = part;
     // ~80 bytes per record: reserve once instead of growing.
     let mut keys = Vec::with_capacity(if wanted.is_some() {
         0
@@ -377,7 +407,12 @@ fn load_part(
         bytes.len() / 72 + 1
     });
     let mut others = Vec::new();
-    for_each(bytes, |r| {
+    let mut release_at = RELEASE_EVERY;
+    for_each_at(bytes, |r, end| {
+        if end >= release_at {
+            part.release_before(end);
+            release_at = end + RELEASE_EVERY;
+        }
         let hash = stored(id_hash(dpid, r.id));
         match r.value {
             Value::Uuid(u) if wanted.is_none_or(|w| w.contains(&hash)) => {
@@ -394,6 +429,9 @@ fn load_part(
     })?;
     Ok((keys, others))
 }
+
+/// How often [`load_part`] lets go of a mapped partition's pages behind it.
+const RELEASE_EVERY: usize = 1 << 20;
 
 /// Asks the CPU to start loading `value`'s cache line: for loops that know which scattered
 /// items they will touch a few steps ahead.
@@ -453,8 +491,8 @@ mod tests {
         let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
         let parts: BTreeMap<String, Vec<u8>> =
             apply(Table::Adobe, &incoming, 4, &none).unwrap().parts;
-        let source = |name: &str| -> anyhow::Result<Option<Cow<'_, [u8]>>> {
-            Ok(parts.get(name).map(|b| Cow::Borrowed(b.as_slice())))
+        let source = |name: &str| -> anyhow::Result<Option<PartBytes<'_>>> {
+            Ok(parts.get(name).map(|b| PartBytes::Borrowed(b.as_slice())))
         };
         IdIndex::build_wanted(&dpids.iter().copied().collect(), 4, only, wanted, &source).unwrap()
     }
@@ -572,6 +610,60 @@ mod tests {
             answered, 400,
             "every synced ID answered by exactly one group"
         );
+    }
+
+    #[test]
+    fn a_mapped_partition_let_go_of_behind_the_read_loads_like_one_in_memory() {
+        // One partition of some 3 MB: several release steps.
+        let ids: Vec<String> = (0..60_000).map(|i| format!("customer-{i:08}")).collect();
+        let uuids: Vec<String> = (0..60_000u128)
+            .map(|i| format!("{:038}", i * 7_919 + 11))
+            .collect();
+        let incoming: Vec<Incoming<'_>> = ids
+            .iter()
+            .zip(&uuids)
+            .map(|(id, u)| Incoming {
+                key_dpid: 21,
+                record: Record {
+                    id: id.as_bytes(),
+                    value_dpid: 0,
+                    value: super::super::store::Value::of(0, u.as_bytes()),
+                    timestamp: 1,
+                },
+                file: 0,
+            })
+            .collect();
+        let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
+        let parts = apply(Table::Adobe, &incoming, 1, &none).unwrap().parts;
+        let tmp = tempfile::tempdir().unwrap();
+        let state = crate::state::StateDir::open(tmp.path()).unwrap();
+        let wtr = state.begin(None).unwrap();
+        for (name, payload) in &parts {
+            assert!(payload.len() > 2 * RELEASE_EVERY, "{}", payload.len());
+            wtr.write(name, payload).unwrap();
+        }
+        let generation = wtr.commit(serde_json::json!(null), 1).unwrap();
+        let mapped = |name: &str| -> anyhow::Result<Option<PartBytes<'_>>> {
+            Ok(generation.map(name)?.map(PartBytes::Mapped))
+        };
+        let lent = |name: &str| -> anyhow::Result<Option<PartBytes<'_>>> {
+            Ok(parts.get(name).map(|b| PartBytes::Borrowed(b.as_slice())))
+        };
+        let wanted: ahash::AHashSet<u128> = ids
+            .iter()
+            .step_by(3)
+            .map(|id| IdIndex::wanted_hash(21, id.as_bytes()))
+            .collect();
+        let dpids = BTreeSet::from([21]);
+        for wanted in [None, Some(&wanted)] {
+            let a = IdIndex::build_wanted(&dpids, 1, None, wanted, &mapped).unwrap();
+            let b = IdIndex::build_wanted(&dpids, 1, None, wanted, &lent).unwrap();
+            for (i, id) in ids.iter().enumerate() {
+                let got = a.lookup(21, id.as_bytes());
+                assert_eq!(got, b.lookup(21, id.as_bytes()), "{id}");
+                assert_eq!(got.is_some(), wanted.is_none() || i % 3 == 0, "{id}");
+            }
+        }
     }
 
     #[test]

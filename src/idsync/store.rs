@@ -70,9 +70,18 @@ pub fn part_of_hash(hash: u128, partitions: u32) -> u32 {
 /// is `varint 0` and a little-endian u128 for an AAM UUID, else `varint len + 1` and the bytes.
 /// Every mapping has exactly one encoding: a UUID is refused in text form and vice versa.
 pub fn for_each<'a>(payload: &'a [u8], mut f: impl FnMut(Record<'a>)) -> Result<(), Truncated> {
+    for_each_at(payload, |r, _| f(r))
+}
+
+/// [`for_each`], with each record's end offset in `payload`.
+pub fn for_each_at<'a>(
+    payload: &'a [u8],
+    mut f: impl FnMut(Record<'a>, usize),
+) -> Result<(), Truncated> {
     let mut r = Reader::new(payload);
     while !r.is_empty() {
-        f(read_record(&mut r)?);
+        let record = read_record(&mut r)?;
+        f(record, r.offset());
     }
     Ok(())
 }

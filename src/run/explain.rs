@@ -106,7 +106,7 @@ fn explain_one(
             None => Ok(None),
         }
     };
-    let owned = |name: &str| Ok(source(name)?.map(std::borrow::Cow::Owned));
+    let owned = |name: &str| Ok(source(name)?.map(crate::idsync::index::PartBytes::Owned));
     let index = IdIndex::build(&BTreeSet::from([dpid]), partitions, &owned)?;
     match index.lookup(dpid, bytes) {
         Some(Target::Uuid(u)) => return Ok(format!("synced to AAM UUID {:038}", u.0)),

@@ -177,6 +177,25 @@ impl Staged {
         Ok(Some(payload.unwrap_or_default()))
     }
 
+    /// [`Staged::read`], memory-mapped when the file is in the generation being written.
+    pub(super) fn map(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<Option<crate::idsync::index::PartBytes<'static>>> {
+        use crate::idsync::index::PartBytes;
+        if let Target::Writer(w) = &self.target
+            && self.contains(name)
+        {
+            // Written empty (an emptied partition): no file.
+            return Ok(Some(
+                w.map(name)
+                    .with_context(|| format!("cannot read back state file {name}"))?
+                    .map_or(PartBytes::Owned(Vec::new()), PartBytes::Mapped),
+            ));
+        }
+        Ok(self.read(name)?.map(PartBytes::Owned))
+    }
+
     /// Takes every loose file under `dir` (see [`Staged::loose`]) as written by this run:
     /// linked into the generation being written. Returns how many names were taken.
     pub(super) fn adopt_loose(&self, dir: &Path) -> anyhow::Result<usize> {

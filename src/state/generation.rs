@@ -354,34 +354,7 @@ impl Generation {
         let Some((path, entry, expected)) = self.locate(rel)? else {
             return Ok(None);
         };
-        let file = open_listed(&path)?;
-        let file_len = check_len(&file, &path, entry.size)?;
-        let len = usize::try_from(entry.size)
-            .map_err(|_| StateError::corrupt(&path, "larger than this machine's address space"))?;
-        // SAFETY: data files are never modified once written (see the module docs), and the
-        // map is read-only. (A file truncated under the map by someone else would fault the
-        // process, as an input file would; segmill itself never does.)
-        #[allow(unsafe_code)]
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|source| StateError::io("map", &path, source))?;
-        if map.len() as u64 != file_len {
-            return Err(StateError::corrupt(&path, "changed size while being read"));
-        }
-        check_footer(&path, &map[len..], entry.size, expected)?;
-        let mapped = MappedPayload {
-            map,
-            len,
-            released: std::cell::Cell::new(0),
-        };
-        // A window at a time, each let go of once hashed, until the reader comes to it.
-        let mut hasher = Xxh3Default::new();
-        for (n, window) in mapped.bytes().chunks(CHECK_WINDOW).enumerate() {
-            hasher.update(window);
-            mapped.release_before((n + 1) * CHECK_WINDOW);
-        }
-        check_sum(&path, hasher.digest(), expected)?;
-        mapped.released.set(0);
-        Ok(Some(mapped))
+        map_verified(&path, entry.size, expected).map(Some)
     }
 
     /// Reads and verifies every data file; for `inspect` and after restoring a backup.
@@ -560,6 +533,39 @@ fn check_sum(path: &Path, found: u64, expected: u64) -> Result<(), StateError> {
     Ok(())
 }
 
+/// Maps the data file at `path` and checks its length, footer and checksum against `size` and
+/// `expected`; see [`Generation::map`].
+fn map_verified(path: &Path, size: u64, expected: u64) -> Result<MappedPayload, StateError> {
+    let file = open_listed(path)?;
+    let file_len = check_len(&file, path, size)?;
+    let len = usize::try_from(size)
+        .map_err(|_| StateError::corrupt(path, "larger than this machine's address space"))?;
+    // SAFETY: data files are never modified once written (see the module docs), and the
+    // map is read-only. (A file truncated under the map by someone else would fault the
+    // process, as an input file would; segmill itself never does.)
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|source| StateError::io("map", path, source))?;
+    if map.len() as u64 != file_len {
+        return Err(StateError::corrupt(path, "changed size while being read"));
+    }
+    check_footer(path, &map[len..], size, expected)?;
+    let mapped = MappedPayload {
+        map,
+        len,
+        released: std::cell::Cell::new(0),
+    };
+    // A window at a time, each let go of once hashed, until the reader comes to it.
+    let mut hasher = Xxh3Default::new();
+    for (n, window) in mapped.bytes().chunks(CHECK_WINDOW).enumerate() {
+        hasher.update(window);
+        mapped.release_before((n + 1) * CHECK_WINDOW);
+    }
+    check_sum(path, hasher.digest(), expected)?;
+    mapped.released.set(0);
+    Ok(mapped)
+}
+
 /// A data file's verified payload, memory-mapped; see [`Generation::map`].
 pub struct MappedPayload {
     map: memmap2::Mmap,
@@ -704,6 +710,23 @@ impl GenerationWriter {
         let mut buf = Vec::new();
         read_verified(&path, entry.size, expected, &mut buf)?;
         Ok(Some(buf))
+    }
+
+    /// [`GenerationWriter::read`], memory-mapped: see [`Generation::map`].
+    pub fn map(&self, rel: &str) -> Result<Option<MappedPayload>, StateError> {
+        let entry = self
+            .files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(rel)
+            .cloned();
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        let path = self.partial.join(rel);
+        let expected = fsutil::parse_checksum_hex(&entry.checksum)
+            .ok_or_else(|| StateError::corrupt(&path, "checksum is not 16 lowercase hex digits"))?;
+        map_verified(&path, entry.size, expected).map(Some)
     }
 
     /// Starts data file `rel` as a stream; [`FileWriter::finish`] adds the footer and records it.
