@@ -695,25 +695,24 @@ impl GenerationWriter {
     /// not (yet) written: a partition written early is read back from disk instead of being
     /// held in memory until the commit.
     pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let entry = self
-            .files
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(rel)
-            .cloned();
-        let Some(entry) = entry else {
+        let Some((path, size, expected)) = self.written(rel)? else {
             return Ok(None);
         };
-        let path = self.partial.join(rel);
-        let expected = fsutil::parse_checksum_hex(&entry.checksum)
-            .ok_or_else(|| StateError::corrupt(&path, "checksum is not 16 lowercase hex digits"))?;
         let mut buf = Vec::new();
-        read_verified(&path, entry.size, expected, &mut buf)?;
+        read_verified(&path, size, expected, &mut buf)?;
         Ok(Some(buf))
     }
 
     /// [`GenerationWriter::read`], memory-mapped: see [`Generation::map`].
     pub fn map(&self, rel: &str) -> Result<Option<MappedPayload>, StateError> {
+        let Some((path, size, expected)) = self.written(rel)? else {
+            return Ok(None);
+        };
+        map_verified(&path, size, expected).map(Some)
+    }
+
+    /// Path, payload size and checksum of data file `rel` if it was written (finished) here.
+    fn written(&self, rel: &str) -> Result<Option<(PathBuf, u64, u64)>, StateError> {
         let entry = self
             .files
             .lock()
@@ -726,7 +725,7 @@ impl GenerationWriter {
         let path = self.partial.join(rel);
         let expected = fsutil::parse_checksum_hex(&entry.checksum)
             .ok_or_else(|| StateError::corrupt(&path, "checksum is not 16 lowercase hex digits"))?;
-        map_verified(&path, entry.size, expected).map(Some)
+        Ok(Some((path, entry.size, expected)))
     }
 
     /// Starts data file `rel` as a stream; [`FileWriter::finish`] adds the footer and records it.
