@@ -423,12 +423,10 @@ impl Night<'_> {
         staged: &staged::Staged,
         name: &str,
     ) -> anyhow::Result<Option<PartBytes<'static>>> {
-        if staged.contains(name) {
-            return staged.map(name);
-        }
-        match &self.parent {
-            Some(g) => Ok(g.map(name)?.map(PartBytes::Mapped)),
-            None => Ok(None),
+        match (staged.map(name)?, &self.parent) {
+            (Some(bytes), _) => Ok(Some(bytes)),
+            (None, Some(g)) => Ok(g.map(name)?.map(PartBytes::Mapped)),
+            (None, None) => Ok(None),
         }
     }
 
