@@ -122,6 +122,10 @@ pub struct RunSettings {
     /// temporary folder (DESIGN "Memory and scale"); at least 1 (tiny values are legal, for
     /// tests: everything spills).
     pub ops_memory_bytes: usize,
+    /// A night that changes little of a profile partition writes what changed beside it (a
+    /// delta) instead of rewriting it whole (`profile::merge::delta_limit`). Off: every
+    /// changed partition is written whole, and a delta left by an earlier night is folded in.
+    pub profile_deltas: bool,
 }
 
 /// Default of `run.ops_memory_bytes`: 512 MiB. With the ID index and the per-user cap's table
@@ -138,6 +142,7 @@ impl Default for RunSettings {
             keep_generations: DEFAULT_KEEP_GENERATIONS,
             markers: false,
             ops_memory_bytes: DEFAULT_OPS_MEMORY_BYTES,
+            profile_deltas: true,
         }
     }
 }
@@ -616,6 +621,7 @@ struct RawRun {
     keep_generations: u32,
     markers: bool,
     ops_memory_bytes: usize,
+    profile_deltas: bool,
 }
 
 impl Default for RawRun {
@@ -628,6 +634,7 @@ impl Default for RawRun {
             keep_generations: d.keep_generations,
             markers: d.markers,
             ops_memory_bytes: d.ops_memory_bytes,
+            profile_deltas: d.profile_deltas,
         }
     }
 }
@@ -1035,6 +1042,7 @@ impl Validator<'_> {
             keep_generations: raw.keep_generations,
             markers: raw.markers,
             ops_memory_bytes: raw.ops_memory_bytes,
+            profile_deltas: raw.profile_deltas,
         }
     }
 
@@ -1371,6 +1379,7 @@ chunk_bytes = 1
 partitions = 8
 keep_generations = 1
 ops_memory_bytes = 4096
+profile_deltas = false
 
 [[data_source]]
 id = 21
@@ -1451,6 +1460,7 @@ segments = []
                 keep_generations: 1,
                 markers: false,
                 ops_memory_bytes: 4096,
+                profile_deltas: false,
             }
         );
         assert_eq!(
@@ -1882,6 +1892,7 @@ segments = []
         assert!(text.contains("unknown field `x`"), "{text}");
         let defaults = with_env("").unwrap();
         assert!(!defaults.run.markers);
+        assert!(defaults.run.profile_deltas);
         assert_eq!(defaults.storage, StorageSettings::default());
         assert!(defaults.pgp.is_none() && defaults.smtp.is_none() && defaults.metrics.is_none());
     }

@@ -26,11 +26,18 @@ fn current(config: &Config) -> anyhow::Result<Option<(Generation, StateMeta)>> {
     Ok(Some((g, meta)))
 }
 
-/// Profile partition `name` of `g` in this build's layout (empty when there is none).
+/// Profile partition `name` of `g` in this build's layout, its delta laid over it (empty when
+/// there is none).
 fn profile_partition(g: &Generation, name: &str) -> anyhow::Result<Vec<u8>> {
     let payload = g.read(name)?.unwrap_or_default();
-    crate::profile::in_current_layout(g.manifest.format_version, payload)
-        .map_err(|e| anyhow!("{name}: {e}"))
+    let base = crate::profile::in_current_layout(g.manifest.format_version, payload)
+        .map_err(|e| anyhow!("{name}: {e}"))?;
+    match g.read(&(name.to_string() + crate::profile::DELTA_SUFFIX))? {
+        Some(delta) => {
+            crate::profile::overlay(&base, &delta).map_err(|e| anyhow!("{name} and its delta: {e}"))
+        }
+        None => Ok(base),
+    }
 }
 
 fn time(ts: i64) -> String {
@@ -148,7 +155,8 @@ pub fn stats(config: &Config) -> anyhow::Result<String> {
     let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
     let mut mappings: BTreeMap<(String, Dpid), u64> = BTreeMap::new();
     for (name, _) in g.files() {
-        if name.starts_with("profiles/") {
+        // Each partition once, with its delta.
+        if name.starts_with("profiles/") && !name.ends_with(crate::profile::DELTA_SUFFIX) {
             let payload = profile_partition(&g, name)?;
             for p in crate::profile::decode(&payload).map_err(|e| anyhow!("{name}: {e}"))? {
                 profiles += 1;

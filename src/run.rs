@@ -417,6 +417,20 @@ impl Night<'_> {
         }
     }
 
+    /// Profile partition `p` as this night leaves it so far, its delta laid over its base.
+    fn current_profiles(&self, staged: &staged::Staged, p: u32) -> anyhow::Result<Option<Vec<u8>>> {
+        let name = crate::profile::part_name(p);
+        let base = self.current_file(staged, &name)?;
+        match self.current_file(staged, &crate::profile::delta_name(p))? {
+            Some(delta) if !delta.is_empty() => {
+                crate::profile::overlay(base.as_deref().unwrap_or_default(), &delta)
+                    .map(Some)
+                    .map_err(|e| anyhow!("profile partition {name} and its delta: {e}"))
+            }
+            _ => Ok(base),
+        }
+    }
+
     /// [`current_file`](Self::current_file), memory-mapped when it is a file of a generation.
     fn current_mapped(
         &self,
@@ -625,7 +639,7 @@ impl Night<'_> {
     /// not after tonight's (a recency flip is stored as the first one after its profile was
     /// written).
     fn events_hold(&self) -> bool {
-        self.parent_format() == crate::state::FORMAT_VERSION
+        self.parent_format() >= crate::state::PROFILE_HEADERS_SINCE
             && !self.reevaluate_all()
             && self.parent_meta.as_ref().is_some_and(|m| {
                 m.ttl_fingerprint == self.ttl_fingerprint && m.as_of <= self.opts.as_of
@@ -773,27 +787,71 @@ impl Night<'_> {
         let refs: Vec<&OpBuf> = bufs.iter().collect();
         let name = crate::profile::part_name(p);
         let format = self.parent_format();
-        if format == crate::state::FORMAT_VERSION {
-            // The stored partition is mapped and let go of as the merge passes it, and the new
-            // one goes to disk as it is made: a large partition is never held whole.
+        if format >= crate::state::PROFILE_HEADERS_SINCE {
             let mapped = match &self.parent {
                 Some(g) => g.map(&name)?,
                 None => None,
             };
+            let delta_name = crate::profile::delta_name(p);
+            let delta = self.parent_file(&delta_name)?;
+            // A night that changes little of a stored partition writes just its delta: what
+            // changed since the partition was last written whole.
+            if let Some(base) = &mapped
+                && self.config.run.profile_deltas
+                && ctx.trust_events
+                && !ctx.reevaluate_all
+            {
+                let ops: usize = refs.iter().map(|b| b.ops.len()).sum();
+                let limit = crate::profile::merge::delta_limit(base.bytes().len(), ops);
+                let delta = delta.as_deref().unwrap_or_default();
+                if delta.len() < limit {
+                    let layered = crate::profile::merge::merge_partition_delta(
+                        base.bytes(),
+                        delta,
+                        &refs,
+                        ctx,
+                        limit,
+                        &mut |at| base.release_before(at),
+                    )
+                    .map_err(|e| anyhow!("profile partition {name} and its delta: {e}"))?;
+                    if let Some(mut out) = layered {
+                        if let Some(payload) = out.payload.take() {
+                            staged.write(&delta_name, &payload)?;
+                        }
+                        return Ok(Some(out));
+                    }
+                }
+            }
+            // Otherwise the partition is written whole, with its delta folded in. The stored
+            // partition is mapped and let go of as the merge passes it, and the new one goes
+            // to disk as it is made: a large partition is never held whole (but for a delta's
+            // fold, which holds the two laid together).
+            let folded = match (&mapped, &delta) {
+                (Some(base), Some(delta)) => {
+                    let folded = crate::profile::overlay(base.bytes(), delta)
+                        .map_err(|e| anyhow!("profile partition {name} and its delta: {e}"))?;
+                    base.release_before(base.bytes().len());
+                    Some(folded)
+                }
+                _ => None,
+            };
             let mut sink = MergeSink {
                 stream: staged.stream(&name),
-                stored: mapped.as_ref(),
+                stored: mapped.as_ref().filter(|_| folded.is_none()),
             };
-            let out = merge_partition_into(
-                mapped.as_ref().map(crate::state::MappedPayload::bytes),
-                &refs,
-                ctx,
-                &mut sink,
-            )
-            .map_err(|e| anyhow!("profile partition {name}: {e}"))?;
-            // Unchanged, the parent's file is carried over instead (the stream is dropped).
+            let old = match &folded {
+                Some(folded) => Some(folded.as_slice()),
+                None => mapped.as_ref().map(crate::state::MappedPayload::bytes),
+            };
+            let out = merge_partition_into(old, &refs, ctx, &mut sink)
+                .map_err(|e| anyhow!("profile partition {name}: {e}"))?;
+            // Unchanged, the parent's files are carried over instead (the stream is dropped).
             if out.rewritten {
                 sink.stream.finish()?;
+                if delta.is_some() {
+                    // Written empty: the parent's delta is not carried over.
+                    staged.write(&delta_name, &[])?;
+                }
             }
             return Ok(Some(out));
         }
@@ -810,7 +868,7 @@ impl Night<'_> {
         drop(bufs);
         // A partition of an older format is written in this one even when nothing changed.
         let payload = match out.payload.take() {
-            None if format < crate::state::FORMAT_VERSION => old,
+            None => old,
             payload => payload,
         };
         if let Some(payload) = payload {
@@ -910,9 +968,8 @@ impl Night<'_> {
             _ => None,
         };
         let profile_source = |p: u32| -> anyhow::Result<Option<std::borrow::Cow<'_, [u8]>>> {
-            let name = crate::profile::part_name(p);
             Ok(self
-                .current_file(staged, &name)?
+                .current_profiles(staged, p)?
                 .map(std::borrow::Cow::Owned))
         };
         let members = |name: &str| self.parent_file(name);

@@ -11,7 +11,9 @@
 
 #[cfg(test)]
 use super::decode;
-use super::{Entry, Events, Stored, decode_body, encode_into, next_stored};
+use super::{
+    Entry, Events, Overlaid, Stored, decode_body, encode_into, encode_tombstone, next_or_end,
+};
 use crate::codec::{Reader, Truncated, Writer};
 use crate::idsync::index::prefetch_read;
 use crate::idsync::store::id_prefix;
@@ -190,6 +192,21 @@ fn upsert(entries: &mut Vec<Entry>, entry: Entry) {
     match entries.binary_search_by_key(&entry.trait_id, |e| e.trait_id) {
         Ok(i) => entries[i] = entry,
         Err(i) => entries.insert(i, entry),
+    }
+}
+
+impl Scratch {
+    fn new(ctx: &MergeCtx<'_>) -> Scratch {
+        Scratch {
+            realized: Vec::new(),
+            union: Vec::new(),
+            stored_files: Vec::new(),
+            failed_files: Vec::new(),
+            ntr: (0..ctx.jobs).map(|_| BinaryHeap::new()).collect(),
+            old_entries: Vec::new(),
+            old_segments: Vec::new(),
+            entries: Vec::new(),
+        }
     }
 }
 
@@ -372,34 +389,9 @@ pub fn merge_partition_into(
     let old = old.unwrap_or_default();
     let mut stored = Reader::new(old);
 
-    let mut out = PartOut {
-        payload: None,
-        files: vec![Counters::default(); ctx.files.len()],
-        job_devices: vec![0; ctx.jobs],
-        job_failed_users: vec![0; ctx.jobs],
-        ntr_samples: vec![Vec::new(); ctx.jobs],
-        expired: 0,
-        profiles: 0,
-        memberships: 0,
-        changed_profiles: 0,
-        membership_changes: 0,
-        min_expiry: None,
-        min_flip: None,
-        has_customer: false,
-        changes: ctx.keep_changes.then(Vec::new),
-        rewritten: false,
-    };
+    let mut out = PartOut::new(ctx);
     let changes_limit = changes_kept(old.len());
-    let mut scratch = Scratch {
-        realized: Vec::new(),
-        union: Vec::new(),
-        stored_files: Vec::new(),
-        failed_files: Vec::new(),
-        ntr: (0..ctx.jobs).map(|_| BinaryHeap::new()).collect(),
-        old_entries: Vec::new(),
-        old_segments: Vec::new(),
-        entries: Vec::new(),
-    };
+    let mut scratch = Scratch::new(ctx);
     let mut seg_scratch = SegScratch::default();
     let mut facts = FactsCache::new(ctx);
     let mut w = Writer::default();
@@ -410,42 +402,14 @@ pub fn merge_partition_into(
     // the current head, flushed before anything else is written.
     let mut quiet_from = 0usize;
     let mut rewritten = false;
-    let mut head = next(&mut stored)?;
+    let mut head = next_or_end(&mut stored)?;
     let mut j = 0usize;
-    // How far the prefetches below have reached: every op's, not one per profile merged (a
-    // profile with several lines consumes several refs at once).
-    let (mut ops_fetched, mut acts_fetched) = (0usize, 0usize);
+    let mut ahead = Ahead::default();
     loop {
-        // In key order the ops, their keys and their acts are scattered over the night's
-        // buffers: start loading those a few ops ahead (ops first, then what they point to).
-        // (After a group longer than the distance, the cursors restart at `j`: the refs behind
-        // it are merged already.)
-        let ops_to = (j + 2 * PREFETCH_AHEAD).min(refs.len());
-        for &r in &refs[ops_fetched.max(j).min(ops_to)..ops_to] {
-            prefetch_read(&ops[r.buf as usize].ops[r.op as usize]);
-        }
-        ops_fetched = ops_fetched.max(ops_to);
-        let acts_to = (j + PREFETCH_AHEAD).min(refs.len());
-        for &r in &refs[acts_fetched.max(j).min(acts_to)..acts_to] {
-            night.prefetch(r);
-        }
-        acts_fetched = acts_fetched.max(acts_to);
-        let new = refs.get(j).map(|&r| (r.prefix, night.key(r)));
-        // Keys are compared by their first 8 bytes as integers first, as the sort did.
-        let (key, from_store, with_ops) = match (head, new) {
-            (Some(o), Some((prefix, n))) => {
-                match id_prefix(o.key)
-                    .cmp(&prefix)
-                    .then_with(|| cmp_keys(o.key, n))
-                {
-                    Ordering::Equal => (o.key, Some(o), true),
-                    Ordering::Less => (o.key, Some(o), false),
-                    Ordering::Greater => (n, None, true),
-                }
-            }
-            (Some(o), None) => (o.key, Some(o), false),
-            (None, Some((_, n))) => (n, None, true),
-            (None, None) => break,
+        ahead.prefetch(night, &refs, j);
+        let Some((key, from_store, with_ops)) = next_key(head.map(|o| (o.key, o)), night, &refs, j)
+        else {
+            break;
         };
         if let Some(o) = from_store
             && !with_ops
@@ -457,7 +421,7 @@ pub fn merge_partition_into(
             out.memberships += u64::from(o.entries);
             out.has_customer |= o.key.first() == Some(&ProfileKey::TAG_CUSTOMER);
             fold_events(&mut out, o.events);
-            head = next(&mut stored)?;
+            head = next_or_end(&mut stored)?;
             let at = start_of(&stored, head);
             // A long quiet run goes to the sink straight from the stored bytes.
             if rewritten && at - quiet_from >= SINK_PIECE {
@@ -504,7 +468,7 @@ pub fn merge_partition_into(
             }
         }
         if from_store.is_some() {
-            head = next(&mut stored)?;
+            head = next_or_end(&mut stored)?;
         }
         quiet_from = start_of(&stored, head);
         if w.buf.len() >= SINK_PIECE {
@@ -517,10 +481,203 @@ pub fn merge_partition_into(
     }
     sink.passed(old.len());
     out.rewritten = rewritten;
-    for (job, heap) in scratch.ntr.into_iter().enumerate() {
-        out.ntr_samples[job] = heap.into_sorted_vec();
-    }
+    out.take_samples(scratch);
     Ok(out)
+}
+
+/// How many bytes a partition of `base` bytes lets its delta grow to on a night of `ops` ops
+/// before it is rewritten whole instead. A delta is rewritten every night it changes, and a
+/// base when the delta is folded into it: with deltas growing by about `c` bytes a night,
+/// folding at `d` bytes costs about `d / 2 + base * c / d` bytes written a night, least at
+/// `d = sqrt(2 * base * c)`. Tonight's growth is guessed at 64 bytes an op (at least 64 KiB),
+/// and a delta never passes a quarter of its base, so that reading a partition stays about
+/// the cost of its base.
+pub fn delta_limit(base: usize, ops: usize) -> usize {
+    let growth = ops.saturating_mul(64).max(64 << 10);
+    base.saturating_mul(2)
+        .saturating_mul(growth)
+        .isqrt()
+        .min(base / 4)
+}
+
+/// Merges `ops` into the partition that `base` and its `delta` stand for, and makes its new
+/// delta ([`PartOut::payload`], set when it differs from `delta`: [`PartOut::rewritten`]).
+/// Only what the delta holds and what changes tonight is written; the base's quiet profiles
+/// are read (their headers) and counted but not copied. `None` once the new delta passes
+/// `limit` bytes ([`delta_limit`]): the partition is then better merged whole, over
+/// [`super::overlay`] of the two. `passed` hears how far into the base the merge has read.
+pub fn merge_partition_delta(
+    base: &[u8],
+    delta: &[u8],
+    ops: &[&OpBuf],
+    ctx: &MergeCtx<'_>,
+    limit: usize,
+    passed: &mut dyn FnMut(usize),
+) -> Result<Option<PartOut>, Truncated> {
+    let night = Night { bufs: ops };
+    let refs = night.sorted();
+    let mut layers = Overlaid::new(base, delta)?;
+    let mut out = PartOut::new(ctx);
+    let changes_limit = changes_kept(base.len() + delta.len());
+    let mut scratch = Scratch::new(ctx);
+    let mut seg_scratch = SegScratch::default();
+    let mut facts = FactsCache::new(ctx);
+    let mut w = Writer::default();
+    let mut reported = 0usize;
+    let mut head = layers.next_layer()?;
+    let mut j = 0usize;
+    let mut ahead = Ahead::default();
+    loop {
+        ahead.prefetch(night, &refs, j);
+        let Some((key, layer, with_ops)) = next_key(head.map(|l| (l.key, l)), night, &refs, j)
+        else {
+            break;
+        };
+        let quiet = layer.filter(|_| !with_ops).and_then(|l| match l.stored {
+            // A tombstone without a line tonight stays one.
+            None => Some(l),
+            Some(o) => (ctx.trust_events && o.events.quiet_at(ctx.as_of)).then_some(l),
+        });
+        if let Some(l) = quiet {
+            if let Some(o) = l.stored {
+                out.profiles += 1;
+                out.memberships += u64::from(o.entries);
+                out.has_customer |= o.key.first() == Some(&ProfileKey::TAG_CUSTOMER);
+                fold_events(&mut out, o.events);
+            }
+            // What the delta held of it, it still holds; the base keeps the rest.
+            w.buf.extend_from_slice(l.delta_raw.unwrap_or_default());
+        } else {
+            let group = if with_ops {
+                let start = j;
+                j = night.group_end(&refs, start);
+                &refs[start..j]
+            } else {
+                &refs[0..0]
+            };
+            let mark = w.buf.len();
+            let changed = merge_profile(
+                key,
+                layer.and_then(|l| l.stored),
+                group,
+                night,
+                ctx,
+                &mut out,
+                &mut scratch,
+                &mut seg_scratch,
+                &mut facts,
+                &mut w,
+                changes_limit,
+            )?;
+            let in_base = layer.is_some_and(|l| l.in_base);
+            if changed && w.buf.len() == mark && in_base {
+                // Dropped: the base's profile must not show through.
+                encode_tombstone(&mut w, key);
+            } else if !changed && layer.is_some_and(|l| l.delta_raw.is_none()) {
+                // Its bytes as the base has them: nothing for the delta.
+                w.buf.truncate(mark);
+            }
+            if w.buf.len() > limit {
+                return Ok(None);
+            }
+        }
+        if layer.is_some() {
+            head = layers.next_layer()?;
+        }
+        let at = layers.base_offset();
+        if at >= reported + SINK_PIECE {
+            reported = at;
+            passed(at);
+        }
+    }
+    passed(base.len());
+    if w.buf != delta {
+        out.rewritten = true;
+        out.payload = Some(w.buf);
+    }
+    out.take_samples(scratch);
+    Ok(Some(out))
+}
+
+impl PartOut {
+    /// Nothing merged yet.
+    fn new(ctx: &MergeCtx<'_>) -> PartOut {
+        PartOut {
+            payload: None,
+            files: vec![Counters::default(); ctx.files.len()],
+            job_devices: vec![0; ctx.jobs],
+            job_failed_users: vec![0; ctx.jobs],
+            ntr_samples: vec![Vec::new(); ctx.jobs],
+            expired: 0,
+            profiles: 0,
+            memberships: 0,
+            changed_profiles: 0,
+            membership_changes: 0,
+            min_expiry: None,
+            min_flip: None,
+            has_customer: false,
+            changes: ctx.keep_changes.then(Vec::new),
+            rewritten: false,
+        }
+    }
+
+    /// Moves the merge's No Trait Realized samples into [`PartOut::ntr_samples`], in order.
+    fn take_samples(&mut self, scratch: Scratch) {
+        for (job, heap) in scratch.ntr.into_iter().enumerate() {
+            self.ntr_samples[job] = heap.into_sorted_vec();
+        }
+    }
+}
+
+/// How far the merge's prefetches have reached in the sorted refs: every op's, not one per
+/// profile merged (a profile with several lines consumes several refs at once).
+#[derive(Default)]
+struct Ahead {
+    ops: usize,
+    acts: usize,
+}
+
+impl Ahead {
+    /// In key order the ops, their keys and their acts are scattered over the night's buffers:
+    /// starts loading those a few ops past `j`, the next to merge (ops first, then what they
+    /// point to). After a group longer than the distance, the cursors restart at `j`: the refs
+    /// behind it are merged already.
+    fn prefetch(&mut self, night: Night<'_>, refs: &[OpRef], j: usize) {
+        let ops_to = (j + 2 * PREFETCH_AHEAD).min(refs.len());
+        for &r in &refs[self.ops.max(j).min(ops_to)..ops_to] {
+            prefetch_read(&night.bufs[r.buf as usize].ops[r.op as usize]);
+        }
+        self.ops = self.ops.max(ops_to);
+        let acts_to = (j + PREFETCH_AHEAD).min(refs.len());
+        for &r in &refs[self.acts.max(j).min(acts_to)..acts_to] {
+            night.prefetch(r);
+        }
+        self.acts = self.acts.max(acts_to);
+    }
+}
+
+/// The next key to merge: the stored `head` (its key and what it is), tonight's `refs[j]`, or
+/// both when they are the same key, with whether it has ops tonight. `None` when both are done.
+fn next_key<'k, T: Copy>(
+    head: Option<(&'k [u8], T)>,
+    night: Night<'k>,
+    refs: &[OpRef],
+    j: usize,
+) -> Option<(&'k [u8], Option<T>, bool)> {
+    let new = refs.get(j).map(|&r| (r.prefix, night.key(r)));
+    // Keys are compared by their first 8 bytes as integers first, as the sort did.
+    match (head, new) {
+        (Some((key, o)), Some((prefix, n))) => Some(
+            match id_prefix(key).cmp(&prefix).then_with(|| cmp_keys(key, n)) {
+                Ordering::Equal => (key, Some(o), true),
+                Ordering::Less => (key, Some(o), false),
+                Ordering::Greater => (n, None, true),
+            },
+        ),
+        (Some((key, o)), None) => Some((key, Some(o), false)),
+        (None, Some((_, n))) => Some((n, None, true)),
+        (None, None) => None,
+    }
 }
 
 /// Hands `buf` (emptied) and then `stored`, a run of stored bytes, to `sink`.
@@ -541,15 +698,6 @@ fn report_passed(sink: &mut dyn PartSink, passed: &mut usize, offset: usize) {
     if offset >= *passed + SINK_PIECE {
         *passed = offset;
         sink.passed(offset);
-    }
-}
-
-/// The next stored profile's header, or `None` at the end of the partition.
-fn next<'a>(r: &mut Reader<'a>) -> Result<Option<Stored<'a>>, Truncated> {
-    if r.is_empty() {
-        Ok(None)
-    } else {
-        next_stored(r).map(Some)
     }
 }
 
@@ -1038,6 +1186,21 @@ mod tests {
         previous: Option<i64>,
         trust_events: bool,
     ) -> PartOut {
+        night_of(w, files, as_of, previous, trust_events, |bufs, ctx| {
+            merge_checked(old, bufs, ctx)
+        })
+    }
+
+    /// Calls `f` with the ops of `files` ((text, overwrite, target data source)), run through
+    /// the kernel, and the context of merging them at `as_of` into a state of `previous`.
+    fn night_of<R>(
+        w: &World,
+        files: &[(&str, bool, Dpid)],
+        as_of: i64,
+        previous: Option<i64>,
+        trust_events: bool,
+        f: impl FnOnce(&[&OpBuf], &MergeCtx<'_>) -> R,
+    ) -> R {
         let index = IdIndex::default();
         let outs: Vec<_> = files
             .iter()
@@ -1077,9 +1240,31 @@ mod tests {
             keep_changes: true,
         };
         let bufs: Vec<&OpBuf> = outs.iter().map(|o| &o.parts[0]).collect();
+        f(&bufs, &ctx)
+    }
+
+    /// The night of [`night_of`] merged into `base` under `delta`, trusting stored events.
+    fn merge_delta(
+        w: &World,
+        base: &[u8],
+        delta: &[u8],
+        files: &[(&str, bool, Dpid)],
+        as_of: i64,
+        previous: Option<i64>,
+    ) -> PartOut {
+        night_of(w, files, as_of, previous, true, |bufs, ctx| {
+            merge_partition_delta(base, delta, bufs, ctx, usize::MAX, &mut |_| {})
+                .unwrap()
+                .unwrap()
+        })
+    }
+
+    /// Merges `bufs` into `old` through a recording sink, through [`merge_partition`] and over
+    /// a base and delta that stand for `old`, and checks that all three agree.
+    fn merge_checked(old: Option<&[u8]>, bufs: &[&OpBuf], ctx: &MergeCtx<'_>) -> PartOut {
         // Through a sink, which the small SINK_PIECE of tests feeds in many pieces.
         let mut sink = Recording::default();
-        let mut out = merge_partition_into(old, &bufs, &ctx, &mut sink).unwrap();
+        let mut out = merge_partition_into(old, bufs, ctx, &mut sink).unwrap();
         let old_len = old.map_or(0, <[u8]>::len);
         assert!(
             sink.passed.windows(2).all(|p| p[0] <= p[1]),
@@ -1095,9 +1280,107 @@ mod tests {
                 "an unchanged partition writes nothing"
             );
         }
-        let whole = merge_partition(old, &bufs, &ctx).unwrap();
+        let whole = merge_partition(old, bufs, ctx).unwrap();
         assert_eq!(whole.payload, out.payload);
+        // The same night over a base and a delta that stand for `old`: the partition they
+        // make is the same, and so is every counter.
+        let old = old.unwrap_or_default();
+        let (base, delta) = layered(old);
+        assert_eq!(super::super::overlay(&base, &delta).unwrap(), old);
+        let mut passed = Vec::new();
+        let by_delta = merge_partition_delta(&base, &delta, bufs, ctx, usize::MAX, &mut |at| {
+            passed.push(at)
+        })
+        .unwrap()
+        .unwrap();
+        assert!(passed.windows(2).all(|p| p[0] <= p[1]), "{passed:?}");
+        assert_eq!(passed.last(), Some(&base.len()));
+        assert_same_night(&by_delta, &out);
+        let new_delta = by_delta.payload.as_deref().unwrap_or(&delta);
+        assert_eq!(
+            super::super::overlay(&base, new_delta).unwrap(),
+            out.payload.as_deref().unwrap_or(old)
+        );
         out
+    }
+
+    /// Asserts that `a`, a merge over a delta, counted the same night as `b`, and changed its
+    /// delta only if `b` changed its partition.
+    fn assert_same_night(a: &PartOut, b: &PartOut) {
+        assert_eq!(
+            serde_json::to_value(a).unwrap(),
+            serde_json::to_value(b).unwrap()
+        );
+        assert_eq!(a.changes, b.changes);
+        // A delta says exactly whether it changed; a whole partition may call itself
+        // rewritten with the same bytes (a line that realized nothing on a new profile).
+        assert!(
+            b.rewritten || !a.rewritten,
+            "rewritten with nothing changed"
+        );
+    }
+
+    /// A base and a delta that stand for partition `old`: every other profile of it in the
+    /// delta over a stale one in the base, each followed by a profile that only the base has
+    /// and the delta drops.
+    fn layered(old: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let (mut base, mut delta) = (Writer::default(), Writer::default());
+        let stale = [Entry {
+            trait_id: 99,
+            data_source: 21,
+            realized_at: 0,
+        }];
+        let mut r = Reader::new(old);
+        let mut odd = false;
+        while let Some(p) = next_or_end(&mut r).unwrap() {
+            if odd {
+                encode_into(&mut base, p.key, Events::default(), &stale, &[]);
+                delta.buf.extend_from_slice(p.raw);
+                let gone = [p.key, &[0]].concat();
+                encode_into(&mut base, &gone, Events::default(), &stale, &[]);
+                encode_tombstone(&mut delta, &gone);
+            } else {
+                base.buf.extend_from_slice(p.raw);
+            }
+            odd = !odd;
+        }
+        (base.buf, delta.buf)
+    }
+
+    #[test]
+    fn a_delta_past_its_limit_gives_up() {
+        let w = world();
+        let line = format!("{U}\td_sid=24,d_sid=25\n");
+        let stored = merge(&w, None, &[(&line, false, 21)], 1000)
+            .payload
+            .unwrap();
+        let (base, delta) = layered(&stored);
+        let other = "00000000000000000000000000000000000017\td_sid=26\n";
+        let merged = |limit| {
+            night_of(
+                &w,
+                &[(other, false, 21)],
+                2000,
+                Some(1000),
+                true,
+                |bufs, ctx| {
+                    merge_partition_delta(&base, &delta, bufs, ctx, limit, &mut |_| {}).unwrap()
+                },
+            )
+        };
+        let fits = merged(usize::MAX).unwrap().payload.unwrap();
+        assert!(fits.len() > delta.len());
+        assert!(merged(fits.len()).is_some());
+        assert!(merged(fits.len() - 1).is_none());
+    }
+
+    #[test]
+    fn a_delta_grows_with_its_base_and_tonight_up_to_a_quarter_of_the_base() {
+        assert_eq!(delta_limit(0, 1000), 0);
+        // sqrt(2 * 100 MB * 64 KiB) for a small night.
+        assert_eq!(delta_limit(100_000_000, 10), 3_620_386);
+        assert_eq!(delta_limit(100_000_000, 10_000), 11_313_708);
+        assert_eq!(delta_limit(100_000_000, 10_000_000), 25_000_000);
     }
 
     /// A sink that keeps what it is given.
@@ -1395,6 +1678,9 @@ mod tests {
             let users = [U, "00000000000000000000000000000000000017", "99999999999999999999999999999999999999"];
             let w = world();
             let (mut trusted, mut read): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
+            // The same nights kept as a base and a delta, folded when the delta outgrows the
+            // base.
+            let (mut base, mut delta): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
             let (mut as_of, mut previous) = (1000i64, None);
             for (lines, overwrite, step) in nights {
                 let text: String = lines
@@ -1409,6 +1695,17 @@ mod tests {
                 let a = merge_with(&w, trusted.as_deref(), files, as_of, previous, true);
                 let b = merge_with(&w, read.as_deref(), files, as_of, previous, false);
                 proptest::prop_assert_eq!(format!("{a:?}"), format!("{b:?}"));
+                let c = merge_delta(&w, &base, &delta, files, as_of, previous);
+                assert_same_night(&c, &a);
+                if let Some(new_delta) = c.payload {
+                    delta = new_delta;
+                }
+                let partition = super::super::overlay(&base, &delta).unwrap();
+                let expected = a.payload.as_deref().or(trusted.as_deref()).unwrap_or_default();
+                proptest::prop_assert_eq!(&partition, expected);
+                if delta.len() > base.len() {
+                    (base, delta) = (partition, Vec::new());
+                }
                 if a.payload.is_some() {
                     trusted = a.payload;
                 }

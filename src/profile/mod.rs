@@ -87,9 +87,131 @@ pub struct Stored<'a> {
     pub raw: &'a [u8],
 }
 
+impl Stored<'_> {
+    /// Whether this is a delta's tombstone ([`encode_tombstone`]).
+    pub fn is_tombstone(&self) -> bool {
+        self.entries == 0
+    }
+}
+
 /// The state-relative name of a profile partition.
 pub fn part_name(part: u32) -> String {
     format!("profiles/part-{part:04}")
+}
+
+/// The state-relative name of a profile partition's delta: the profiles that changed since its
+/// base file ([`part_name`]) was written, in key order, and a tombstone ([`Stored::is_tombstone`])
+/// for each profile of the base since dropped. A partition is its base with its delta laid over
+/// it ([`Overlaid`]); a partition without a delta is its base alone.
+pub fn delta_name(part: u32) -> String {
+    part_name(part) + DELTA_SUFFIX
+}
+
+/// What [`delta_name`] adds to its partition's name.
+pub const DELTA_SUFFIX: &str = ".delta";
+
+/// Writes a delta's tombstone for `key`: a profile without entries, which a stored partition
+/// never holds (a profile without traits is dropped).
+pub fn encode_tombstone(w: &mut Writer, key: &[u8]) {
+    encode_into(w, key, Events::default(), &[], &[]);
+}
+
+/// One key of a partition read as its base with its delta laid over it.
+#[derive(Clone, Copy, Debug)]
+pub struct Layered<'a> {
+    pub key: &'a [u8],
+    /// The profile: the delta's record when it has the key, else the base's; `None` when the
+    /// delta's record is a tombstone.
+    pub stored: Option<Stored<'a>>,
+    /// Whether the base has the key, so that dropping it needs a tombstone.
+    pub in_base: bool,
+    /// The delta's record for the key, tombstones included.
+    pub delta_raw: Option<&'a [u8]>,
+}
+
+/// A base and its delta read together in key order: each key once, the delta's record over
+/// the base's.
+pub struct Overlaid<'a> {
+    base: Reader<'a>,
+    delta: Reader<'a>,
+    base_head: Option<Stored<'a>>,
+    delta_head: Option<Stored<'a>>,
+}
+
+impl<'a> Overlaid<'a> {
+    pub fn new(base: &'a [u8], delta: &'a [u8]) -> Result<Overlaid<'a>, Truncated> {
+        let mut base = Reader::new(base);
+        let mut delta = Reader::new(delta);
+        Ok(Overlaid {
+            base_head: next_or_end(&mut base)?,
+            delta_head: next_or_end(&mut delta)?,
+            base,
+            delta,
+        })
+    }
+
+    /// The next key, or `None` past the last.
+    pub fn next_layer(&mut self) -> Result<Option<Layered<'a>>, Truncated> {
+        let from_base = match (self.base_head, self.delta_head) {
+            (Some(b), Some(d)) => b.key < d.key,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if from_base {
+            let Some(b) = self.base_head else {
+                return Ok(None);
+            };
+            self.base_head = next_or_end(&mut self.base)?;
+            return Ok(Some(Layered {
+                key: b.key,
+                stored: Some(b),
+                in_base: true,
+                delta_raw: None,
+            }));
+        }
+        let Some(d) = self.delta_head else {
+            return Ok(None);
+        };
+        let in_base = self.base_head.is_some_and(|b| b.key == d.key);
+        if in_base {
+            self.base_head = next_or_end(&mut self.base)?;
+        }
+        self.delta_head = next_or_end(&mut self.delta)?;
+        Ok(Some(Layered {
+            key: d.key,
+            stored: (!d.is_tombstone()).then_some(d),
+            in_base,
+            delta_raw: Some(d.raw),
+        }))
+    }
+
+    /// How far into the base the walk is: every base byte before it has been read.
+    pub fn base_offset(&self) -> usize {
+        self.base.offset() - self.base_head.map_or(0, |b| b.raw.len())
+    }
+}
+
+/// The next profile header at `r`, or `None` at its end.
+pub(crate) fn next_or_end<'a>(r: &mut Reader<'a>) -> Result<Option<Stored<'a>>, Truncated> {
+    if r.is_empty() {
+        Ok(None)
+    } else {
+        next_stored(r).map(Some)
+    }
+}
+
+/// The partition that `base` and its `delta` stand for, as one payload in key order (for the
+/// readers that take a partition whole: exports that walk it, `inspect`, a merge that folds
+/// the delta into a new base).
+pub fn overlay(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, Truncated> {
+    let mut out = Vec::with_capacity(base.len() + delta.len());
+    let mut layers = Overlaid::new(base, delta)?;
+    while let Some(l) = layers.next_layer()? {
+        if let Some(stored) = l.stored {
+            out.extend_from_slice(stored.raw);
+        }
+    }
+    Ok(out)
 }
 
 /// Decodes a partition written by [`encode_into`]: profiles in key order.
@@ -115,7 +237,7 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Profile<'_>>, Truncated> {
 /// payload itself, or for format 1 (no headers, entries before segments) the same profiles
 /// re-encoded with no [`Events`], which a run must not trust (see `MergeCtx::trust_events`).
 pub fn in_current_layout(format_version: u32, payload: Vec<u8>) -> Result<Vec<u8>, Truncated> {
-    if format_version >= 2 {
+    if format_version >= crate::state::PROFILE_HEADERS_SINCE {
         return Ok(payload);
     }
     let mut r = Reader::new(&payload);

@@ -52,7 +52,15 @@ pub use verify::{Problem, VerifyReport, verify};
 /// - 2: each stored profile starts with a header (entry count, expiry and recency days, body
 ///   length) and keeps its segments before its entries (`profile` module). A state of format
 ///   1 is read, and the first run over it rewrites every profile partition in format 2.
-pub const FORMAT_VERSION: u32 = 2;
+/// - 3: a profile partition may have a delta beside it (`profile::delta_name`): the profiles
+///   changed since the partition was last written whole, which a night rewrites instead of the
+///   whole partition while they are few. A state of format 2 is read as it is (its partitions
+///   have no deltas).
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The first format whose stored profiles start with a header (format 2, above): a state of
+/// this format or later is in this build's profile layout.
+pub const PROFILE_HEADERS_SINCE: u32 = 2;
 
 /// The oldest layout this build reads (and upgrades on its next run).
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
@@ -426,7 +434,7 @@ mod tests {
         );
         let text = String::from_utf8(manifest).unwrap();
         assert!(
-            text.starts_with("{\n  \"format_version\": 2,\n  \"generation\": 1,\n"),
+            text.starts_with("{\n  \"format_version\": 3,\n  \"generation\": 1,\n"),
             "{text}"
         );
         assert!(
@@ -589,7 +597,7 @@ mod tests {
         let path = gen1.dir.join("manifest.json");
         let text = fs::read_to_string(&path)
             .unwrap()
-            .replace("\"format_version\": 2", "\"format_version\": 3");
+            .replace("\"format_version\": 3", "\"format_version\": 4");
         fs::write(&path, &text).unwrap();
         write_atomic(
             &state.root().join(CURRENT),
@@ -601,8 +609,8 @@ mod tests {
             matches!(
                 err,
                 StateError::TooNew {
-                    found: 3,
-                    supported: 2,
+                    found: 4,
+                    supported: 3,
                     ..
                 }
             ),
@@ -610,7 +618,7 @@ mod tests {
         );
         assert!(
             err.to_string()
-                .ends_with("reads at most version 2; upgrade segmill"),
+                .ends_with("reads at most version 3; upgrade segmill"),
             "{err}"
         );
     }

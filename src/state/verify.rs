@@ -307,7 +307,10 @@ fn check_content(
     }
     let components: Vec<&str> = rel.split('/').collect();
     let (kind, part) = match components.as_slice() {
-        ["profiles", part] => ("profile", *part),
+        ["profiles", part] => match part.strip_suffix(crate::profile::DELTA_SUFFIX) {
+            Some(base) => ("profile delta", base),
+            None => ("profile", *part),
+        },
         ["idsync" | "c2c", dpid, part] if dpid_dir(dpid) => ("ID-sync", *part),
         ["members", did, part] if did.parse::<u32>().is_ok() => ("destination members", *part),
         _ => return Err(Content::Unknown),
@@ -323,10 +326,11 @@ fn check_content(
         )));
     }
     let decoded = match kind {
-        "profile" if format < crate::state::FORMAT_VERSION => {
+        "profile" if format < crate::state::PROFILE_HEADERS_SINCE => {
             crate::profile::in_current_layout(format, payload.to_vec()).map(drop)
         }
-        "profile" => crate::profile::decode(payload).map(drop),
+        // A delta's tombstones decode as profiles without entries.
+        "profile" | "profile delta" => crate::profile::decode(payload).map(drop),
         "ID-sync" => crate::idsync::store::decode(payload).map(drop),
         _ => crate::outbound::export::decode_members(payload).map(drop),
     };
