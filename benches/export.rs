@@ -249,6 +249,7 @@ fn diff(c: &mut Criterion) {
         profiles: &payload,
         members: &no_members,
         resolve: &resolve,
+        deltas: false,
     };
     let stale = |_: u32| true;
     // Every partition is walked: no merge told which profiles changed.
@@ -272,11 +273,11 @@ fn diff(c: &mut Criterion) {
         .collect();
     let run_with = |jobs: &[Job<'_>], sources: &Sources<'_, '_>| {
         let members = std::sync::Mutex::new(std::collections::BTreeMap::new());
-        let exports = compute(&config, jobs, sources, &|did, p, payload| {
+        let exports = compute(&config, jobs, sources, &|name, payload| {
             members
                 .lock()
                 .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .insert((did, p), payload);
+                .insert(name.to_string(), payload);
             Ok(())
         })
         .expect("compute");
@@ -305,20 +306,14 @@ fn diff(c: &mut Criterion) {
 
     // The next night's export of the same profiles: every partition is diffed against the
     // members the first one left. The `iter` destination sends nothing, the `full` one all.
-    let by_name: std::collections::BTreeMap<String, Vec<u8>> = first_members
-        .iter()
-        .map(|(&(did, p), payload)| {
-            let name = segmill::outbound::export::members_part_name(did, p);
-            (name, payload.clone())
-        })
-        .collect();
     let stored_members =
-        |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(by_name.get(name).cloned()) };
+        |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(first_members.get(name).cloned()) };
     let again = Sources {
         parts: 0..PARTITIONS as u32,
         profiles: &payload,
         members: &stored_members,
         resolve: &resolve,
+        deltas: false,
     };
     let next_jobs: Vec<Job<'_>> = jobs
         .iter()

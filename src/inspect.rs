@@ -32,7 +32,7 @@ fn profile_partition(g: &Generation, name: &str) -> anyhow::Result<Vec<u8>> {
     let payload = g.read(name)?.unwrap_or_default();
     let base = crate::profile::in_current_layout(g.manifest.format_version, payload)
         .map_err(|e| anyhow!("{name}: {e}"))?;
-    match g.read(&(name.to_string() + crate::profile::DELTA_SUFFIX))? {
+    match g.read(&(name.to_string() + crate::state::DELTA_SUFFIX))? {
         Some(delta) => {
             crate::profile::overlay(&base, &delta).map_err(|e| anyhow!("{name} and its delta: {e}"))
         }
@@ -156,7 +156,7 @@ pub fn stats(config: &Config) -> anyhow::Result<String> {
     let mut mappings: BTreeMap<(String, Dpid), u64> = BTreeMap::new();
     for (name, _) in g.files() {
         // Each partition once, with its delta.
-        if name.starts_with("profiles/") && !name.ends_with(crate::profile::DELTA_SUFFIX) {
+        if name.starts_with("profiles/") && !name.ends_with(crate::state::DELTA_SUFFIX) {
             let payload = profile_partition(&g, name)?;
             for p in crate::profile::decode(&payload).map_err(|e| anyhow!("{name}: {e}"))? {
                 profiles += 1;

@@ -802,9 +802,14 @@ impl Night<'_> {
                 && !ctx.reevaluate_all
             {
                 let ops: usize = refs.iter().map(|b| b.ops.len()).sum();
-                let limit = crate::profile::merge::delta_limit(base.bytes().len(), ops);
                 let delta = delta.as_deref().unwrap_or_default();
-                if delta.len() < limit {
+                // About 64 bytes a line, for a changed or new profile.
+                let limit = crate::state::delta_limit(
+                    base.bytes().len(),
+                    delta.len(),
+                    ops.saturating_mul(64),
+                );
+                if let Some(limit) = limit {
                     let layered = crate::profile::merge::merge_partition_delta(
                         base.bytes(),
                         delta,
@@ -1036,10 +1041,11 @@ impl Night<'_> {
             profiles: &profile_source,
             members: &members,
             resolve: &resolve,
+            deltas: config.run.profile_deltas,
         };
         // What each destination now holds goes straight into the new generation.
-        export::compute(config, &jobs, &sources, &|did, p, payload| {
-            staged.write(&export::members_part_name(did, p), &payload)
+        export::compute(config, &jobs, &sources, &|name, payload| {
+            staged.write(name, &payload)
         })
     }
 }

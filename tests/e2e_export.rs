@@ -1573,7 +1573,7 @@ fn profile_deltas_change_no_output() {
         day1.push_str(&format!("{}\t{}\n", uuid(n), items.join(",")));
     }
     let everyone: String = (0..300u64)
-        .map(|n| format!("{}\td_sid=14\n", uuid(n)))
+        .map(|n| format!("{}\td_sid=13,d_sid=14\n", uuid(n)))
         .collect();
     let (u1, u2, u3, u5, new) = (uuid(1), uuid(2), uuid(3), uuid(5), uuid(1000));
     let nights = [
@@ -1643,15 +1643,21 @@ fn profile_deltas_change_no_output() {
         assert_eq!(stats(&with), stats(&without), "night {}", night + 1);
         let verified = with.segmill(&["state", "verify", "--all"]);
         assert_eq!(verified.code, 0, "{verified:#?}");
-        // Nights 2 to 4 wrote deltas; the last changed too much and folded its delta in.
-        let delta = current(&with).join("profiles/part-0000.delta");
-        assert_eq!(
-            delta.exists(),
-            (1..4).contains(&night),
-            "night {}",
-            night + 1
-        );
-        assert!(!current(&without).join("profiles/part-0000.delta").exists());
+        // Nights 2 to 4 wrote deltas of the profiles and of the `iter` destination's members
+        // (the `full` one sends and rewrites every member); the last changed too much and
+        // folded them in.
+        for name in ["profiles/part-0000", "members/7001/part-0000"] {
+            let delta = format!("{name}.delta");
+            let exists = current(&with).join(&delta).exists();
+            assert_eq!(
+                exists,
+                (1..4).contains(&night),
+                "{delta} night {}",
+                night + 1
+            );
+            assert!(!current(&without).join(&delta).exists());
+        }
+        assert!(!current(&with).join("members/7002/part-0000.delta").exists());
     }
     let expired: Vec<u64> = [(2, DAY2), (3, DAY3), (4, DAY4)]
         .iter()

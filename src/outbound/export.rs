@@ -40,6 +40,33 @@ pub fn members_part_name(did: u32, part: u32) -> String {
     format!("members/{did}/part-{part:04}")
 }
 
+/// The delta of [`members_part_name`]: the members changed since that file was written whole,
+/// in key order, and for each member of it since dropped a tombstone, the key with no
+/// segments (a stored member always has some). See [`crate::state::DELTA_SUFFIX`].
+pub fn members_delta_name(did: u32, part: u32) -> String {
+    members_part_name(did, part) + crate::state::DELTA_SUFFIX
+}
+
+/// The members that `base` and its `delta` stand for, as one payload in key order.
+pub fn overlay_members(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, Truncated> {
+    let mut out = Vec::with_capacity(base.len() + delta.len());
+    let (mut base, mut delta) = (MemberCursor::new(base), MemberCursor::new(delta));
+    while let Some((d, raw)) = delta.take_raw() {
+        out.extend_from_slice(base.take_before(Some(d.key)));
+        if base.peek().is_some_and(|b| b.key == d.key) {
+            base.take();
+        }
+        if !d.segments.is_empty() {
+            out.extend_from_slice(raw);
+        }
+    }
+    out.extend_from_slice(base.take_before(None));
+    match base.damaged.or(delta.damaged) {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
 pub fn decode_members(payload: &[u8]) -> Result<Vec<Member<'_>>, Truncated> {
     let mut r = Reader::new(payload);
     let mut out = Vec::new();
@@ -457,6 +484,14 @@ impl<'a> MemberCursor<'a> {
         head
     }
 
+    /// Takes the next member, with its stored bytes.
+    fn take_raw(&mut self) -> Option<(RawMember<'a>, &'a [u8])> {
+        let head = self.head?;
+        let start = self.head_start;
+        self.advance();
+        Some((head, &self.payload[start..self.head_start]))
+    }
+
     /// Takes every member before `key` (all of them for `None`) as their stored bytes.
     fn take_before(&mut self, key: Option<&[u8]>) -> &'a [u8] {
         let start = self.head_start;
@@ -475,8 +510,12 @@ impl<'a> MemberCursor<'a> {
 /// decoded partition feeds the differs of every destination that is due.
 struct Differ<'a> {
     selection: &'a Selection,
-    /// The destination's members of this partition, by key.
+    /// The destination's members of this partition, by key: the whole of them, or with
+    /// `delta` the base that it lies over.
     members: MemberCursor<'a>,
+    /// The members' delta, when the differ writes a new delta ([`Differ::layered`]) instead of
+    /// every member.
+    delta: Option<MemberCursor<'a>>,
     /// The segments of the member being diffed.
     old: Vec<u32>,
     rows: PartRows,
@@ -496,6 +535,7 @@ impl<'a> Differ<'a> {
         Differ {
             selection,
             members: MemberCursor::new(members),
+            delta: None,
             old: Vec::new(),
             rows: PartRows::default(),
             new_members: Writer::default(),
@@ -509,9 +549,20 @@ impl<'a> Differ<'a> {
         }
     }
 
+    /// A differ against the members that `base` and its `delta` stand for, which is fed
+    /// tonight's [`changes`](Self::changes) and writes a new delta: the old one with those
+    /// changes laid over it. The base's other members are read, not copied.
+    fn layered(selection: &'a Selection, base: &'a [u8], delta: &'a [u8]) -> Differ<'a> {
+        Differ {
+            delta: Some(MemberCursor::new(delta)),
+            ..Differ::new(selection, base)
+        }
+    }
+
     /// The next profile in key order: every member before it first, then the profile with
     /// its member, if any.
     fn profile(&mut self, key: &[u8], entries: &[Entry], segments: &[u32], resolve: &Resolver<'_>) {
+        debug_assert!(self.delta.is_none(), "a layered differ is fed changes");
         while let Some(m) = self.members.peek()
             && m.key < key
         {
@@ -530,6 +581,10 @@ impl<'a> Differ<'a> {
     /// kept as it is: its profile's segments are those it was sent, so the diff would send
     /// nothing and write the member back unchanged.
     fn changes(&mut self, changes: &[Member<'_>], resolve: &Resolver<'_>) {
+        if let Some(delta) = self.delta.take() {
+            self.delta = Some(self.changes_layered(delta, changes, resolve));
+            return;
+        }
         for c in changes {
             // Unchanged members are written back as they are stored (the layout has one
             // encoding per member, and a member's segments are stored sorted).
@@ -545,13 +600,60 @@ impl<'a> Differ<'a> {
         self.new_members.buf.extend_from_slice(kept);
     }
 
-    /// The rows and new members payload, once every profile was fed; an error if the stored
-    /// members could not be read to their end.
-    fn finish(mut self, resolve: &Resolver<'_>) -> Result<(PartRows, Vec<u8>), Truncated> {
-        while let Some(m) = self.members.take() {
-            self.user(m.key, None, Some(m), resolve);
+    /// [`changes`](Self::changes) of a [`layered`](Self::layered) differ: the new delta holds
+    /// the old one's members but where tonight changes them, and for each changed member
+    /// that the base has and that is now gone, a tombstone.
+    fn changes_layered(
+        &mut self,
+        mut delta: MemberCursor<'a>,
+        changes: &[Member<'_>],
+        resolve: &Resolver<'_>,
+    ) -> MemberCursor<'a> {
+        for c in changes {
+            let kept = delta.take_before(Some(c.key));
+            self.new_members.buf.extend_from_slice(kept);
+            self.members.take_before(Some(c.key));
+            let base = self.members.peek().filter(|m| m.key == c.key);
+            if base.is_some() {
+                self.members.take();
+            }
+            let member = match delta.peek().filter(|m| m.key == c.key) {
+                Some(d) => {
+                    delta.take();
+                    Some(d).filter(|d| !d.segments.is_empty())
+                }
+                None => base,
+            };
+            let written = self.new_members.buf.len();
+            self.user(c.key, Some((&[], &c.segments)), member, resolve);
+            if base.is_some() && self.new_members.buf.len() == written {
+                write_member(&mut self.new_members, c.key, &[]);
+            }
         }
-        match self.members.damaged {
+        let kept = delta.take_before(None);
+        self.new_members.buf.extend_from_slice(kept);
+        self.members.take_before(None);
+        delta
+    }
+
+    /// The rows and new members payload (for a [`layered`](Self::layered) differ, its new
+    /// delta), once every profile was fed; an error if the stored members could not be read
+    /// to their end.
+    fn finish(mut self, resolve: &Resolver<'_>) -> Result<(PartRows, Vec<u8>), Truncated> {
+        match &mut self.delta {
+            None => {
+                while let Some(m) = self.members.take() {
+                    self.user(m.key, None, Some(m), resolve);
+                }
+            }
+            // What no change reached stays as it is (all of it, without changes).
+            Some(delta) => {
+                let kept = delta.take_before(None);
+                self.new_members.buf.extend_from_slice(kept);
+                self.members.take_before(None);
+            }
+        }
+        match self.members.damaged.or(self.delta.and_then(|d| d.damaged)) {
             Some(e) => Err(e),
             None => Ok((self.rows, self.new_members.buf)),
         }
@@ -1363,11 +1465,15 @@ pub struct Sources<'a, 'p> {
     /// The previous generation's files by name (members of the last export).
     pub members: &'a (dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
     pub resolve: &'a Resolver<'p>,
+    /// Whether a destination fed a partition's changes writes just a delta of its members
+    /// ([`members_delta_name`]) while it is small (`run.profile_deltas`).
+    pub deltas: bool,
 }
 
-/// Receives a diffed partition's new members payload (destination, partition, payload), from
-/// any worker thread, as soon as the partition is diffed.
-pub type MembersSink<'a> = dyn Fn(u32, u32, Vec<u8>) -> anyhow::Result<()> + Sync + 'a;
+/// Receives a diffed partition's new members file (its state name and payload; an empty
+/// payload for a file that is no more), from any worker thread, as soon as the partition is
+/// diffed.
+pub type MembersSink<'a> = dyn Fn(&str, Vec<u8>) -> anyhow::Result<()> + Sync + 'a;
 
 /// One destination's export to compute.
 pub struct Job<'a> {
@@ -1477,6 +1583,84 @@ impl Drop for Written {
     }
 }
 
+/// A destination's stored members of one partition, as a diff reads them and as its new
+/// members are written.
+struct StoredMembers {
+    /// The whole file's name.
+    name: String,
+    /// The members: the whole file, or the base under `delta`.
+    members: Vec<u8>,
+    /// The delta the diff writes anew, when it writes a delta.
+    delta: Option<Vec<u8>>,
+    /// Whether a delta is stored now.
+    had_delta: bool,
+}
+
+impl StoredMembers {
+    /// Reads destination `did`'s members of partition `p`: laid together into one, unless
+    /// the destination is fed the partition's `changes` and they fit a delta.
+    fn read(
+        src: &Sources<'_, '_>,
+        did: u32,
+        p: u32,
+        changes: Option<&[u8]>,
+    ) -> anyhow::Result<StoredMembers> {
+        let name = members_part_name(did, p);
+        let base = (src.members)(&name)?.unwrap_or_default();
+        let delta = (src.members)(&members_delta_name(did, p))?;
+        let had_delta = delta.is_some();
+        let delta = delta.unwrap_or_default();
+        // Each change adds about its own length to the delta.
+        let layered = src.deltas
+            && changes.is_some_and(|c| {
+                crate::state::delta_limit(base.len(), delta.len(), c.len()).is_some()
+            });
+        if layered {
+            return Ok(StoredMembers {
+                name,
+                members: base,
+                delta: Some(delta),
+                had_delta,
+            });
+        }
+        let members = if had_delta {
+            overlay_members(&base, &delta).map_err(|e| anyhow!("{name} and its delta: {e}"))?
+        } else {
+            base
+        };
+        Ok(StoredMembers {
+            name,
+            members,
+            delta: None,
+            had_delta,
+        })
+    }
+
+    fn differ<'a>(&'a self, selection: &'a Selection) -> Differ<'a> {
+        match &self.delta {
+            Some(delta) => Differ::layered(selection, &self.members, delta),
+            None => Differ::new(selection, &self.members),
+        }
+    }
+
+    /// Hands the diff's `new` members (or new delta) to `on_members`: a delta only if it
+    /// changed, and a whole file with its old delta dropped.
+    fn write(&self, new: Vec<u8>, on_members: &MembersSink<'_>) -> anyhow::Result<()> {
+        let delta_name = self.name.clone() + crate::state::DELTA_SUFFIX;
+        match &self.delta {
+            Some(old) if *old == new => Ok(()),
+            Some(_) => on_members(&delta_name, new),
+            None => {
+                on_members(&self.name, new)?;
+                if self.had_delta {
+                    on_members(&delta_name, Vec::new())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Diffs partition `p` for the jobs `due` (indexes into `jobs` and `selections`): reads and
 /// decodes it once, feeding every due destination's [`Differ`], then writes each one's run
 /// file into `written` and hands its members on.
@@ -1490,19 +1674,6 @@ fn diff_due(
     written: &mut [Option<PathBuf>],
 ) -> anyhow::Result<()> {
     let resolve = src.resolve;
-    let olds: Vec<(String, Option<Vec<u8>>)> = due
-        .iter()
-        .map(|&d| {
-            let name = members_part_name(jobs[d].dest.id, p);
-            let payload = (src.members)(&name)?;
-            Ok((name, payload))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut differs: Vec<Differ<'_>> = due
-        .iter()
-        .zip(&olds)
-        .map(|(&d, (_, members))| Differ::new(&selections[d], members.as_deref().unwrap_or(&[])))
-        .collect();
     // A destination whose changes are known is fed them; the others walk the partition.
     let changes: Vec<Option<&[u8]>> = due
         .iter()
@@ -1512,6 +1683,16 @@ fn diff_due(
                 .then(|| (jobs[d].changes)(p))
                 .flatten()
         })
+        .collect();
+    let olds: Vec<StoredMembers> = due
+        .iter()
+        .zip(&changes)
+        .map(|(&d, changes)| StoredMembers::read(src, jobs[d].dest.id, p, *changes))
+        .collect::<anyhow::Result<_>>()?;
+    let mut differs: Vec<Differ<'_>> = due
+        .iter()
+        .zip(&olds)
+        .map(|(&d, old)| old.differ(&selections[d]))
         .collect();
     for (differ, changes) in differs.iter_mut().zip(&changes) {
         if let Some(bytes) = changes {
@@ -1549,10 +1730,14 @@ fn diff_due(
     let finished: Vec<(PartRows, Vec<u8>)> = differs
         .into_iter()
         .zip(&olds)
-        .map(|(differ, (name, _))| differ.finish(resolve).map_err(|e| anyhow!("{name}: {e}")))
+        .map(|(differ, old)| {
+            differ
+                .finish(resolve)
+                .map_err(|e| anyhow!("{}: {e}", old.name))
+        })
         .collect::<anyhow::Result<_>>()?;
-    for (&d, (rows, new_members)) in due.iter().zip(finished) {
-        on_members(jobs[d].dest.id, p, new_members)?;
+    for ((&d, (rows, new_members)), old) in due.iter().zip(finished).zip(&olds) {
+        old.write(new_members, on_members)?;
         if !rows.is_empty() {
             let path = jobs[d].runs_dir.join(format!("part-{p:04}.run"));
             rows.write_run(&path)?;
@@ -1829,6 +2014,50 @@ mod tests {
         }
     }
 
+    /// A base and a delta that stand for the members `payload`: every other member in the
+    /// delta over a stale one in the base, each followed by a member that only the base has
+    /// and the delta drops.
+    fn layered_members(payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let (mut base, mut delta) = (Writer::default(), Writer::default());
+        for (i, m) in decode_members(payload).unwrap().iter().enumerate() {
+            if i % 2 == 0 {
+                write_member(&mut base, m.key, &m.segments);
+            } else {
+                write_member(&mut base, m.key, &[99]);
+                write_member(&mut delta, m.key, &m.segments);
+                let gone = [m.key, &[0]].concat();
+                write_member(&mut base, &gone, &[10]);
+                write_member(&mut delta, &gone, &[]);
+            }
+        }
+        (base.buf, delta.buf)
+    }
+
+    #[test]
+    fn a_layered_differ_without_changes_keeps_its_delta() {
+        let mut stored = Writer::default();
+        for (n, segments) in [(1u128, &[10u32][..]), (2, &[20, 40]), (3, &[30])] {
+            write_member(&mut stored, &ProfileKey::Uuid(Uuid(n)).encode(), segments);
+        }
+        let (base, delta) = layered_members(&stored.buf);
+        let selection = Selection::new(view(ExportMode::Iter), false, false);
+        let resolve = |_: Dpid, _: &[u8]| None;
+        for fed in [true, false] {
+            let mut differ = Differ::layered(&selection, &base, &delta);
+            if fed {
+                differ.changes(&[], &resolve);
+            }
+            let (rows, new_delta) = differ.finish(&resolve).unwrap();
+            assert!(rows.is_empty());
+            assert_eq!(new_delta, delta);
+        }
+        // A damaged delta is an error, not the end of it.
+        let cut = &delta[..delta.len() - 2];
+        let mut differ = Differ::layered(&selection, &base, cut);
+        differ.changes(&[], &resolve);
+        assert!(differ.finish(&resolve).is_err());
+    }
+
     #[test]
     fn damaged_members_are_an_error_not_the_end_of_the_list() {
         let mut stored = Writer::default();
@@ -2041,6 +2270,7 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
             profiles: &profiles,
             members: &members,
             resolve: &resolve,
+            deltas: true,
         };
         // Destination 7 is due for partition 0 only; 8 (full) for every one.
         let stale7 = |p: u32| p == 0;
@@ -2065,8 +2295,8 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
                 })
                 .collect();
             let sink = std::sync::Mutex::new(BTreeMap::new());
-            let out = compute(&config, &jobs, &sources, &|did, p, payload| {
-                sink.lock().unwrap().insert((did, p), payload);
+            let out = compute(&config, &jobs, &sources, &|name, payload| {
+                sink.lock().unwrap().insert(name.to_string(), payload);
                 Ok(())
             })
             .unwrap();
@@ -2084,8 +2314,12 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
         each.extend(members8);
         assert_eq!(together_members, each);
         // 7 diffed partition 0 only (its members of it plus profile 9's exit); 8 all three.
-        let keys: Vec<_> = together_members.keys().copied().collect();
-        assert_eq!(keys, [(7, 0), (8, 0), (8, 1), (8, 2)]);
+        let keys: Vec<_> = together_members.keys().cloned().collect();
+        let expected: Vec<String> = [(7, 0), (8, 0), (8, 1), (8, 2)]
+            .iter()
+            .map(|&(did, p)| members_part_name(did, p))
+            .collect();
+        assert_eq!(keys, expected);
         let (rows7, rows8) = (&together[0].1, &together[1].1);
         assert!(rows7.iter().all(|r| r.traits.is_empty()));
         assert!(rows7.iter().any(|r| r.key == key(9) && r.removed == [20]));
@@ -2188,8 +2422,18 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
             let mut differ = Differ::new(&selection, &payload);
             differ.changes(&changes, &resolve);
             let (fed, fed_members) = differ.finish(&resolve).unwrap();
-            prop_assert_eq!(read_rows(fed, false), read_rows(walked, false));
-            prop_assert_eq!(fed_members, walked_members);
+            let walked = read_rows(walked, false);
+            prop_assert_eq!(read_rows(fed, false), walked.clone());
+            prop_assert_eq!(&fed_members, &walked_members);
+            // The same changes over a base and a delta that stand for the members: the same
+            // rows, and a new delta that with the base stands for the same members.
+            let (base, delta) = layered_members(&payload);
+            prop_assert_eq!(overlay_members(&base, &delta).unwrap(), payload.clone());
+            let mut differ = Differ::layered(&selection, &base, &delta);
+            differ.changes(&changes, &resolve);
+            let (layered, new_delta) = differ.finish(&resolve).unwrap();
+            prop_assert_eq!(read_rows(layered, false), walked);
+            prop_assert_eq!(overlay_members(&base, &new_delta).unwrap(), walked_members);
         }
 
         /// The bitmap (narrow spans) and the binary search (wide ones) answer alike.

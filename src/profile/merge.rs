@@ -485,26 +485,12 @@ pub fn merge_partition_into(
     Ok(out)
 }
 
-/// How many bytes a partition of `base` bytes lets its delta grow to on a night of `ops` ops
-/// before it is rewritten whole instead. A delta is rewritten every night it changes, and a
-/// base when the delta is folded into it: with deltas growing by about `c` bytes a night,
-/// folding at `d` bytes costs about `d / 2 + base * c / d` bytes written a night, least at
-/// `d = sqrt(2 * base * c)`. Tonight's growth is guessed at 64 bytes an op (at least 64 KiB),
-/// and a delta never passes a quarter of its base, so that reading a partition stays about
-/// the cost of its base.
-pub fn delta_limit(base: usize, ops: usize) -> usize {
-    let growth = ops.saturating_mul(64).max(64 << 10);
-    base.saturating_mul(2)
-        .saturating_mul(growth)
-        .isqrt()
-        .min(base / 4)
-}
-
 /// Merges `ops` into the partition that `base` and its `delta` stand for, and makes its new
 /// delta ([`PartOut::payload`], set when it differs from `delta`: [`PartOut::rewritten`]).
 /// Only what the delta holds and what changes tonight is written; the base's quiet profiles
 /// are read (their headers) and counted but not copied. `None` once the new delta passes
-/// `limit` bytes ([`delta_limit`]): the partition is then better merged whole, over
+/// `limit` bytes (see [`crate::state::delta_limit`]): the partition is then better merged
+/// whole, over
 /// [`super::overlay`] of the two. `passed` hears how far into the base the merge has read.
 pub fn merge_partition_delta(
     base: &[u8],
@@ -1372,15 +1358,6 @@ mod tests {
         assert!(fits.len() > delta.len());
         assert!(merged(fits.len()).is_some());
         assert!(merged(fits.len() - 1).is_none());
-    }
-
-    #[test]
-    fn a_delta_grows_with_its_base_and_tonight_up_to_a_quarter_of_the_base() {
-        assert_eq!(delta_limit(0, 1000), 0);
-        // sqrt(2 * 100 MB * 64 KiB) for a small night.
-        assert_eq!(delta_limit(100_000_000, 10), 3_620_386);
-        assert_eq!(delta_limit(100_000_000, 10_000), 11_313_708);
-        assert_eq!(delta_limit(100_000_000, 10_000_000), 25_000_000);
     }
 
     /// A sink that keeps what it is given.

@@ -104,11 +104,8 @@ pub fn part_name(part: u32) -> String {
 /// for each profile of the base since dropped. A partition is its base with its delta laid over
 /// it ([`Overlaid`]); a partition without a delta is its base alone.
 pub fn delta_name(part: u32) -> String {
-    part_name(part) + DELTA_SUFFIX
+    part_name(part) + crate::state::DELTA_SUFFIX
 }
-
-/// What [`delta_name`] adds to its partition's name.
-pub const DELTA_SUFFIX: &str = ".delta";
 
 /// Writes a delta's tombstone for `key`: a profile without entries, which a stored partition
 /// never holds (a profile without traits is dropped).

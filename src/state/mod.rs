@@ -8,6 +8,7 @@
 //!   gen-000012/
 //!     manifest.json         format version, generation, caller's meta, files with size + checksum
 //!     profiles/part-0007    data files: payload + 24-byte footer (SEGMILL\x01, len, xxh3-64)
+//!     profiles/part-0007.delta   (format 3) what changed in part-0007 since it was written
 //!     ledger                inbound files seen (see `ledger.rs`)
 //!   gen-000013.partial/     a generation being built; never read
 //!   receipts/RUN/  runs/    written by the report stage with `write_atomic`
@@ -64,6 +65,31 @@ pub const PROFILE_HEADERS_SINCE: u32 = 2;
 
 /// The oldest layout this build reads (and upgrades on its next run).
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
+
+/// What a partition's delta adds to its name: `profiles/part-0007.delta` holds what changed in
+/// `profiles/part-0007` (its base) since the base was written whole, and the same for a
+/// destination's members. The partition is its base with its delta laid over it. Each kind of
+/// file says how its delta marks a record the base has and the partition no longer does.
+pub const DELTA_SUFFIX: &str = ".delta";
+
+/// How many bytes a partition whose base has `base` bytes lets its delta (now `delta` bytes)
+/// grow to on a night expected to add about `growth` bytes to it, before the partition is
+/// rewritten whole instead; `None` when tonight alone would take it past that, so that the
+/// night goes straight to the whole partition.
+///
+/// A delta is rewritten every night it changes, and its base when the delta is folded into
+/// it: with deltas growing by about `c` bytes a night, folding at `d` bytes costs about
+/// `d / 2 + base * c / d` bytes written a night, least at `d = sqrt(2 * base * c)` (with `c` at
+/// least 64 KiB). A delta never passes a quarter of its base, so that reading a partition
+/// stays about the cost of reading its base.
+pub fn delta_limit(base: usize, delta: usize, growth: usize) -> Option<usize> {
+    let limit = base
+        .saturating_mul(2)
+        .saturating_mul(growth.max(64 << 10))
+        .isqrt()
+        .min(base / 4);
+    (delta.saturating_add(growth) < limit).then_some(limit)
+}
 
 /// Name of the file inside the root that names the current generation.
 const CURRENT: &str = "CURRENT";
@@ -589,6 +615,18 @@ mod tests {
         fs::write(&path, text).unwrap();
         let reason = corrupt_reason(state.current().unwrap_err(), &path);
         assert!(reason.contains("(edited or damaged)"), "{reason}");
+    }
+
+    #[test]
+    fn a_delta_grows_with_its_base_and_tonight_up_to_a_quarter_of_the_base() {
+        assert_eq!(delta_limit(0, 0, 0), None);
+        // sqrt(2 * 100 MB * 64 KiB) for a small night.
+        assert_eq!(delta_limit(100_000_000, 0, 640), Some(3_620_386));
+        assert_eq!(delta_limit(100_000_000, 3_620_000, 640), None);
+        assert_eq!(delta_limit(100_000_000, 0, 640_000), Some(11_313_708));
+        assert_eq!(delta_limit(100_000_000, 0, 19_200_000), Some(25_000_000));
+        // Tonight alone would pass a quarter of the base.
+        assert_eq!(delta_limit(100_000_000, 0, 25_600_000), None);
     }
 
     #[test]

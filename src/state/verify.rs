@@ -307,12 +307,17 @@ fn check_content(
     }
     let components: Vec<&str> = rel.split('/').collect();
     let (kind, part) = match components.as_slice() {
-        ["profiles", part] => match part.strip_suffix(crate::profile::DELTA_SUFFIX) {
+        ["profiles", part] => match part.strip_suffix(crate::state::DELTA_SUFFIX) {
             Some(base) => ("profile delta", base),
             None => ("profile", *part),
         },
         ["idsync" | "c2c", dpid, part] if dpid_dir(dpid) => ("ID-sync", *part),
-        ["members", did, part] if did.parse::<u32>().is_ok() => ("destination members", *part),
+        ["members", did, part] if did.parse::<u32>().is_ok() => {
+            match part.strip_suffix(crate::state::DELTA_SUFFIX) {
+                Some(base) => ("destination members delta", base),
+                None => ("destination members", *part),
+            }
+        }
         _ => return Err(Content::Unknown),
     };
     let number = part
