@@ -771,6 +771,79 @@ impl Night<'_> {
         }
     }
 
+    /// Merges partition `p`'s ops (`refs`) into its stored base and `delta` and writes just a
+    /// new delta to `staged`, when the night changes little of the partition: what changed
+    /// since the base was last written whole. `None` when the partition is to be merged whole:
+    /// deltas are off, the stored events cannot be trusted, there is no base, or the delta
+    /// would outgrow its limit ([`crate::state::delta_limit`]).
+    fn merge_delta(
+        &self,
+        ctx: &MergeCtx<'_>,
+        p: u32,
+        refs: &[&OpBuf],
+        delta: Option<&[u8]>,
+        staged: &staged::Staged,
+    ) -> anyhow::Result<Option<PartOut>> {
+        let Some(g) = &self.parent else {
+            return Ok(None);
+        };
+        if !self.config.run.profile_deltas || !ctx.trust_events || ctx.reevaluate_all {
+            return Ok(None);
+        }
+        let name = crate::profile::part_name(p);
+        // With its block index, the base is read a block at a time where the night needs it,
+        // each block checked on its own; without, it is checked whole first.
+        let index_bytes = self.parent_file(&crate::profile::index::index_name(p))?;
+        let index = index_bytes
+            .as_deref()
+            .map(crate::profile::index::BlockIndex::decode)
+            .transpose()
+            .map_err(|e| anyhow!("the block index of profile partition {name}: {e}"))?;
+        let base = match &index {
+            Some(_) => g.map_unhashed(&name)?,
+            None => g.map(&name)?,
+        };
+        let Some(base) = base else {
+            return Ok(None);
+        };
+        let index = match index {
+            Some(index) if index.base_len != base.bytes().len() => {
+                return Err(anyhow!(
+                    "the block index of profile partition {name} is of a partition of {} \
+                     bytes, but it has {}",
+                    index.base_len,
+                    base.bytes().len()
+                ));
+            }
+            index => index,
+        };
+        let delta = delta.unwrap_or_default();
+        let ops: usize = refs.iter().map(|b| b.ops.len()).sum();
+        // About 64 bytes a line, for a changed or new profile.
+        let Some(limit) =
+            crate::state::delta_limit(base.bytes().len(), delta.len(), ops.saturating_mul(64))
+        else {
+            return Ok(None);
+        };
+        let out = crate::profile::merge::merge_partition_delta(
+            base.bytes(),
+            delta,
+            index.as_ref(),
+            refs,
+            ctx,
+            limit,
+            &mut |at| base.release_before(at),
+        )
+        .map_err(|e| anyhow!("profile partition {name} and its delta: {e}"))?;
+        let Some(mut out) = out else {
+            return Ok(None);
+        };
+        if let Some(payload) = out.payload.take() {
+            staged.write(&crate::profile::delta_name(p), &payload)?;
+        }
+        Ok(Some(out))
+    }
+
     /// Merges partition `p`'s ops (`None` when it got none tonight) with its stored profiles
     /// and writes its new payload to `staged`; `None` when the partition is quiet.
     fn merge_part(
@@ -788,49 +861,19 @@ impl Night<'_> {
         let name = crate::profile::part_name(p);
         let format = self.parent_format();
         if format >= crate::state::PROFILE_HEADERS_SINCE {
-            let mapped = match &self.parent {
-                Some(g) => g.map(&name)?,
-                None => None,
-            };
             let delta_name = crate::profile::delta_name(p);
             let delta = self.parent_file(&delta_name)?;
-            // A night that changes little of a stored partition writes just its delta: what
-            // changed since the partition was last written whole.
-            if let Some(base) = &mapped
-                && self.config.run.profile_deltas
-                && ctx.trust_events
-                && !ctx.reevaluate_all
-            {
-                let ops: usize = refs.iter().map(|b| b.ops.len()).sum();
-                let delta = delta.as_deref().unwrap_or_default();
-                // About 64 bytes a line, for a changed or new profile.
-                let limit = crate::state::delta_limit(
-                    base.bytes().len(),
-                    delta.len(),
-                    ops.saturating_mul(64),
-                );
-                if let Some(limit) = limit {
-                    let layered = crate::profile::merge::merge_partition_delta(
-                        base.bytes(),
-                        delta,
-                        &refs,
-                        ctx,
-                        limit,
-                        &mut |at| base.release_before(at),
-                    )
-                    .map_err(|e| anyhow!("profile partition {name} and its delta: {e}"))?;
-                    if let Some(mut out) = layered {
-                        if let Some(payload) = out.payload.take() {
-                            staged.write(&delta_name, &payload)?;
-                        }
-                        return Ok(Some(out));
-                    }
-                }
+            if let Some(out) = self.merge_delta(ctx, p, &refs, delta.as_deref(), staged)? {
+                return Ok(Some(out));
             }
             // Otherwise the partition is written whole, with its delta folded in. The stored
             // partition is mapped and let go of as the merge passes it, and the new one goes
             // to disk as it is made: a large partition is never held whole (but for a delta's
             // fold, which holds the two laid together).
+            let mapped = match &self.parent {
+                Some(g) => g.map(&name)?,
+                None => None,
+            };
             let folded = match (&mapped, &delta) {
                 (Some(base), Some(delta)) => {
                     let folded = crate::profile::overlay(base.bytes(), delta)
@@ -843,6 +886,7 @@ impl Night<'_> {
             let mut sink = MergeSink {
                 stream: staged.stream(&name),
                 stored: mapped.as_ref().filter(|_| folded.is_none()),
+                index: crate::profile::index::Indexer::default(),
             };
             let old = match &folded {
                 Some(folded) => Some(folded.as_slice()),
@@ -853,6 +897,9 @@ impl Night<'_> {
             // Unchanged, the parent's files are carried over instead (the stream is dropped).
             if out.rewritten {
                 sink.stream.finish()?;
+                // With its block index (none for an empty partition; the parent's is not
+                // carried over).
+                staged.write(&crate::profile::index::index_name(p), &sink.index.finish())?;
                 if delta.is_some() {
                     // Written empty: the parent's delta is not carried over.
                     staged.write(&delta_name, &[])?;
@@ -883,11 +930,12 @@ impl Night<'_> {
     }
 }
 
-/// A merge's new partition streamed into the generation, and its stored one let go of behind
-/// it.
+/// A merge's new partition streamed into the generation and indexed, and its stored one let
+/// go of behind it.
 struct MergeSink<'a> {
     stream: staged::StagedStream<'a>,
     stored: Option<&'a crate::state::MappedPayload>,
+    index: crate::profile::index::Indexer,
 }
 
 impl crate::profile::merge::PartSink for MergeSink<'_> {
@@ -899,6 +947,10 @@ impl crate::profile::merge::PartSink for MergeSink<'_> {
         if let Some(stored) = self.stored {
             stored.release_before(offset);
         }
+    }
+
+    fn profile(&mut self, raw: &[u8], stored: &crate::profile::Stored<'_>) {
+        self.index.push(raw, stored);
     }
 }
 

@@ -1658,6 +1658,10 @@ fn profile_deltas_change_no_output() {
             assert!(!current(&without).join(&delta).exists());
         }
         assert!(!current(&with).join("members/7002/part-0000.delta").exists());
+        // The base's block index, written with it and carried over with it.
+        for env in [&with, &without] {
+            assert!(current(env).join("profiles/part-0000.index").exists());
+        }
     }
     let expired: Vec<u64> = [(2, DAY2), (3, DAY3), (4, DAY4)]
         .iter()

@@ -11,8 +11,10 @@
 
 #[cfg(test)]
 use super::decode;
+use super::index::BlockIndex;
 use super::{
-    Entry, Events, Overlaid, Stored, decode_body, encode_into, encode_tombstone, next_or_end,
+    Entry, Events, Overlaid, Stored, Unreadable, decode_body, encode_into, encode_tombstone,
+    next_or_end, next_stored,
 };
 use crate::codec::{Reader, Truncated, Writer};
 use crate::idsync::index::prefetch_read;
@@ -328,6 +330,12 @@ pub trait PartSink {
     /// it again (it does once, to write out the stored profiles before the first one that
     /// changed): its pages can go, to fault back in if they are read.
     fn passed(&mut self, _offset: usize) {}
+
+    /// The next profile of the new partition, in order, with its header: what the sink's
+    /// block index ([`super::index::Indexer`]) is built from. Every profile of the partition
+    /// comes through here, those of an unchanged stored prefix too (before its bytes are
+    /// written, and whether or not they ever are).
+    fn profile(&mut self, _raw: &[u8], _stored: &Stored<'_>) {}
 }
 
 impl PartSink for Vec<u8> {
@@ -341,9 +349,15 @@ impl PartSink for Vec<u8> {
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
     #[error(transparent)]
-    Stored(#[from] Truncated),
+    Stored(#[from] Unreadable),
     #[error("cannot write the new partition: {0}")]
     Write(#[source] std::io::Error),
+}
+
+impl From<Truncated> for MergeError {
+    fn from(t: Truncated) -> MergeError {
+        MergeError::Stored(t.into())
+    }
 }
 
 /// The new partition is handed to the sink in pieces of about this many bytes, and a quiet run
@@ -360,7 +374,7 @@ pub fn merge_partition(
     old: Option<&[u8]>,
     ops: &[&OpBuf],
     ctx: &MergeCtx<'_>,
-) -> Result<PartOut, Truncated> {
+) -> Result<PartOut, Unreadable> {
     let total: usize = ops.iter().map(|b| b.ops.len()).sum();
     let mut payload = Vec::with_capacity(old.map_or(0, <[u8]>::len) + total * 48);
     let mut out = merge_partition_into(old, ops, ctx, &mut payload).map_err(|e| match e {
@@ -421,6 +435,7 @@ pub fn merge_partition_into(
             out.memberships += u64::from(o.entries);
             out.has_customer |= o.key.first() == Some(&ProfileKey::TAG_CUSTOMER);
             fold_events(&mut out, o.events);
+            sink.profile(o.raw, &o);
             head = next_or_end(&mut stored)?;
             let at = start_of(&stored, head);
             // A long quiet run goes to the sink straight from the stored bytes.
@@ -443,6 +458,7 @@ pub fn merge_partition_into(
         } else {
             &refs[0..0]
         };
+        let mark = w.buf.len();
         let changed = merge_profile(
             key,
             from_store,
@@ -456,6 +472,10 @@ pub fn merge_partition_into(
             &mut w,
             changes_limit,
         )?;
+        if w.buf.len() > mark {
+            let raw = &w.buf[mark..];
+            sink.profile(raw, &next_stored(&mut Reader::new(raw))?);
+        }
         if !rewritten {
             if changed {
                 // Up to this profile, the new partition is the stored one: the sink gets it
@@ -492,17 +512,25 @@ pub fn merge_partition_into(
 /// `limit` bytes (see [`crate::state::delta_limit`]): the partition is then better merged
 /// whole, over
 /// [`super::overlay`] of the two. `passed` hears how far into the base the merge has read.
+#[allow(clippy::too_many_arguments)]
 pub fn merge_partition_delta(
     base: &[u8],
     delta: &[u8],
+    index: Option<&BlockIndex<'_>>,
     ops: &[&OpBuf],
     ctx: &MergeCtx<'_>,
     limit: usize,
     passed: &mut dyn FnMut(usize),
-) -> Result<Option<PartOut>, Truncated> {
+) -> Result<Option<PartOut>, MergeError> {
     let night = Night { bufs: ops };
     let refs = night.sorted();
-    let mut layers = Overlaid::new(base, delta)?;
+    let mut layers = match index {
+        Some(index) => {
+            let touched = touched_blocks(index, delta, night, &refs, ctx)?;
+            Overlaid::with_blocks(base, delta, index, touched)?
+        }
+        None => Overlaid::new(base, delta)?,
+    };
     let mut out = PartOut::new(ctx);
     let changes_limit = changes_kept(base.len() + delta.len());
     let mut scratch = Scratch::new(ctx);
@@ -577,12 +605,46 @@ pub fn merge_partition_delta(
         }
     }
     passed(base.len());
+    // The blocks not read, counted from the index.
+    let skipped = layers.skipped();
+    out.profiles += skipped.profiles;
+    out.memberships += skipped.entries;
+    out.has_customer |= skipped.customer;
+    fold_events(&mut out, skipped.events);
     if w.buf != delta {
         out.rewritten = true;
         out.payload = Some(w.buf);
     }
     out.take_samples(scratch);
     Ok(Some(out))
+}
+
+/// Which of `index`'s blocks a merge over its base must read: those that a line of tonight
+/// (`refs`) or a record of the `delta` falls in, and those where a profile can change by the
+/// clock (all of them when the stored events are not to be trusted).
+fn touched_blocks(
+    index: &BlockIndex<'_>,
+    delta: &[u8],
+    night: Night<'_>,
+    refs: &[OpRef],
+    ctx: &MergeCtx<'_>,
+) -> Result<Vec<bool>, Truncated> {
+    let mut touched: Vec<bool> = index
+        .blocks
+        .iter()
+        .map(|b| !(ctx.trust_events && b.counts.events.quiet_at(ctx.as_of)))
+        .collect();
+    if touched.is_empty() {
+        return Ok(touched);
+    }
+    for &r in refs {
+        touched[index.block_of(night.key(r))] = true;
+    }
+    let mut r = Reader::new(delta);
+    while let Some(d) = next_or_end(&mut r)? {
+        touched[index.block_of(d.key)] = true;
+    }
+    Ok(touched)
 }
 
 impl PartOut {
@@ -1239,10 +1301,41 @@ mod tests {
         previous: Option<i64>,
     ) -> PartOut {
         night_of(w, files, as_of, previous, true, |bufs, ctx| {
-            merge_partition_delta(base, delta, bufs, ctx, usize::MAX, &mut |_| {})
-                .unwrap()
-                .unwrap()
+            merge_over(base, delta, bufs, ctx).0
         })
+    }
+
+    /// Merges `bufs` into `base` under `delta`, without and with the base's block index, and
+    /// checks that both give the same; returns the merge and the offsets it said it passed.
+    fn merge_over(
+        base: &[u8],
+        delta: &[u8],
+        bufs: &[&OpBuf],
+        ctx: &MergeCtx<'_>,
+    ) -> (PartOut, Vec<usize>) {
+        let mut passed = Vec::new();
+        let out = merge_partition_delta(base, delta, None, bufs, ctx, usize::MAX, &mut |at| {
+            passed.push(at)
+        })
+        .unwrap()
+        .unwrap();
+        let index = super::super::index::index_of(base);
+        let index = (!index.is_empty()).then(|| BlockIndex::decode(&index).unwrap());
+        let indexed = merge_partition_delta(
+            base,
+            delta,
+            index.as_ref(),
+            bufs,
+            ctx,
+            usize::MAX,
+            &mut |_| {},
+        )
+        .unwrap()
+        .unwrap();
+        assert_same_night(&indexed, &out);
+        assert_eq!(indexed.rewritten, out.rewritten);
+        assert_eq!(indexed.payload, out.payload);
+        (out, passed)
     }
 
     /// Merges `bufs` into `old` through a recording sink, through [`merge_partition`] and over
@@ -1259,12 +1352,15 @@ mod tests {
         );
         assert_eq!(sink.passed.last(), Some(&old_len));
         if out.rewritten {
+            // Every profile of the new partition went by, in order.
+            assert_eq!(sink.profiles, sink.bytes);
             out.payload = Some(sink.bytes);
         } else {
             assert!(
                 sink.bytes.is_empty(),
                 "an unchanged partition writes nothing"
             );
+            assert_eq!(sink.profiles, old.unwrap_or_default());
         }
         let whole = merge_partition(old, bufs, ctx).unwrap();
         assert_eq!(whole.payload, out.payload);
@@ -1273,12 +1369,7 @@ mod tests {
         let old = old.unwrap_or_default();
         let (base, delta) = layered(old);
         assert_eq!(super::super::overlay(&base, &delta).unwrap(), old);
-        let mut passed = Vec::new();
-        let by_delta = merge_partition_delta(&base, &delta, bufs, ctx, usize::MAX, &mut |at| {
-            passed.push(at)
-        })
-        .unwrap()
-        .unwrap();
+        let (by_delta, passed) = merge_over(&base, &delta, bufs, ctx);
         assert!(passed.windows(2).all(|p| p[0] <= p[1]), "{passed:?}");
         assert_eq!(passed.last(), Some(&base.len()));
         assert_same_night(&by_delta, &out);
@@ -1334,6 +1425,65 @@ mod tests {
     }
 
     #[test]
+    fn a_merge_over_a_block_index_reads_only_the_blocks_its_night_falls_in() {
+        let w = world();
+        let uuid = |n: u128| format!("{n:038}");
+        let text: String = (0..200u128)
+            .map(|n| format!("{}\td_sid=24,d_sid=26\n", uuid(n * 7919)))
+            .collect();
+        let base = merge(&w, None, &[(&text, false, 21)], 1000)
+            .payload
+            .unwrap();
+        let index_bytes = super::super::index::index_of(&base);
+        let index = BlockIndex::decode(&index_bytes).unwrap();
+        assert!(index.blocks.len() > 20, "{}", index.blocks.len());
+        let line = format!("{}\td_sid=25\n", uuid(100 * 7919));
+        let touched = index.block_of(&ProfileKey::Uuid(Uuid(100 * 7919)).encode());
+        let run = |base: &[u8]| {
+            night_of(
+                &w,
+                &[(&line, false, 21)],
+                2000,
+                Some(1000),
+                true,
+                |bufs, ctx| {
+                    merge_partition_delta(
+                        base,
+                        &[],
+                        Some(&index),
+                        bufs,
+                        ctx,
+                        usize::MAX,
+                        &mut |_| {},
+                    )
+                },
+            )
+        };
+        let clean = run(&base).unwrap().unwrap();
+        assert_eq!(clean.profiles, 200);
+        assert_eq!(clean.changed_profiles, 1);
+        // Every other block damaged: not read, so the night is the same.
+        let mut damaged = base.clone();
+        for (i, b) in index.blocks.iter().enumerate() {
+            if i != touched {
+                damaged[b.start] ^= 0xff;
+            }
+        }
+        let read = run(&damaged).unwrap().unwrap();
+        assert_same_night(&read, &clean);
+        assert_eq!(read.payload, clean.payload);
+        // The block the line falls in damaged: an error naming where, never its bytes used.
+        let mut bad = base.clone();
+        let at = index.blocks[touched].start;
+        bad[at + 3] ^= 1;
+        let err = run(&bad).unwrap_err();
+        assert!(
+            matches!(err, MergeError::Stored(Unreadable::Block(o)) if o == at),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_delta_past_its_limit_gives_up() {
         let w = world();
         let line = format!("{U}\td_sid=24,d_sid=25\n");
@@ -1350,7 +1500,8 @@ mod tests {
                 Some(1000),
                 true,
                 |bufs, ctx| {
-                    merge_partition_delta(&base, &delta, bufs, ctx, limit, &mut |_| {}).unwrap()
+                    merge_partition_delta(&base, &delta, None, bufs, ctx, limit, &mut |_| {})
+                        .unwrap()
                 },
             )
         };
@@ -1365,6 +1516,8 @@ mod tests {
     struct Recording {
         bytes: Vec<u8>,
         passed: Vec<usize>,
+        /// The profiles it was told of, back to back.
+        profiles: Vec<u8>,
     }
 
     impl PartSink for Recording {
@@ -1375,6 +1528,11 @@ mod tests {
 
         fn passed(&mut self, offset: usize) {
             self.passed.push(offset);
+        }
+
+        fn profile(&mut self, raw: &[u8], stored: &Stored<'_>) {
+            assert_eq!(stored.raw, raw);
+            self.profiles.extend_from_slice(raw);
         }
     }
 

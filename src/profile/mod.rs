@@ -14,6 +14,7 @@
 //! night's merge costs a header per quiet profile instead of a decode. The segments come first
 //! in the body because an export reads them and skips the entries by the body length.
 
+pub mod index;
 pub mod merge;
 
 use crate::codec::{Reader, Truncated, Writer};
@@ -126,29 +127,109 @@ pub struct Layered<'a> {
     pub delta_raw: Option<&'a [u8]>,
 }
 
+/// Why stored profiles could not be read.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+pub enum Unreadable {
+    #[error(transparent)]
+    Truncated(#[from] Truncated),
+    #[error(
+        "the block at byte {0} does not match its checksum in the partition's index \
+         (edited or damaged)"
+    )]
+    Block(usize),
+}
+
 /// A base and its delta read together in key order: each key once, the delta's record over
 /// the base's.
 pub struct Overlaid<'a> {
+    base_bytes: &'a [u8],
+    /// Reads `base_bytes` from `base_from` on.
     base: Reader<'a>,
+    base_from: usize,
     delta: Reader<'a>,
     base_head: Option<Stored<'a>>,
     delta_head: Option<Stored<'a>>,
+    /// With a block index: the blocks to read, the others stepped over.
+    skips: Option<Skips<'a>>,
+}
+
+/// The blocks of the base an [`Overlaid`] steps over, and what they hold.
+struct Skips<'a> {
+    blocks: &'a [index::Block<'a>],
+    touched: Vec<bool>,
+    /// The next block to come to.
+    next: usize,
+    skipped: index::Counts,
 }
 
 impl<'a> Overlaid<'a> {
-    pub fn new(base: &'a [u8], delta: &'a [u8]) -> Result<Overlaid<'a>, Truncated> {
-        let mut base = Reader::new(base);
+    pub fn new(base: &'a [u8], delta: &'a [u8]) -> Result<Overlaid<'a>, Unreadable> {
+        Overlaid::build(base, delta, None)
+    }
+
+    /// [`Overlaid::new`] reading only the base's blocks that `touched` marks (by `index`, the
+    /// base's block index), each checked against its checksum first, and stepping over the
+    /// others.
+    pub fn with_blocks(
+        base: &'a [u8],
+        delta: &'a [u8],
+        index: &'a index::BlockIndex<'a>,
+        touched: Vec<bool>,
+    ) -> Result<Overlaid<'a>, Unreadable> {
+        let skips = Skips {
+            blocks: &index.blocks,
+            touched,
+            next: 0,
+            skipped: index::Counts::default(),
+        };
+        Overlaid::build(base, delta, Some(skips))
+    }
+
+    fn build(
+        base: &'a [u8],
+        delta: &'a [u8],
+        skips: Option<Skips<'a>>,
+    ) -> Result<Overlaid<'a>, Unreadable> {
         let mut delta = Reader::new(delta);
-        Ok(Overlaid {
-            base_head: next_or_end(&mut base)?,
+        let mut layers = Overlaid {
+            base_bytes: base,
+            base: Reader::new(base),
+            base_from: 0,
             delta_head: next_or_end(&mut delta)?,
-            base,
             delta,
-        })
+            base_head: None,
+            skips,
+        };
+        layers.base_head = layers.next_base()?;
+        Ok(layers)
+    }
+
+    /// What the blocks stepped over hold.
+    pub fn skipped(&self) -> index::Counts {
+        self.skips.as_ref().map(|s| s.skipped).unwrap_or_default()
+    }
+
+    /// The base's next profile, past the blocks to step over.
+    fn next_base(&mut self) -> Result<Option<Stored<'a>>, Unreadable> {
+        if let Some(skips) = &mut self.skips {
+            let mut at = self.base_from + self.base.offset();
+            while let Some(block) = skips.blocks.get(skips.next).filter(|b| b.start == at) {
+                skips.next += 1;
+                if skips.touched[skips.next - 1] {
+                    block.checked(self.base_bytes).map_err(Unreadable::Block)?;
+                    break;
+                }
+                skips.skipped.add(&block.counts);
+                at += block.len;
+                self.base = Reader::new(&self.base_bytes[at..]);
+                self.base_from = at;
+            }
+        }
+        Ok(next_or_end(&mut self.base)?)
     }
 
     /// The next key, or `None` past the last.
-    pub fn next_layer(&mut self) -> Result<Option<Layered<'a>>, Truncated> {
+    pub fn next_layer(&mut self) -> Result<Option<Layered<'a>>, Unreadable> {
         let from_base = match (self.base_head, self.delta_head) {
             (Some(b), Some(d)) => b.key < d.key,
             (Some(_), None) => true,
@@ -158,7 +239,7 @@ impl<'a> Overlaid<'a> {
             let Some(b) = self.base_head else {
                 return Ok(None);
             };
-            self.base_head = next_or_end(&mut self.base)?;
+            self.base_head = self.next_base()?;
             return Ok(Some(Layered {
                 key: b.key,
                 stored: Some(b),
@@ -171,7 +252,7 @@ impl<'a> Overlaid<'a> {
         };
         let in_base = self.base_head.is_some_and(|b| b.key == d.key);
         if in_base {
-            self.base_head = next_or_end(&mut self.base)?;
+            self.base_head = self.next_base()?;
         }
         self.delta_head = next_or_end(&mut self.delta)?;
         Ok(Some(Layered {
@@ -184,7 +265,7 @@ impl<'a> Overlaid<'a> {
 
     /// How far into the base the walk is: every base byte before it has been read.
     pub fn base_offset(&self) -> usize {
-        self.base.offset() - self.base_head.map_or(0, |b| b.raw.len())
+        self.base_from + self.base.offset() - self.base_head.map_or(0, |b| b.raw.len())
     }
 }
 
@@ -200,7 +281,7 @@ pub(crate) fn next_or_end<'a>(r: &mut Reader<'a>) -> Result<Option<Stored<'a>>, 
 /// The partition that `base` and its `delta` stand for, as one payload in key order (for the
 /// readers that take a partition whole: exports that walk it, `inspect`, a merge that folds
 /// the delta into a new base).
-pub fn overlay(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, Truncated> {
+pub fn overlay(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, Unreadable> {
     let mut out = Vec::with_capacity(base.len() + delta.len());
     let mut layers = Overlaid::new(base, delta)?;
     while let Some(l) = layers.next_layer()? {
@@ -285,7 +366,7 @@ pub fn next_stored<'a>(r: &mut Reader<'a>) -> Result<Stored<'a>, Truncated> {
 }
 
 /// An optional day: 0 for none, else the day plus one.
-fn day(r: &mut Reader<'_>) -> Result<Option<u32>, Truncated> {
+pub(crate) fn day(r: &mut Reader<'_>) -> Result<Option<u32>, Truncated> {
     let at = r.offset();
     match r.varint()? {
         0 => Ok(None),

@@ -354,7 +354,17 @@ impl Generation {
         let Some((path, entry, expected)) = self.locate(rel)? else {
             return Ok(None);
         };
-        map_verified(&path, entry.size, expected).map(Some)
+        map_verified(&path, entry.size, expected, true).map(Some)
+    }
+
+    /// [`Generation::map`] with the size and footer checked but not the checksum, for a reader
+    /// that checks each part it reads against checksums of its own (a profile partition's
+    /// blocks against its block index) and may read only a few of them.
+    pub fn map_unhashed(&self, rel: &str) -> Result<Option<MappedPayload>, StateError> {
+        let Some((path, entry, expected)) = self.locate(rel)? else {
+            return Ok(None);
+        };
+        map_verified(&path, entry.size, expected, false).map(Some)
     }
 
     /// Reads and verifies every data file; for `inspect` and after restoring a backup.
@@ -533,9 +543,14 @@ fn check_sum(path: &Path, found: u64, expected: u64) -> Result<(), StateError> {
     Ok(())
 }
 
-/// Maps the data file at `path` and checks its length, footer and checksum against `size` and
-/// `expected`; see [`Generation::map`].
-fn map_verified(path: &Path, size: u64, expected: u64) -> Result<MappedPayload, StateError> {
+/// Maps the data file at `path` and checks its length, footer and (with `hash`) checksum
+/// against `size` and `expected`; see [`Generation::map`].
+fn map_verified(
+    path: &Path,
+    size: u64,
+    expected: u64,
+    hash: bool,
+) -> Result<MappedPayload, StateError> {
     let file = open_listed(path)?;
     let file_len = check_len(&file, path, size)?;
     let len = usize::try_from(size)
@@ -555,6 +570,9 @@ fn map_verified(path: &Path, size: u64, expected: u64) -> Result<MappedPayload, 
         len,
         released: std::cell::Cell::new(0),
     };
+    if !hash {
+        return Ok(mapped);
+    }
     // A window at a time, each let go of once hashed, until the reader comes to it.
     let mut hasher = Xxh3Default::new();
     for (n, window) in mapped.bytes().chunks(CHECK_WINDOW).enumerate() {
@@ -708,7 +726,7 @@ impl GenerationWriter {
         let Some((path, size, expected)) = self.written(rel)? else {
             return Ok(None);
         };
-        map_verified(&path, size, expected).map(Some)
+        map_verified(&path, size, expected, true).map(Some)
     }
 
     /// Path, payload size and checksum of data file `rel` if it was written (finished) here.

@@ -307,10 +307,15 @@ fn check_content(
     }
     let components: Vec<&str> = rel.split('/').collect();
     let (kind, part) = match components.as_slice() {
-        ["profiles", part] => match part.strip_suffix(crate::state::DELTA_SUFFIX) {
-            Some(base) => ("profile delta", base),
-            None => ("profile", *part),
-        },
+        ["profiles", part] => {
+            if let Some(base) = part.strip_suffix(crate::state::DELTA_SUFFIX) {
+                ("profile delta", base)
+            } else if let Some(base) = part.strip_suffix(crate::profile::index::INDEX_SUFFIX) {
+                ("profile block index", base)
+            } else {
+                ("profile", *part)
+            }
+        }
         ["idsync" | "c2c", dpid, part] if dpid_dir(dpid) => ("ID-sync", *part),
         ["members", did, part] if did.parse::<u32>().is_ok() => {
             match part.strip_suffix(crate::state::DELTA_SUFFIX) {
@@ -336,6 +341,7 @@ fn check_content(
         }
         // A delta's tombstones decode as profiles without entries.
         "profile" | "profile delta" => crate::profile::decode(payload).map(drop),
+        "profile block index" => crate::profile::index::BlockIndex::decode(payload).map(drop),
         "ID-sync" => crate::idsync::store::decode(payload).map(drop),
         _ => crate::outbound::export::decode_members(payload).map(drop),
     };
