@@ -155,11 +155,12 @@ pub fn stats(config: &Config) -> anyhow::Result<String> {
     let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
     let mut mappings: BTreeMap<(String, Dpid), u64> = BTreeMap::new();
     for (name, _) in g.files() {
+        // Block indexes hold nothing to count.
+        if name.ends_with(crate::state::INDEX_SUFFIX) {
+            continue;
+        }
         // Each partition once, with its delta.
-        if name.starts_with("profiles/")
-            && !name.ends_with(crate::state::DELTA_SUFFIX)
-            && !name.ends_with(crate::profile::index::INDEX_SUFFIX)
-        {
+        if name.starts_with("profiles/") && !name.ends_with(crate::state::DELTA_SUFFIX) {
             let payload = profile_partition(&g, name)?;
             for p in crate::profile::decode(&payload).map_err(|e| anyhow!("{name}: {e}"))? {
                 profiles += 1;

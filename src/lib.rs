@@ -39,6 +39,7 @@
 #![deny(unsafe_code)]
 
 mod anon_table;
+pub mod blocks;
 pub mod catalog;
 pub mod cli;
 pub mod codec;

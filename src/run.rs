@@ -461,6 +461,17 @@ impl Night<'_> {
         // Each partition is read once, mapped and let go of behind the read: a large store's
         // partitions are not held whole.
         let source = |name: &str| self.current_mapped(staged, name);
+        // A stored partition with a block index is read where tonight's IDs are (one written
+        // tonight is read whole: the stored index is not its own).
+        let indexed: &crate::idsync::index::IndexedSource<'_> = &|name: &str| {
+            let Some(g) = self.parent.as_ref().filter(|_| !staged.contains(name)) else {
+                return Ok(None);
+            };
+            let Some(index) = g.read(&(name.to_string() + crate::state::INDEX_SUFFIX))? else {
+                return Ok(None);
+            };
+            Ok(g.map_unhashed(name)?.map(|m| (PartBytes::Mapped(m), index)))
+        };
         let mut unmatched: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         for batch in parts.chunks(rayon::current_num_threads().max(1)) {
             let only: BTreeSet<u32> = batch.iter().copied().collect();
@@ -470,9 +481,9 @@ impl Night<'_> {
                 .collect::<anyhow::Result<_>>()?;
             // The index holds just the keys looked up (a pass over each partition, and no
             // table of all its keys); a chain's master still loads its partition whole.
-            let mut wanted = ahash::AHashSet::new();
+            let mut wanted = crate::idsync::index::Wanted::default();
             for (q, ops) in &ops {
-                crate::ingest::pending_keys(ops, &mut wanted)
+                crate::ingest::pending_keys(ops, &mut wanted, self.partitions)
                     .map_err(|e| anyhow!("ID-sync partition {q}: {e}"))?;
             }
             let index = IdIndex::build_wanted(
@@ -481,6 +492,7 @@ impl Night<'_> {
                 Some(&only),
                 Some(&wanted),
                 &source,
+                Some(indexed),
             )?;
             drop(wanted);
             let resolved: Vec<anyhow::Result<crate::ingest::Resolved>> = ops
@@ -793,10 +805,10 @@ impl Night<'_> {
         let name = crate::profile::part_name(p);
         // With its block index, the base is read a block at a time where the night needs it,
         // each block checked on its own; without, it is checked whole first.
-        let index_bytes = self.parent_file(&crate::profile::index::index_name(p))?;
+        let index_bytes = self.parent_file(&crate::profile::index_name(p))?;
         let index = index_bytes
             .as_deref()
-            .map(crate::profile::index::BlockIndex::decode)
+            .map(crate::blocks::BlockIndex::decode)
             .transpose()
             .map_err(|e| anyhow!("the block index of profile partition {name}: {e}"))?;
         let base = match &index {
@@ -886,7 +898,7 @@ impl Night<'_> {
             let mut sink = MergeSink {
                 stream: staged.stream(&name),
                 stored: mapped.as_ref().filter(|_| folded.is_none()),
-                index: crate::profile::index::Indexer::default(),
+                index: crate::blocks::Indexer::default(),
             };
             let old = match &folded {
                 Some(folded) => Some(folded.as_slice()),
@@ -899,7 +911,7 @@ impl Night<'_> {
                 sink.stream.finish()?;
                 // With its block index (none for an empty partition; the parent's is not
                 // carried over).
-                staged.write(&crate::profile::index::index_name(p), &sink.index.finish())?;
+                staged.write(&crate::profile::index_name(p), &sink.index.finish())?;
                 if delta.is_some() {
                     // Written empty: the parent's delta is not carried over.
                     staged.write(&delta_name, &[])?;
@@ -935,7 +947,7 @@ impl Night<'_> {
 struct MergeSink<'a> {
     stream: staged::StagedStream<'a>,
     stored: Option<&'a crate::state::MappedPayload>,
-    index: crate::profile::index::Indexer,
+    index: crate::blocks::Indexer,
 }
 
 impl crate::profile::merge::PartSink for MergeSink<'_> {
@@ -950,7 +962,8 @@ impl crate::profile::merge::PartSink for MergeSink<'_> {
     }
 
     fn profile(&mut self, raw: &[u8], stored: &crate::profile::Stored<'_>) {
-        self.index.push(raw, stored);
+        self.index
+            .push(raw, stored.key, &crate::blocks::Counts::of(stored));
     }
 }
 

@@ -13,8 +13,9 @@
 //! beside the tables.
 
 use super::Table;
-use super::store::{Value, for_each_at, part_name, part_of_hash};
+use super::store::{Record, Value, for_each_at, part_name, part_of_hash};
 use crate::anon_table::AnonTable;
+use crate::blocks::BlockIndex;
 use crate::model::{AAM_UUID_DPID, Dpid, Uuid, device_format, id_hash};
 use ahash::AHashMap;
 use rayon::prelude::*;
@@ -165,6 +166,52 @@ impl std::ops::Deref for PartBytes<'_> {
     }
 }
 
+/// A partition of the state mapped without a pass over all of it, with its block index
+/// ([`crate::blocks`]): what a small night's lookups read a block at a time. `None` for a
+/// partition without an index (or written tonight), read whole through the [`PartSource`].
+pub type IndexedSource<'a> =
+    dyn Fn(&str) -> anyhow::Result<Option<(PartBytes<'a>, Vec<u8>)>> + Sync + 'a;
+
+/// The keys a small night looks up ([`IdIndex::build_wanted`]): by hash, to keep just those,
+/// and as IDs by (DPID, partition), to find the blocks of an indexed partition they are in.
+#[derive(Default)]
+pub struct Wanted {
+    hashes: ahash::AHashSet<u128>,
+    ids: BTreeMap<(Dpid, u32), Vec<Box<[u8]>>>,
+}
+
+impl Wanted {
+    /// Adds `id` of `dpid`, a state of `partitions` partitions.
+    pub fn insert(&mut self, dpid: Dpid, id: &[u8], partitions: u32) {
+        let hash = id_hash(dpid, id);
+        if self.hashes.insert(stored(hash)) {
+            self.ids
+                .entry((dpid, part_of_hash(hash, partitions)))
+                .or_default()
+                .push(id.into());
+        }
+    }
+
+    fn contains(&self, hash: u128) -> bool {
+        self.hashes.contains(&hash)
+    }
+
+    /// The blocks of `index` that the IDs wanted in partition `part` of `dpid` fall in, in
+    /// order.
+    fn blocks(&self, dpid: Dpid, part: u32, index: &BlockIndex<'_>) -> Vec<usize> {
+        let mut blocks: Vec<usize> = self
+            .ids
+            .get(&(dpid, part))
+            .into_iter()
+            .flatten()
+            .map(|id| index.block_of(id))
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        blocks
+    }
+}
+
 /// A mapping whose master is not an AAM UUID: (key hash, master DPID, master ID).
 type Other = (u128, Dpid, Box<[u8]>);
 
@@ -192,21 +239,25 @@ impl IdIndex {
         only: Option<&BTreeSet<u32>>,
         source: &PartSource<'_>,
     ) -> anyhow::Result<IdIndex> {
-        IdIndex::build_wanted(dpids, partitions, only, None, source)
+        IdIndex::build_wanted(dpids, partitions, only, None, source, None)
     }
 
-    /// [`build_parts`](Self::build_parts) for lookups of just the keys `wanted` (by
-    /// [`wanted_hash`](Self::wanted_hash)) in the partitions `only` of `dpids`: a small night's
+    /// [`build_parts`](Self::build_parts) for lookups of just the keys `wanted` in the
+    /// partitions `only` of `dpids`: a small night's
     /// deferred lookups. Those partitions' tables hold only the wanted keys, so building them
     /// costs a pass over the partition and no table of every key. A partition a chain's master
     /// lives in is loaded whole, as in [`build_parts`](Self::build_parts), so every wanted key
-    /// answers as in a full index; other keys of those partitions are not found.
+    /// answers as in a full index; other keys of those partitions are not found. A partition
+    /// that `indexed` gives with its block index is read only in the blocks the wanted IDs
+    /// fall in, each checked against the index first: the lookups cost about their own
+    /// number, not the size of the table.
     pub fn build_wanted(
         dpids: &BTreeSet<Dpid>,
         partitions: u32,
         only: Option<&BTreeSet<u32>>,
-        wanted: Option<&ahash::AHashSet<u128>>,
+        wanted: Option<&Wanted>,
         source: &PartSource<'_>,
+        indexed: Option<&IndexedSource<'_>>,
     ) -> anyhow::Result<IdIndex> {
         let mut tables: BTreeMap<Dpid, Vec<Shard>> = BTreeMap::new();
         let mut pending: AHashMap<u128, (Dpid, Box<[u8]>)> = AHashMap::new();
@@ -239,11 +290,21 @@ impl IdIndex {
                 .par_iter()
                 .map(|&(dpid, p)| {
                     let name = part_name(Table::Adobe, dpid, p);
-                    let Some(bytes) = source(&name)? else {
-                        return Ok((Shard::default(), Vec::new()));
+                    let by_blocks = match (filter, indexed) {
+                        (Some(w), Some(indexed)) => indexed(&name)?.map(|part| (w, part)),
+                        _ => None,
                     };
-                    let (keys, others) = load_part(dpid, &bytes, filter)
-                        .map_err(|e| anyhow::anyhow!("ID-sync table {name}: {e}"))?;
+                    let (keys, others) = match by_blocks {
+                        Some((w, (bytes, index))) => load_blocks(dpid, p, &bytes, &index, w)
+                            .map_err(|e| anyhow::anyhow!("ID-sync table {name}: {e}"))?,
+                        None => {
+                            let Some(bytes) = source(&name)? else {
+                                return Ok((Shard::default(), Vec::new()));
+                            };
+                            load_part(dpid, &bytes, filter)
+                                .map_err(|e| anyhow::anyhow!("ID-sync table {name}: {e}"))?
+                        }
+                    };
                     let shard = Shard::build(&keys).map_err(|e| {
                         anyhow::anyhow!("ID-sync table {name}: cannot map its index table: {e}")
                     })?;
@@ -327,11 +388,6 @@ impl IdIndex {
         self.shards.get(d * self.partitions as usize + p)
     }
 
-    /// The hash of a key for [`build_wanted`](Self::build_wanted)'s set.
-    pub fn wanted_hash(dpid: Dpid, id: &[u8]) -> u128 {
-        stored(id_hash(dpid, id))
-    }
-
     /// The hash [`lookup_hashed`](Self::lookup_hashed) and [`prefetch`](Self::prefetch) take.
     #[inline]
     pub fn hash(dpid: Dpid, id: &[u8]) -> u128 {
@@ -397,37 +453,79 @@ impl IdIndex {
 fn load_part(
     dpid: Dpid,
     part: &PartBytes<'_>,
-    wanted: Option<&ahash::AHashSet<u128>>,
+    wanted: Option<&Wanted>,
 ) -> Result<Loaded, crate::codec::Truncated> {
     let bytes: &[u8] = part;
     // ~80 bytes per record: reserve once instead of growing.
-    let mut keys = Vec::with_capacity(if wanted.is_some() {
-        0
-    } else {
-        bytes.len() / 72 + 1
-    });
-    let mut others = Vec::new();
+    let mut loaded: Loaded = (
+        Vec::with_capacity(if wanted.is_some() {
+            0
+        } else {
+            bytes.len() / 72 + 1
+        }),
+        Vec::new(),
+    );
     let mut release_at = RELEASE_EVERY;
     for_each_at(bytes, |r, end| {
         if end >= release_at {
             part.release_before(end);
             release_at = end + RELEASE_EVERY;
         }
-        let hash = stored(id_hash(dpid, r.id));
-        match r.value {
-            Value::Uuid(u) if wanted.is_none_or(|w| w.contains(&hash)) => {
-                keys.push(Slot { hash, uuid: u.0 })
-            }
-            Value::Uuid(_) => {}
-            // Not a UUID: a master ID in another data source (text in the UUID space never
-            // resolves).
-            Value::Id(text) if r.value_dpid != AAM_UUID_DPID => {
-                others.push((hash, r.value_dpid, Box::<[u8]>::from(text)));
-            }
-            Value::Id(_) => {}
-        }
+        take_record(dpid, &r, wanted, &mut loaded);
     })?;
-    Ok((keys, others))
+    Ok(loaded)
+}
+
+/// [`load_part`] of just the blocks of partition `part` of `dpid` that the `wanted` IDs fall
+/// in, by its block `index`, each checked against the index before it is read.
+fn load_blocks(
+    dpid: Dpid,
+    part: u32,
+    bytes: &PartBytes<'_>,
+    index: &[u8],
+    wanted: &Wanted,
+) -> anyhow::Result<Loaded> {
+    let index = BlockIndex::decode(index).map_err(|e| anyhow::anyhow!("its block index: {e}"))?;
+    if index.base_len != bytes.len() {
+        anyhow::bail!(
+            "its block index is of a partition of {} bytes, but it has {}",
+            index.base_len,
+            bytes.len()
+        );
+    }
+    let mut loaded: Loaded = (Vec::new(), Vec::new());
+    for b in wanted.blocks(dpid, part, &index) {
+        let block = &index.blocks[b];
+        let data = block.checked(bytes).map_err(|at| {
+            anyhow::anyhow!(
+                "the block at byte {at} does not match its checksum in the partition's index \
+                 (edited or damaged)"
+            )
+        })?;
+        for_each_at(data, |r, _| {
+            take_record(dpid, &r, Some(wanted), &mut loaded)
+        })
+        .map_err(|e| anyhow::anyhow!("{e} (in the block at byte {})", block.start))?;
+    }
+    Ok(loaded)
+}
+
+/// Takes record `r` of a partition of `dpid` into `loaded`: a UUID-mapped key (if `wanted`),
+/// or a mapping to another master.
+fn take_record(dpid: Dpid, r: &Record<'_>, wanted: Option<&Wanted>, loaded: &mut Loaded) {
+    let hash = stored(id_hash(dpid, r.id));
+    match r.value {
+        Value::Uuid(u) if wanted.is_none_or(|w| w.contains(hash)) => {
+            loaded.0.push(Slot { hash, uuid: u.0 })
+        }
+        Value::Uuid(_) => {}
+        // Not a UUID: a master ID in another data source (text in the UUID space never
+        // resolves).
+        Value::Id(text) if r.value_dpid != AAM_UUID_DPID => {
+            loaded.1.push((hash, r.value_dpid, Box::<[u8]>::from(text)));
+        }
+        Value::Id(_) => {}
+    }
 }
 
 /// How often [`load_part`] lets go of a mapped partition's pages behind it.
@@ -453,7 +551,6 @@ pub(crate) fn prefetch_read<T: ?Sized>(_value: &T) {}
 mod tests {
     use super::super::store::{Incoming, Record, apply};
     use super::*;
-    use std::collections::BTreeMap;
 
     const U1: &str = "68079982765673198504052656074456196039";
 
@@ -466,14 +563,17 @@ mod tests {
         dpids: &[Dpid],
         only: Option<&BTreeSet<u32>>,
     ) -> IdIndex {
-        build_wanted(mappings, dpids, only, None)
+        build_wanted(mappings, dpids, only, None, false)
     }
 
+    /// The index of `dpids` over a state of `mappings`, of the `wanted` keys only if given,
+    /// reading their partitions a block at a time (`by_blocks`) or whole.
     fn build_wanted(
         mappings: &[(Dpid, &str, Dpid, &str)],
         dpids: &[Dpid],
         only: Option<&BTreeSet<u32>>,
-        wanted: Option<&ahash::AHashSet<u128>>,
+        wanted: Option<&Wanted>,
+        by_blocks: bool,
     ) -> IdIndex {
         let incoming: Vec<Incoming<'_>> = mappings
             .iter()
@@ -489,12 +589,28 @@ mod tests {
             })
             .collect();
         let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
-        let parts: BTreeMap<String, Vec<u8>> =
-            apply(Table::Adobe, &incoming, 4, &none).unwrap().parts;
+        let applied = apply(Table::Adobe, &incoming, 4, &none).unwrap();
+        let (parts, indexes) = (applied.parts, applied.indexes);
         let source = |name: &str| -> anyhow::Result<Option<PartBytes<'_>>> {
             Ok(parts.get(name).map(|b| PartBytes::Borrowed(b.as_slice())))
         };
-        IdIndex::build_wanted(&dpids.iter().copied().collect(), 4, only, wanted, &source).unwrap()
+        let indexed: &IndexedSource<'_> = &|name: &str| {
+            let index = indexes.get(&(name.to_string() + crate::state::INDEX_SUFFIX));
+            Ok(parts
+                .get(name)
+                .zip(index)
+                .map(|(b, index)| (PartBytes::Borrowed(b.as_slice()), index.clone())))
+        };
+        let dpids = dpids.iter().copied().collect();
+        IdIndex::build_wanted(
+            &dpids,
+            4,
+            only,
+            wanted,
+            &source,
+            by_blocks.then_some(indexed),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -649,15 +765,14 @@ mod tests {
         let lent = |name: &str| -> anyhow::Result<Option<PartBytes<'_>>> {
             Ok(parts.get(name).map(|b| PartBytes::Borrowed(b.as_slice())))
         };
-        let wanted: ahash::AHashSet<u128> = ids
-            .iter()
-            .step_by(3)
-            .map(|id| IdIndex::wanted_hash(21, id.as_bytes()))
-            .collect();
+        let mut wanted = Wanted::default();
+        for id in ids.iter().step_by(3) {
+            wanted.insert(21, id.as_bytes(), 1);
+        }
         let dpids = BTreeSet::from([21]);
         for wanted in [None, Some(&wanted)] {
-            let a = IdIndex::build_wanted(&dpids, 1, None, wanted, &mapped).unwrap();
-            let b = IdIndex::build_wanted(&dpids, 1, None, wanted, &lent).unwrap();
+            let a = IdIndex::build_wanted(&dpids, 1, None, wanted, &mapped, None).unwrap();
+            let b = IdIndex::build_wanted(&dpids, 1, None, wanted, &lent, None).unwrap();
             for (i, id) in ids.iter().enumerate() {
                 let got = a.lookup(21, id.as_bytes());
                 assert_eq!(got, b.lookup(21, id.as_bytes()), "{id}");
@@ -694,14 +809,16 @@ mod tests {
                 .step_by(2)
                 .filter(|id| only.contains(&part_of_hash(IdIndex::hash(21, id.as_bytes()), 4)))
                 .collect();
-            let wanted: ahash::AHashSet<u128> = in_group
-                .iter()
-                .map(|id| IdIndex::wanted_hash(21, id.as_bytes()))
-                .collect();
-            let part = build_wanted(&mappings, &[21], Some(&only), Some(&wanted));
+            let mut wanted = Wanted::default();
+            for id in &in_group {
+                wanted.insert(21, id.as_bytes(), 4);
+            }
+            let whole = build_wanted(&mappings, &[21], Some(&only), Some(&wanted), false);
+            let blocks = build_wanted(&mappings, &[21], Some(&only), Some(&wanted), true);
             for id in in_group {
-                let got = part.lookup(21, id.as_bytes());
+                let got = whole.lookup(21, id.as_bytes());
                 assert_eq!(got, full.lookup(21, id.as_bytes()), "{id}");
+                assert_eq!(blocks.lookup(21, id.as_bytes()), got, "{id}");
                 assert!(got.is_some(), "{id}");
                 answered += 1;
             }
@@ -710,6 +827,64 @@ mod tests {
             answered, 150,
             "every wanted ID answered by exactly one group"
         );
+    }
+
+    #[test]
+    fn lookups_by_block_read_only_the_blocks_of_their_ids() {
+        let (ids, _, uuids) = chain_ids(2000);
+        let incoming: Vec<Incoming<'_>> = ids
+            .iter()
+            .zip(&uuids)
+            .map(|(id, uuid)| Incoming {
+                key_dpid: 21,
+                record: Record {
+                    id: id.as_bytes(),
+                    value_dpid: 0,
+                    value: super::super::store::Value::of(0, uuid.as_bytes()),
+                    timestamp: 1,
+                },
+                file: 0,
+            })
+            .collect();
+        let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
+        let applied = apply(Table::Adobe, &incoming, 1, &none).unwrap();
+        let name = part_name(Table::Adobe, 21, 0);
+        let index_bytes = &applied.indexes[&(name.clone() + crate::state::INDEX_SUFFIX)];
+        let index = BlockIndex::decode(index_bytes).unwrap();
+        assert!(index.blocks.len() > 100, "{}", index.blocks.len());
+        let looked_up = [7usize, 1234, 1999];
+        let mut wanted = Wanted::default();
+        for &i in &looked_up {
+            wanted.insert(21, ids[i].as_bytes(), 1);
+        }
+        let theirs = wanted.blocks(21, 0, &index);
+        let lookups = |payload: &[u8]| {
+            let source = |_: &str| -> anyhow::Result<Option<PartBytes<'_>>> { Ok(None) };
+            let indexed: &IndexedSource<'_> =
+                &|_: &str| Ok(Some((PartBytes::Borrowed(payload), index_bytes.clone())));
+            let dpids = BTreeSet::from([21]);
+            IdIndex::build_wanted(&dpids, 1, None, Some(&wanted), &source, Some(indexed))
+                .map(|ix| looked_up.map(|i| format!("{:?}", ix.lookup(21, ids[i].as_bytes()))))
+        };
+        let clean = lookups(&applied.parts[&name]).unwrap();
+        for (&i, got) in looked_up.iter().zip(&clean) {
+            let expected = Some(Target::Uuid(Uuid::parse(uuids[i].as_bytes()).unwrap()));
+            assert_eq!(*got, format!("{expected:?}"), "{}", ids[i]);
+        }
+        // Every other block damaged: not read.
+        let mut damaged = applied.parts[&name].clone();
+        for (b, block) in index.blocks.iter().enumerate() {
+            if !theirs.contains(&b) {
+                damaged[block.start] ^= 0xff;
+            }
+        }
+        assert_eq!(lookups(&damaged).unwrap(), clean);
+        // One of theirs damaged: an error that says where.
+        let mut bad = applied.parts[&name].clone();
+        let at = index.blocks[theirs[1]].start;
+        bad[at + 1] ^= 1;
+        let err = format!("{:#}", lookups(&bad).unwrap_err());
+        assert!(err.contains(&format!("the block at byte {at} ")), "{err}");
     }
 
     #[test]

@@ -51,6 +51,12 @@ pub fn part_name(table: Table, dpid: Dpid, part: u32) -> String {
     format!("{}/dpid-{dpid}/part-{part:04}", table.dir())
 }
 
+/// The state-relative name of a table partition's block index ([`crate::blocks`]), written
+/// with it.
+pub fn index_name(table: Table, dpid: Dpid, part: u32) -> String {
+    part_name(table, dpid, part) + crate::state::INDEX_SUFFIX
+}
+
 /// The partition of `(dpid, id)`.
 pub fn part_of(dpid: Dpid, id: &[u8], partitions: u32) -> u32 {
     part_of_hash(id_hash(dpid, id), partitions)
@@ -186,6 +192,8 @@ pub struct Incoming<'a> {
 pub struct Applied {
     /// New payloads by partition name; partitions not listed are unchanged.
     pub parts: BTreeMap<String, Vec<u8>>,
+    /// Their block indexes, by name ([`index_name`]).
+    pub indexes: BTreeMap<String, Vec<u8>>,
     /// Per file index: mappings stored (not superseded by a stored mapping from a later file).
     pub stored_per_file: BTreeMap<usize, u64>,
 }
@@ -211,18 +219,26 @@ pub fn apply(
     for m in incoming {
         grouped.push(m.key_dpid, m.file, &m.record);
     }
-    let parts = std::sync::Mutex::new(BTreeMap::new());
+    let parts = std::sync::Mutex::new((BTreeMap::new(), BTreeMap::new()));
     let stored_per_file = grouped.apply(table, old, &|name, payload| {
-        parts
+        let mut parts = parts
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(name.to_owned(), payload);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (files, indexes) = &mut *parts;
+        let to = if name.ends_with(crate::state::INDEX_SUFFIX) {
+            indexes
+        } else {
+            files
+        };
+        to.insert(name.to_owned(), payload);
         Ok(())
     })?;
+    let (parts, indexes) = parts
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     Ok(Applied {
-        parts: parts
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        parts,
+        indexes,
         stored_per_file,
     })
 }
@@ -415,7 +431,8 @@ impl Grouped {
 const PREFETCH_AHEAD: usize = 8;
 
 /// Merges one group's mappings (in application order) into partition `part` of `dpid` and
-/// hands the new payload to `out`; returns the mappings stored per file index.
+/// hands the new payload to `out`, then its block index ([`index_name`]; empty for an empty
+/// partition); returns the mappings stored per file index.
 fn merge_group(
     table: Table,
     dpid: Dpid,
@@ -461,6 +478,7 @@ fn merge_group(
                 .map(|m| m.record.id.len() + 28)
                 .sum::<usize>(),
     );
+    let mut index = crate::blocks::Indexer::default();
     let mut counts: BTreeMap<usize, u64> = BTreeMap::new();
     let mut stored = stored_records.iter().peekable();
     let mut k = 0;
@@ -484,20 +502,20 @@ fn merge_group(
             k += 1;
         }
         while let Some(s) = stored.next_if(|s| s.id < winner.id) {
-            write_record(&mut w, s);
+            write_indexed(&mut w, &mut index, s);
         }
         // A stored mapping of the same ID is replaced unless it is newer.
         if let Some(s) = stored.next_if(|s| s.id == winner.id)
             && s.timestamp > winner.timestamp
         {
-            write_record(&mut w, s);
+            write_indexed(&mut w, &mut index, s);
             continue;
         }
-        write_record(&mut w, &winner);
+        write_indexed(&mut w, &mut index, &winner);
         *counts.entry(file).or_default() += 1;
     }
     for s in stored {
-        write_record(&mut w, s);
+        write_indexed(&mut w, &mut index, s);
     }
     let payload = w.buf;
     // The inputs go before the payload is handed on (it may be written out).
@@ -505,7 +523,15 @@ fn merge_group(
     drop(stored_records);
     drop(previous);
     out(&name, payload)?;
+    out(&index_name(table, dpid, part), index.finish())?;
     Ok(counts.into_iter().collect())
+}
+
+/// [`write_record`], with the record also going into the partition's block `index`.
+fn write_indexed(w: &mut Writer, index: &mut crate::blocks::Indexer, rec: &Record<'_>) {
+    let at = w.buf.len();
+    write_record(w, rec);
+    index.push(&w.buf[at..], rec.id, &crate::blocks::Counts::default());
 }
 
 #[cfg(test)]

@@ -540,16 +540,17 @@ fn split_pending_key(pk: &[u8]) -> Result<(u8, Dpid, &[u8]), &'static str> {
     }
 }
 
-/// Adds the keys [`resolve_pending`] will look up in `pending` to `wanted` (as
-/// [`IdIndex::wanted_hash`]), for an index of just those ([`IdIndex::build_wanted`]).
+/// Adds the keys [`resolve_pending`] will look up in `pending` to `wanted`, for an index of
+/// just those ([`IdIndex::build_wanted`]) in a state of `partitions` partitions.
 pub fn pending_keys(
     pending: &[OpBuf],
-    wanted: &mut ahash::AHashSet<u128>,
+    wanted: &mut crate::idsync::index::Wanted,
+    partitions: u32,
 ) -> Result<(), &'static str> {
     for buf in pending {
         for op in &buf.ops {
             let (_, dpid, id) = split_pending_key(buf.key(op))?;
-            wanted.insert(IdIndex::wanted_hash(dpid, id));
+            wanted.insert(dpid, id, partitions);
         }
     }
     Ok(())

@@ -11,11 +11,11 @@
 
 #[cfg(test)]
 use super::decode;
-use super::index::BlockIndex;
 use super::{
     Entry, Events, Overlaid, Stored, Unreadable, decode_body, encode_into, encode_tombstone,
     next_or_end, next_stored,
 };
+use crate::blocks::BlockIndex;
 use crate::codec::{Reader, Truncated, Writer};
 use crate::idsync::index::prefetch_read;
 use crate::idsync::store::id_prefix;
@@ -1319,7 +1319,7 @@ mod tests {
         })
         .unwrap()
         .unwrap();
-        let index = super::super::index::index_of(base);
+        let index = crate::blocks::index_of(base);
         let index = (!index.is_empty()).then(|| BlockIndex::decode(&index).unwrap());
         let indexed = merge_partition_delta(
             base,
@@ -1434,7 +1434,7 @@ mod tests {
         let base = merge(&w, None, &[(&text, false, 21)], 1000)
             .payload
             .unwrap();
-        let index_bytes = super::super::index::index_of(&base);
+        let index_bytes = crate::blocks::index_of(&base);
         let index = BlockIndex::decode(&index_bytes).unwrap();
         assert!(index.blocks.len() > 20, "{}", index.blocks.len());
         let line = format!("{}\td_sid=25\n", uuid(100 * 7919));

@@ -14,7 +14,6 @@
 //! night's merge costs a header per quiet profile instead of a decode. The segments come first
 //! in the body because an export reads them and skips the entries by the body length.
 
-pub mod index;
 pub mod merge;
 
 use crate::codec::{Reader, Truncated, Writer};
@@ -95,6 +94,12 @@ impl Stored<'_> {
     }
 }
 
+/// The state-relative name of a profile partition's block index ([`crate::blocks`]), written
+/// with its base.
+pub fn index_name(part: u32) -> String {
+    part_name(part) + crate::state::INDEX_SUFFIX
+}
+
 /// The state-relative name of a profile partition.
 pub fn part_name(part: u32) -> String {
     format!("profiles/part-{part:04}")
@@ -155,11 +160,11 @@ pub struct Overlaid<'a> {
 
 /// The blocks of the base an [`Overlaid`] steps over, and what they hold.
 struct Skips<'a> {
-    blocks: &'a [index::Block<'a>],
+    blocks: &'a [crate::blocks::Block<'a>],
     touched: Vec<bool>,
     /// The next block to come to.
     next: usize,
-    skipped: index::Counts,
+    skipped: crate::blocks::Counts,
 }
 
 impl<'a> Overlaid<'a> {
@@ -173,14 +178,14 @@ impl<'a> Overlaid<'a> {
     pub fn with_blocks(
         base: &'a [u8],
         delta: &'a [u8],
-        index: &'a index::BlockIndex<'a>,
+        index: &'a crate::blocks::BlockIndex<'a>,
         touched: Vec<bool>,
     ) -> Result<Overlaid<'a>, Unreadable> {
         let skips = Skips {
             blocks: &index.blocks,
             touched,
             next: 0,
-            skipped: index::Counts::default(),
+            skipped: crate::blocks::Counts::default(),
         };
         Overlaid::build(base, delta, Some(skips))
     }
@@ -205,7 +210,7 @@ impl<'a> Overlaid<'a> {
     }
 
     /// What the blocks stepped over hold.
-    pub fn skipped(&self) -> index::Counts {
+    pub fn skipped(&self) -> crate::blocks::Counts {
         self.skips.as_ref().map(|s| s.skipped).unwrap_or_default()
     }
 

@@ -81,6 +81,7 @@ struct NightPlan {
     files: BTreeMap<String, Option<String>>,
     /// The trait files to read, in order: map task i of M reads files i, i + M, ...
     to_read: Vec<String>,
+    /// The ID-sync partitions the plan wrote, with their block indexes.
     idsync_parts: BTreeSet<String>,
     /// The files under `gen/` (tonight's ID-sync partitions, `.empty` markers included).
     gen_files: BTreeSet<String>,
@@ -437,7 +438,11 @@ fn plan(config: &Config, opts: &RunOptions, work: &Work) -> Result<StageOutcome,
         "planned night {}: {} trait files to read, {} ID-sync partitions written, in {}",
         n.run_id,
         n.to_read.len(),
-        night.idsync_parts.len(),
+        night
+            .idsync_parts
+            .iter()
+            .filter(|name| !name.ends_with(crate::state::INDEX_SUFFIX))
+            .count(),
         work.describe("")
     )))
 }

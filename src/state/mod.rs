@@ -72,6 +72,9 @@ pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// file says how its delta marks a record the base has and the partition no longer does.
 pub const DELTA_SUFFIX: &str = ".delta";
 
+/// What a sorted data file's block index ([`crate::blocks`]) adds to the file's name.
+pub const INDEX_SUFFIX: &str = ".index";
+
 /// How many bytes a partition whose base has `base` bytes lets its delta (now `delta` bytes)
 /// grow to on a night expected to add about `growth` bytes to it, before the partition is
 /// rewritten whole instead; `None` when tonight alone would take it past that, so that the

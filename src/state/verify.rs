@@ -310,13 +310,18 @@ fn check_content(
         ["profiles", part] => {
             if let Some(base) = part.strip_suffix(crate::state::DELTA_SUFFIX) {
                 ("profile delta", base)
-            } else if let Some(base) = part.strip_suffix(crate::profile::index::INDEX_SUFFIX) {
+            } else if let Some(base) = part.strip_suffix(crate::state::INDEX_SUFFIX) {
                 ("profile block index", base)
             } else {
                 ("profile", *part)
             }
         }
-        ["idsync" | "c2c", dpid, part] if dpid_dir(dpid) => ("ID-sync", *part),
+        ["idsync" | "c2c", dpid, part] if dpid_dir(dpid) => {
+            match part.strip_suffix(crate::state::INDEX_SUFFIX) {
+                Some(base) => ("ID-sync block index", base),
+                None => ("ID-sync", *part),
+            }
+        }
         ["members", did, part] if did.parse::<u32>().is_ok() => {
             match part.strip_suffix(crate::state::DELTA_SUFFIX) {
                 Some(base) => ("destination members delta", base),
@@ -341,7 +346,9 @@ fn check_content(
         }
         // A delta's tombstones decode as profiles without entries.
         "profile" | "profile delta" => crate::profile::decode(payload).map(drop),
-        "profile block index" => crate::profile::index::BlockIndex::decode(payload).map(drop),
+        "profile block index" | "ID-sync block index" => {
+            crate::blocks::BlockIndex::decode(payload).map(drop)
+        }
         "ID-sync" => crate::idsync::store::decode(payload).map(drop),
         _ => crate::outbound::export::decode_members(payload).map(drop),
     };

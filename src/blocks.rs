@@ -1,45 +1,40 @@
-//! A profile partition's block index (`profiles/part-NNNN.index`, beside the partition's base
-//! file): the base cut into blocks of whole profiles, about [`BLOCK`] bytes each, and for each
-//! block its first key, its checksum and what a merge counts of its profiles.
+//! The block index of a sorted state file (`<partition>.index`, beside a profile partition's
+//! base or an ID-sync table's partition): the file cut into blocks of whole records, about
+//! [`BLOCK`] bytes each, and for each block its first key, its checksum and, for profiles, what
+//! a merge counts of them ([`Counts`]; zero for ID-sync records).
 //!
-//! With it, a night that writes a delta ([`super::merge::merge_partition_delta`]) reads only the
-//! blocks it must: those that tonight's lines or the delta's profiles fall in, and those where
-//! a profile can change by the clock. Every other block is counted from the index, not read,
-//! so the night costs about its own lines, not the size of the store. A block that is read is
-//! first checked against its checksum here, so the base needs no pass over all of it; the index
-//! itself is a data file of the generation, checked whole when read.
+//! With it, a night that needs a few keys of a large file reads only the blocks they fall in:
+//! a delta merge ([`crate::profile::merge::merge_partition_delta`]) the blocks that tonight's
+//! lines, the delta's profiles or a due event fall in, counting the others from the index; a
+//! small night's ID lookups ([`crate::idsync::index::IdIndex::build_wanted`]) the blocks of
+//! the IDs they look up. A block that is read is first checked against its checksum here, so
+//! the file needs no pass over all of it; the index itself is a data file of the generation,
+//! checked whole when read.
 //!
 //! ```text
-//! varint base length | varint block count | per block:
+//! varint file length | varint block count | per block:
 //!   varint length | u64 xxh3-64 of its bytes | varint profiles | varint entries |
 //!   u8 customer-ID profiles (0/1) | earliest expiry day | earliest flip day | first key
 //! ```
 //!
 //! (days as in a profile header: 0 for none, else the day plus one.)
 
-use super::{Events, Stored};
 use crate::codec::{Reader, Truncated, Writer};
 use crate::model::ProfileKey;
+use crate::profile::{Events, Stored};
 use xxhash_rust::xxh3::Xxh3Default;
 
-/// A block is closed at the first profile boundary at or past this many bytes. Small enough
+/// A block is closed at the first record boundary at or past this many bytes. Small enough
 /// that a night of 20,000 lines over 20M profiles reads about a tenth of them; large enough
-/// that the index is about 1.5% of the partition.
+/// that the index is about 1.5% of the file.
 #[cfg(not(test))]
 pub const BLOCK: usize = 4096;
 /// Small in tests, so that their partitions have many blocks.
 #[cfg(test)]
 pub const BLOCK: usize = 64;
 
-/// The state-relative name of a profile partition's block index.
-pub fn index_name(part: u32) -> String {
-    super::part_name(part) + INDEX_SUFFIX
-}
-
-/// What [`index_name`] adds to its partition's name.
-pub const INDEX_SUFFIX: &str = ".index";
-
-/// What a merge counts of a run of stored profiles it does not read.
+/// What a merge counts of a run of stored profiles it does not read (zero in an ID-sync
+/// table's index).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub profiles: u64,
@@ -52,14 +47,14 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Counts one profile in.
-    pub fn add_profile(&mut self, stored: &Stored<'_>) {
-        self.add(&Counts {
+    /// One profile's.
+    pub fn of(stored: &Stored<'_>) -> Counts {
+        Counts {
             profiles: 1,
             entries: u64::from(stored.entries),
             customer: stored.key.first() == Some(&ProfileKey::TAG_CUSTOMER),
             events: stored.events,
-        });
+        }
     }
 
     pub fn add(&mut self, other: &Counts) {
@@ -77,10 +72,10 @@ impl Counts {
     }
 }
 
-/// One block of a base file.
+/// One block of an indexed file.
 #[derive(Clone, Copy, Debug)]
 pub struct Block<'a> {
-    /// Where it starts in the base.
+    /// Where it starts in the file.
     pub start: usize,
     pub len: usize,
     pub hash: u64,
@@ -89,10 +84,10 @@ pub struct Block<'a> {
 }
 
 impl Block<'_> {
-    /// `base`'s bytes of this block, once they match its checksum; `Err` with the block's
+    /// The `file`'s bytes of this block, once they match its checksum; `Err` with the block's
     /// offset when they do not.
-    pub fn checked<'b>(&self, base: &'b [u8]) -> Result<&'b [u8], usize> {
-        base.get(self.start..self.start + self.len)
+    pub fn checked<'b>(&self, file: &'b [u8]) -> Result<&'b [u8], usize> {
+        file.get(self.start..self.start + self.len)
             .filter(|bytes| xxhash_rust::xxh3::xxh3_64(bytes) == self.hash)
             .ok_or(self.start)
     }
@@ -101,7 +96,7 @@ impl Block<'_> {
 /// A decoded block index.
 #[derive(Debug)]
 pub struct BlockIndex<'a> {
-    /// The length of the base it indexes.
+    /// The length of the file it indexes.
     pub base_len: usize,
     /// In key order, back to back from offset 0 to `base_len`.
     pub blocks: Vec<Block<'a>>,
@@ -121,8 +116,8 @@ impl<'a> BlockIndex<'a> {
             let profiles = r.varint()?;
             let entries = r.varint()?;
             let customer = r.u8()? != 0;
-            let expiry_day = super::day(&mut r)?;
-            let flip_day = super::day(&mut r)?;
+            let expiry_day = crate::profile::day(&mut r)?;
+            let flip_day = crate::profile::day(&mut r)?;
             let first_key = r.short_bytes()?;
             blocks.push(Block {
                 start,
@@ -163,7 +158,7 @@ fn usize_of(r: &mut Reader<'_>) -> Result<usize, Truncated> {
     usize::try_from(r.varint()?).map_err(|_| Truncated { offset: at })
 }
 
-/// Builds the block index of a base as its profiles are written, in order.
+/// Builds the block index of a file as its records are written, in order.
 #[derive(Default)]
 pub struct Indexer {
     blocks: Writer,
@@ -177,16 +172,16 @@ pub struct Indexer {
 }
 
 impl Indexer {
-    /// The next profile of the base: its whole encoding and its header.
-    pub fn push(&mut self, raw: &[u8], stored: &Stored<'_>) {
+    /// The next record of the file: its whole encoding, its key and its counts.
+    pub fn push(&mut self, raw: &[u8], key: &[u8], counts: &Counts) {
         let hasher = self.hasher.get_or_insert_with(|| {
             self.first_key.clear();
-            self.first_key.extend_from_slice(stored.key);
+            self.first_key.extend_from_slice(key);
             Xxh3Default::new()
         });
         hasher.update(raw);
         self.block_len += raw.len();
-        self.counts.add_profile(stored);
+        self.counts.add(counts);
         if self.block_len >= BLOCK {
             self.close();
         }
@@ -212,7 +207,7 @@ impl Indexer {
         self.counts = Counts::default();
     }
 
-    /// The index payload (empty for an empty base, which has no file).
+    /// The index payload (empty for an empty file, which has no index).
     pub fn finish(mut self) -> Vec<u8> {
         self.close();
         if self.count == 0 {
@@ -226,14 +221,14 @@ impl Indexer {
     }
 }
 
-/// The block index of `base`, a whole partition.
+/// The block index of `base`, a whole profile partition.
 #[cfg(test)]
 pub(crate) fn index_of(base: &[u8]) -> Vec<u8> {
     let mut indexer = Indexer::default();
     let mut r = Reader::new(base);
     let mut at = 0;
-    while let Some(stored) = super::next_or_end(&mut r).expect("a partition") {
-        indexer.push(&base[at..r.offset()], &stored);
+    while let Some(stored) = crate::profile::next_or_end(&mut r).expect("a partition") {
+        indexer.push(&base[at..r.offset()], stored.key, &Counts::of(&stored));
         at = r.offset();
     }
     indexer.finish()
@@ -286,9 +281,9 @@ mod tests {
             let mut counts = Counts::default();
             let first = next_or_end(&mut r).unwrap().unwrap();
             assert_eq!(first.key, b.first_key);
-            counts.add_profile(&first);
+            counts.add(&Counts::of(&first));
             while let Some(stored) = next_or_end(&mut r).unwrap() {
-                counts.add_profile(&stored);
+                counts.add(&Counts::of(&stored));
             }
             assert_eq!(counts, b.counts);
             total.add(&counts);
