@@ -961,9 +961,8 @@ impl crate::profile::merge::PartSink for MergeSink<'_> {
         }
     }
 
-    fn profile(&mut self, raw: &[u8], stored: &crate::profile::Stored<'_>) {
-        self.index
-            .push(raw, stored.key, &crate::blocks::Counts::of(stored));
+    fn profile(&mut self, raw: &[u8], key: &[u8], counts: &crate::blocks::Counts) {
+        self.index.push(raw, key, counts);
     }
 }
 

@@ -9,13 +9,13 @@
 //! segments and events come out unchanged it too is copied through as its stored bytes (the
 //! encoding is canonical: see `profile::tests::decoding_then_encoding_gives_the_same_bytes`).
 
-#[cfg(test)]
-use super::decode;
 use super::{
     Entry, Events, Overlaid, Stored, Unreadable, decode_body, encode_into, encode_tombstone,
-    next_or_end, next_stored,
+    next_or_end,
 };
-use crate::blocks::BlockIndex;
+#[cfg(test)]
+use super::{decode, next_stored};
+use crate::blocks::{BlockIndex, Counts};
 use crate::codec::{Reader, Truncated, Writer};
 use crate::idsync::index::prefetch_read;
 use crate::idsync::store::id_prefix;
@@ -331,11 +331,11 @@ pub trait PartSink {
     /// changed): its pages can go, to fault back in if they are read.
     fn passed(&mut self, _offset: usize) {}
 
-    /// The next profile of the new partition, in order, with its header: what the sink's
-    /// block index ([`super::index::Indexer`]) is built from. Every profile of the partition
-    /// comes through here, those of an unchanged stored prefix too (before its bytes are
-    /// written, and whether or not they ever are).
-    fn profile(&mut self, _raw: &[u8], _stored: &Stored<'_>) {}
+    /// The next profile of the new partition, in order: its encoding, its key and what it
+    /// counts, which the sink's block index ([`crate::blocks::Indexer`]) is built from. Every
+    /// profile of the partition comes through here, those of an unchanged stored prefix too
+    /// (before its bytes are written, and whether or not they ever are).
+    fn profile(&mut self, _raw: &[u8], _key: &[u8], _counts: &Counts) {}
 }
 
 impl PartSink for Vec<u8> {
@@ -431,11 +431,9 @@ pub fn merge_partition_into(
             && o.events.quiet_at(ctx.as_of)
         {
             // Nothing can have changed: count it and leave its bytes in the run to copy.
-            out.profiles += 1;
-            out.memberships += u64::from(o.entries);
-            out.has_customer |= o.key.first() == Some(&ProfileKey::TAG_CUSTOMER);
-            fold_events(&mut out, o.events);
-            sink.profile(o.raw, &o);
+            let counts = Counts::of(&o);
+            out.count(&counts);
+            sink.profile(o.raw, o.key, &counts);
             head = next_or_end(&mut stored)?;
             let at = start_of(&stored, head);
             // A long quiet run goes to the sink straight from the stored bytes.
@@ -459,7 +457,7 @@ pub fn merge_partition_into(
             &refs[0..0]
         };
         let mark = w.buf.len();
-        let changed = merge_profile(
+        let (changed, counts) = merge_profile(
             key,
             from_store,
             group,
@@ -472,9 +470,8 @@ pub fn merge_partition_into(
             &mut w,
             changes_limit,
         )?;
-        if w.buf.len() > mark {
-            let raw = &w.buf[mark..];
-            sink.profile(raw, &next_stored(&mut Reader::new(raw))?);
+        if let Some(counts) = counts {
+            sink.profile(&w.buf[mark..], key, &counts);
         }
         if !rewritten {
             if changed {
@@ -554,10 +551,7 @@ pub fn merge_partition_delta(
         });
         if let Some(l) = quiet {
             if let Some(o) = l.stored {
-                out.profiles += 1;
-                out.memberships += u64::from(o.entries);
-                out.has_customer |= o.key.first() == Some(&ProfileKey::TAG_CUSTOMER);
-                fold_events(&mut out, o.events);
+                out.count(&Counts::of(&o));
             }
             // What the delta held of it, it still holds; the base keeps the rest.
             w.buf.extend_from_slice(l.delta_raw.unwrap_or_default());
@@ -570,7 +564,7 @@ pub fn merge_partition_delta(
                 &refs[0..0]
             };
             let mark = w.buf.len();
-            let changed = merge_profile(
+            let (changed, _) = merge_profile(
                 key,
                 layer.and_then(|l| l.stored),
                 group,
@@ -606,11 +600,7 @@ pub fn merge_partition_delta(
     }
     passed(base.len());
     // The blocks not read, counted from the index.
-    let skipped = layers.skipped();
-    out.profiles += skipped.profiles;
-    out.memberships += skipped.entries;
-    out.has_customer |= skipped.customer;
-    fold_events(&mut out, skipped.events);
+    out.count(&layers.skipped());
     if w.buf != delta {
         out.rewritten = true;
         out.payload = Some(w.buf);
@@ -648,6 +638,14 @@ fn touched_blocks(
 }
 
 impl PartOut {
+    /// Counts stored profiles in: their number, entries, kinds and earliest events.
+    fn count(&mut self, c: &Counts) {
+        self.profiles += c.profiles;
+        self.memberships += c.entries;
+        self.has_customer |= c.customer;
+        fold_events(self, c.events);
+    }
+
     /// Nothing merged yet.
     fn new(ctx: &MergeCtx<'_>) -> PartOut {
         PartOut {
@@ -770,7 +768,8 @@ fn fold_events(out: &mut PartOut, events: Events) {
 /// Merges one profile: the stored one (`stored`, its body still encoded) or a new one
 /// (`stored` = `None`), with its `group` of tonight's ops (sorted by run position; empty if
 /// none). Appends the result to `w` unless the profile ends up without traits. Returns whether
-/// the partition's bytes changed: the profile was written anew or dropped, not copied.
+/// the partition's bytes changed (the profile was written anew or dropped, not copied), and
+/// what the profile written counts (`None` when dropped).
 #[allow(clippy::too_many_arguments)]
 fn merge_profile(
     key: &[u8],
@@ -784,7 +783,7 @@ fn merge_profile(
     facts: &mut FactsCache<'_>,
     w: &mut Writer,
     changes_limit: usize,
-) -> Result<bool, Truncated> {
+) -> Result<(bool, Option<Counts>), Truncated> {
     let is_new = stored.is_none();
     match &stored {
         Some(o) => decode_body(o, &mut s.old_entries, &mut s.old_segments)?,
@@ -815,7 +814,7 @@ fn merge_profile(
             note_change(out, key, &[], changes_limit);
         }
         s.entries = entries;
-        return Ok(true);
+        return Ok((true, None));
     }
     let flipped = recency_flipped(&entries, ctx, facts);
     let segments: &[u32] = if ctx.reevaluate_all || changed || flipped {
@@ -835,11 +834,14 @@ fn merge_profile(
     } else {
         old_segments
     };
-    out.profiles += 1;
-    out.memberships += entries.len() as u64;
-    out.has_customer |= key.first() == Some(&ProfileKey::TAG_CUSTOMER);
     let events = events_of(&entries, ctx, facts);
-    fold_events(out, events);
+    let counts = Counts {
+        profiles: 1,
+        entries: entries.len() as u64,
+        customer: key.first() == Some(&ProfileKey::TAG_CUSTOMER),
+        events,
+    };
+    out.count(&counts);
     let rewritten = match stored {
         // Same entries, segments and events: the stored bytes are what `encode_into` would
         // write (decoding accepts one encoding per value, and the encoding is a function of
@@ -854,7 +856,7 @@ fn merge_profile(
         }
     };
     s.entries = entries;
-    Ok(rewritten)
+    Ok((rewritten, Some(counts)))
 }
 
 /// When a profile of `entries`, written tonight, can next change by the clock alone.
@@ -1530,8 +1532,10 @@ mod tests {
             self.passed.push(offset);
         }
 
-        fn profile(&mut self, raw: &[u8], stored: &Stored<'_>) {
-            assert_eq!(stored.raw, raw);
+        fn profile(&mut self, raw: &[u8], key: &[u8], counts: &Counts) {
+            let stored = next_stored(&mut Reader::new(raw)).unwrap();
+            assert_eq!((stored.raw, stored.key), (raw, key));
+            assert_eq!(Counts::of(&stored), *counts);
             self.profiles.extend_from_slice(raw);
         }
     }
