@@ -506,6 +506,9 @@ fn load_blocks(
             take_record(dpid, &r, Some(wanted), &mut loaded)
         })
         .map_err(|e| anyhow::anyhow!("{e} (in the block at byte {})", block.start))?;
+        // The pages read, and those the kernel mapped around them, go at once: a night's
+        // blocks are scattered over the partition.
+        bytes.release_before(block.start + block.len);
     }
     Ok(loaded)
 }
