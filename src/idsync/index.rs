@@ -494,6 +494,7 @@ fn load_blocks(
         );
     }
     let mut loaded: Loaded = (Vec::new(), Vec::new());
+    let mut release_at = RELEASE_EVERY;
     for b in wanted.blocks(dpid, part, &index) {
         let block = &index.blocks[b];
         let data = block.checked(bytes).map_err(|at| {
@@ -506,9 +507,13 @@ fn load_blocks(
             take_record(dpid, &r, Some(wanted), &mut loaded)
         })
         .map_err(|e| anyhow::anyhow!("{e} (in the block at byte {})", block.start))?;
-        // The pages read, and those the kernel mapped around them, go at once: a night's
-        // blocks are scattered over the partition.
-        bytes.release_before(block.start + block.len);
+        // The pages read, and those the kernel mapped around them, go every megabyte: a
+        // night's blocks are scattered over the whole partition.
+        let end = block.start + block.len;
+        if end >= release_at {
+            bytes.release_before(end);
+            release_at = end + RELEASE_EVERY;
+        }
     }
     Ok(loaded)
 }
