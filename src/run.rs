@@ -853,6 +853,10 @@ impl Night<'_> {
         if let Some(payload) = out.payload.take() {
             staged.write(&crate::profile::delta_name(p), &payload)?;
         }
+        // A base read whole for want of an index has one from now on.
+        if let Some(index) = out.index.take() {
+            staged.write(&crate::profile::index_name(p), &index)?;
+        }
         Ok(Some(out))
     }
 

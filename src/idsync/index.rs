@@ -199,6 +199,9 @@ impl Wanted {
     /// The blocks of `index` that the IDs wanted in partition `part` of `dpid` fall in, in
     /// order.
     fn blocks(&self, dpid: Dpid, part: u32, index: &BlockIndex<'_>) -> Vec<usize> {
+        if index.blocks.is_empty() {
+            return Vec::new();
+        }
         let mut blocks: Vec<usize> = self
             .ids
             .get(&(dpid, part))

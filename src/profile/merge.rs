@@ -101,6 +101,10 @@ pub struct PartOut {
     /// Whether the new partition differs from the stored one by a byte.
     #[serde(skip)]
     pub rewritten: bool,
+    /// From [`merge_partition_delta`] over a base without a block index: the index of the
+    /// base, which it read whole.
+    #[serde(skip)]
+    pub index: Option<Vec<u8>>,
 }
 
 /// How many bytes of [`PartOut::changes`] a partition of `stored_bytes` keeps: about 30 bytes
@@ -526,7 +530,8 @@ pub fn merge_partition_delta(
             let touched = touched_blocks(index, delta, night, &refs, ctx)?;
             Overlaid::with_blocks(base, delta, index, touched)?
         }
-        None => Overlaid::new(base, delta)?,
+        // A base without an index gets one, built as it is read through.
+        None => Overlaid::indexing(base, delta)?,
     };
     let mut out = PartOut::new(ctx);
     let changes_limit = changes_kept(base.len() + delta.len());
@@ -589,13 +594,14 @@ pub fn merge_partition_delta(
                 return Ok(None);
             }
         }
-        if layer.is_some() {
-            head = layers.next_layer()?;
-        }
+        // Read up to the next base profile (before the walk takes it).
         let at = layers.base_offset();
         if at >= reported + SINK_PIECE {
             reported = at;
             passed(at);
+        }
+        if layer.is_some() {
+            head = layers.next_layer()?;
         }
     }
     passed(base.len());
@@ -605,6 +611,7 @@ pub fn merge_partition_delta(
         out.rewritten = true;
         out.payload = Some(w.buf);
     }
+    out.index = layers.take_index();
     out.take_samples(scratch);
     Ok(Some(out))
 }
@@ -664,6 +671,7 @@ impl PartOut {
             has_customer: false,
             changes: ctx.keep_changes.then(Vec::new),
             rewritten: false,
+            index: None,
         }
     }
 
@@ -1322,6 +1330,8 @@ mod tests {
         .unwrap()
         .unwrap();
         let index = crate::blocks::index_of(base);
+        // Read whole, the base got its index.
+        assert_eq!(out.index.as_deref(), Some(index.as_slice()));
         let index = (!index.is_empty()).then(|| BlockIndex::decode(&index).unwrap());
         let indexed = merge_partition_delta(
             base,

@@ -156,6 +156,8 @@ pub struct Overlaid<'a> {
     delta_head: Option<Stored<'a>>,
     /// With a block index: the blocks to read, the others stepped over.
     skips: Option<Skips<'a>>,
+    /// Without one: the base's block index, built as the base is read.
+    indexer: Option<crate::blocks::Indexer>,
 }
 
 /// The blocks of the base an [`Overlaid`] steps over, and what they hold.
@@ -170,6 +172,26 @@ struct Skips<'a> {
 impl<'a> Overlaid<'a> {
     pub fn new(base: &'a [u8], delta: &'a [u8]) -> Result<Overlaid<'a>, Unreadable> {
         Overlaid::build(base, delta, None)
+    }
+
+    /// [`Overlaid::new`] building the base's block index as it reads it, for a base that has
+    /// none (a state written before indexes): see [`Overlaid::take_index`].
+    pub fn indexing(base: &'a [u8], delta: &'a [u8]) -> Result<Overlaid<'a>, Unreadable> {
+        let mut layers = Overlaid::build(base, delta, None)?;
+        // The first profile was read before the indexer came: read it again.
+        layers.base = Reader::new(base);
+        layers.indexer = Some(crate::blocks::Indexer::default());
+        layers.base_head = layers.next_base()?;
+        Ok(layers)
+    }
+
+    /// The base's block index, once an [`indexing`](Self::indexing) walk has read the whole
+    /// base.
+    pub fn take_index(&mut self) -> Option<Vec<u8>> {
+        if self.base_head.is_some() || !self.base.is_empty() {
+            return None;
+        }
+        self.indexer.take().map(crate::blocks::Indexer::finish)
     }
 
     /// [`Overlaid::new`] reading only the base's blocks that `touched` marks (by `index`, the
@@ -204,6 +226,7 @@ impl<'a> Overlaid<'a> {
             delta,
             base_head: None,
             skips,
+            indexer: None,
         };
         layers.base_head = layers.next_base()?;
         Ok(layers)
@@ -230,7 +253,11 @@ impl<'a> Overlaid<'a> {
                 self.base_from = at;
             }
         }
-        Ok(next_or_end(&mut self.base)?)
+        let next = next_or_end(&mut self.base)?;
+        if let (Some(indexer), Some(stored)) = (&mut self.indexer, next) {
+            indexer.push(stored.raw, stored.key, &crate::blocks::Counts::of(&stored));
+        }
+        Ok(next)
     }
 
     /// The next key, or `None` past the last.

@@ -282,6 +282,61 @@ fn check_generation(generation: &Generation, buf: &mut Vec<u8>, report: &mut Ver
             )),
         }
     }
+    check_companions(generation, report);
+}
+
+/// Checks that every block index and delta has the file it goes with, and every block index
+/// that file's length and each of its blocks' checksums (a night reads only some blocks, and
+/// trusts the rest to the index).
+fn check_companions(generation: &Generation, report: &mut VerifyReport) {
+    use crate::state::{DELTA_SUFFIX, INDEX_SUFFIX};
+    let names: std::collections::BTreeSet<&str> = generation.files().map(|(n, _)| n).collect();
+    for &rel in &names {
+        let (base, what) = if let Some(base) = rel.strip_suffix(INDEX_SUFFIX) {
+            (base, "a block index")
+        } else if let Some(base) = rel.strip_suffix(DELTA_SUFFIX) {
+            (base, "a delta")
+        } else {
+            continue;
+        };
+        let path = generation.dir.join(rel);
+        if !names.contains(base) {
+            report.problem(
+                &path,
+                format!("{what} of {base}, which this generation does not hold"),
+            );
+            continue;
+        }
+        if !rel.ends_with(INDEX_SUFFIX) {
+            continue;
+        }
+        // Unreadable or undecodable files were reported above.
+        let (Ok(Some(index)), Ok(Some(file))) = (generation.read(rel), generation.read(base))
+        else {
+            continue;
+        };
+        let Ok(index) = crate::blocks::BlockIndex::decode(&index) else {
+            continue;
+        };
+        if index.base_len != file.len() {
+            report.problem(
+                &path,
+                format!(
+                    "it indexes {} bytes, but {base} has {}",
+                    index.base_len,
+                    file.len()
+                ),
+            );
+        } else if let Some(b) = index.blocks.iter().find(|b| b.checked(&file).is_err()) {
+            report.problem(
+                &path,
+                format!(
+                    "the block at byte {} of {base} does not match its checksum here",
+                    b.start
+                ),
+            );
+        }
+    }
 }
 
 /// Why a file's content did not pass.
@@ -488,6 +543,54 @@ mod tests {
                 "{}: not a file this segmill writes; only its checksum was checked",
                 gen3.join("notes/readme").display()
             )]
+        );
+    }
+
+    #[test]
+    fn block_indexes_and_deltas_are_checked_against_their_files() {
+        let (_tmp, root) = sample();
+        let state = StateDir::open(&root).unwrap();
+        let parent = state.current().unwrap().unwrap();
+        let wtr = state.begin(Some(&parent)).unwrap();
+        let mut w = crate::codec::Writer::default();
+        for key in [b"a", b"b", b"c"] {
+            crate::profile::encode_into(&mut w, key, Default::default(), &[], &[7]);
+        }
+        let index = crate::blocks::index_of(&w.buf);
+        // Partition 0 with its index; partition 1 with the index of other bytes of its length;
+        // a delta and an index of partitions that are not there.
+        wtr.write("profiles/part-0000", &w.buf).unwrap();
+        wtr.write("profiles/part-0000.index", &index).unwrap();
+        let mut other = w.buf.clone();
+        other[1] ^= 1;
+        wtr.write("profiles/part-0001", &other).unwrap();
+        wtr.write("profiles/part-0001.index", &index).unwrap();
+        wtr.write("profiles/part-0002.delta", &w.buf).unwrap();
+        wtr.write("idsync/dpid-21/part-0001.index", &index).unwrap();
+        wtr.commit(meta(4), 3).unwrap();
+        let report = verify(&root, false);
+        let gen3 = root.join("gen-000003");
+        assert_eq!(
+            report.problems,
+            vec![
+                Problem {
+                    path: gen3.join("idsync/dpid-21/part-0001.index"),
+                    reason: "a block index of idsync/dpid-21/part-0001, which this generation \
+                             does not hold"
+                        .into()
+                },
+                Problem {
+                    path: gen3.join("profiles/part-0001.index"),
+                    reason: "the block at byte 0 of profiles/part-0001 does not match its \
+                             checksum here"
+                        .into()
+                },
+                Problem {
+                    path: gen3.join("profiles/part-0002.delta"),
+                    reason: "a delta of profiles/part-0002, which this generation does not hold"
+                        .into()
+                },
+            ]
         );
     }
 
