@@ -4,7 +4,7 @@
 # profile store: show it with a 2x larger store").
 #
 #   scripts/bench_store.sh [--ids N] [--night2 LINES] [--threads T] [--repeat R] [--iter-only]
-#                          [--changed]
+#                          [--changed] [--nights K]
 #
 # For each store size S in (N, 2N): `segmill gen --ids S --lines 1.2*S --files 1` (cached under
 # target/bench-data/store-S), night 1 on a fresh state, then night 2 R times (default 3), each
@@ -17,6 +17,8 @@
 # it an `iter` destination, to see what the rest of the night costs. Night 2 repeats lines
 # night 1 already applied, which changes few memberships; --changed moves each of its `d_sid`
 # to the next trait of the same data source, so its users' traits and segments do change.
+# --nights K goes on from the last night 2 with nights 3..K, one run each, each the next
+# LINES lines of night 1's file a day later: how the nights fare as the deltas grow.
 # Defaults: N = 2,000,000 (a few minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,7 @@ threads=2
 repeat=3
 iter_only=0
 changed=0
+nights=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --ids) ids=${2:?--ids needs a number}; shift ;;
@@ -36,7 +39,8 @@ while [ $# -gt 0 ]; do
     --repeat) repeat=${2:?--repeat needs a number}; shift ;;
     --iter-only) iter_only=1 ;;
     --changed) changed=1 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --nights) nights=${2:?--nights needs a number}; shift ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_store.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -74,10 +78,17 @@ for size in "$ids" $((2 * ids)); do
   for f in "$data"/inbound/*/*; do ln "$f" "$run/inbound1/$(basename "$f")" 2>/dev/null || cp "$f" "$run/inbound1/"; done
   trait=$(ls "$data"/inbound/*/ftp_dpm_* | head -1)
   stamp=$(basename "$trait" | sed -E 's/.*_([0-9]{10})\.sync$/\1/')
-  night2_file="$run/inbound2/date=2026-11-23/$(basename "$trait" | sed "s/$stamp/$((stamp + 86400))/")"
-  if [ "$changed" = 1 ]; then
-    dpid=$(basename "$trait" | sed -E 's/^ftp_dpm_([0-9]+)_.*/\1/')
-    head -n "$night2" "$trait" | python3 -c "
+  dpid=$(basename "$trait" | sed -E 's/^ftp_dpm_([0-9]+)_.*/\1/')
+  # Night k's file: the k-1th slice of $night2 lines of night 1's trait file, a day later each.
+  night_file() {
+    local k=$1 day
+    day=$(date -u -d "2026-11-21 + $k days" +%Y-%m-%d)
+    mkdir -p "$run/inbound$k/date=$day"
+    local out="$run/inbound$k/date=$day/$(basename "$trait" | sed "s/$stamp/$((stamp + 86400 * (k - 1)))/")"
+    local from=$(( (k - 2) * night2 + 1 )) to=$(( (k - 1) * night2 ))
+    slice() { sed -n "${from},${to}p;${to}q" "$trait"; }
+    if [ "$changed" = 1 ]; then
+      slice | python3 -c "
 import re, sys, tomllib
 catalog = tomllib.load(open('$run/segmill.toml', 'rb'))
 ids = sorted(t['id'] for t in catalog['trait'] if t['data_source'] == $dpid)
@@ -85,10 +96,12 @@ following = {a: b for a, b in zip(ids, ids[1:] + ids[:1])}
 move = lambda m: 'd_sid=' + str(following.get(int(m.group(1)), int(m.group(1))))
 for line in sys.stdin:
     sys.stdout.write(re.sub(r'd_sid=([0-9]+)', move, line))
-" > "$night2_file"
-  else
-    head -n "$night2" "$trait" > "$night2_file"
-  fi
+" > "$out"
+    else
+      slice > "$out"
+    fi
+  }
+  for k in $(seq 2 "$nights"); do night_file "$k"; done
   cd "$run"
   say "store of $size: night 1"
   sed -i 's#^inbound = .*#inbound = "inbound1"#' segmill.toml
@@ -113,6 +126,15 @@ for line in sys.stdin:
     times+=("$w2 $m2")
   done
   medians+=("$(printf '%s\n' "${times[@]}" | python3 -c "import sys,statistics as s; r=[l.split() for l in sys.stdin]; print(s.median(float(a) for a,_ in r), s.median(int(b) for _,b in r))")")
+  # Nights 3.. go on from the last night 2, one run each.
+  for k in $(seq 3 "$nights"); do
+    sed -i "s#^inbound = .*#inbound = \"inbound$k\"#" segmill.toml
+    as_of=$(date -u -d "2026-11-21 + $k days" +%Y-%m-%dT02:00:00Z)
+    /usr/bin/time -f "%e %M" -o nightk.time "$bin" --threads "$threads" run --as-of "$as_of" >/dev/null 2>nightk.err || [ $? -eq 1 ] || die "night $k failed: $(tail -3 nightk.err)"
+    stages=$(python3 -c "import json,glob; r=json.load(open(sorted(glob.glob('state/runs/*.json'))[-1])); print(' '.join(f'{k}={v:.2f}' for k,v in sorted(r['durations_seconds'].items())))")
+    read -r wk mk < <(tail -1 nightk.time)
+    printf 'store %9d profiles: night %d %5.2f s %5d MB | %s\n' "$size" "$k" "$wk" $((mk / 1024)) "$stages"
+  done
   rm -rf state.night1 out.night1
   cd "$root"
 done
