@@ -216,6 +216,52 @@ impl Scratch {
     }
 }
 
+/// What merging one profile after another reuses: buffers, trait facts, and how many bytes
+/// of changes the partition keeps ([`changes_kept`]).
+struct Work<'c> {
+    scratch: Scratch,
+    seg_scratch: SegScratch,
+    facts: FactsCache<'c>,
+    changes_limit: usize,
+}
+
+impl<'c> Work<'c> {
+    /// For a partition whose stored bytes are `stored_bytes` long.
+    fn new(ctx: &MergeCtx<'c>, stored_bytes: usize) -> Work<'c> {
+        Work {
+            scratch: Scratch::new(ctx),
+            seg_scratch: SegScratch::default(),
+            facts: FactsCache::new(ctx),
+            changes_limit: changes_kept(stored_bytes),
+        }
+    }
+
+    /// [`merge_profile`] of `key` with the group of ops at `refs[*j..]` if it has ops
+    /// tonight (`with_ops`; `*j` then moves past them).
+    #[allow(clippy::too_many_arguments)]
+    fn merge(
+        &mut self,
+        key: &[u8],
+        stored: Option<Stored<'_>>,
+        with_ops: bool,
+        night: Night<'_>,
+        refs: &[OpRef],
+        j: &mut usize,
+        ctx: &MergeCtx<'_>,
+        out: &mut PartOut,
+        w: &mut Writer,
+    ) -> Result<(bool, Option<Counts>), Truncated> {
+        let group = if with_ops {
+            let start = *j;
+            *j = night.group_end(refs, start);
+            &refs[start..*j]
+        } else {
+            &refs[0..0]
+        };
+        merge_profile(key, stored, group, night, ctx, out, self, w)
+    }
+}
+
 struct Scratch {
     realized: Vec<TraitId>,
     union: Vec<TraitId>,
@@ -408,10 +454,7 @@ pub fn merge_partition_into(
     let mut stored = Reader::new(old);
 
     let mut out = PartOut::new(ctx);
-    let changes_limit = changes_kept(old.len());
-    let mut scratch = Scratch::new(ctx);
-    let mut seg_scratch = SegScratch::default();
-    let mut facts = FactsCache::new(ctx);
+    let mut work = Work::new(ctx, old.len());
     let mut w = Writer::default();
     w.buf.reserve(2 * SINK_PIECE);
     // Where the stored bytes were last reported passed.
@@ -453,26 +496,9 @@ pub fn merge_partition_into(
         if rewritten {
             w.buf.extend_from_slice(&old[quiet_from..start]);
         }
-        let group = if with_ops {
-            let start = j;
-            j = night.group_end(&refs, start);
-            &refs[start..j]
-        } else {
-            &refs[0..0]
-        };
         let mark = w.buf.len();
-        let (changed, counts) = merge_profile(
-            key,
-            from_store,
-            group,
-            night,
-            ctx,
-            &mut out,
-            &mut scratch,
-            &mut seg_scratch,
-            &mut facts,
-            &mut w,
-            changes_limit,
+        let (changed, counts) = work.merge(
+            key, from_store, with_ops, night, &refs, &mut j, ctx, &mut out, &mut w,
         )?;
         if let Some(counts) = counts {
             sink.profile(&w.buf[mark..], key, &counts);
@@ -502,7 +528,7 @@ pub fn merge_partition_into(
     }
     sink.passed(old.len());
     out.rewritten = rewritten;
-    out.take_samples(scratch);
+    out.take_samples(work.scratch);
     Ok(out)
 }
 
@@ -534,10 +560,7 @@ pub fn merge_partition_delta(
         None => Overlaid::indexing(base, delta)?,
     };
     let mut out = PartOut::new(ctx);
-    let changes_limit = changes_kept(base.len() + delta.len());
-    let mut scratch = Scratch::new(ctx);
-    let mut seg_scratch = SegScratch::default();
-    let mut facts = FactsCache::new(ctx);
+    let mut work = Work::new(ctx, base.len() + delta.len());
     let mut w = Writer::default();
     let mut reported = 0usize;
     let mut head = layers.next_layer()?;
@@ -561,26 +584,10 @@ pub fn merge_partition_delta(
             // What the delta held of it, it still holds; the base keeps the rest.
             w.buf.extend_from_slice(l.delta_raw.unwrap_or_default());
         } else {
-            let group = if with_ops {
-                let start = j;
-                j = night.group_end(&refs, start);
-                &refs[start..j]
-            } else {
-                &refs[0..0]
-            };
             let mark = w.buf.len();
-            let (changed, _) = merge_profile(
-                key,
-                layer.and_then(|l| l.stored),
-                group,
-                night,
-                ctx,
-                &mut out,
-                &mut scratch,
-                &mut seg_scratch,
-                &mut facts,
-                &mut w,
-                changes_limit,
+            let stored = layer.and_then(|l| l.stored);
+            let (changed, _) = work.merge(
+                key, stored, with_ops, night, &refs, &mut j, ctx, &mut out, &mut w,
             )?;
             let in_base = layer.is_some_and(|l| l.in_base);
             if changed && w.buf.len() == mark && in_base {
@@ -612,7 +619,7 @@ pub fn merge_partition_delta(
         out.payload = Some(w.buf);
     }
     out.index = layers.take_index();
-    out.take_samples(scratch);
+    out.take_samples(work.scratch);
     Ok(Some(out))
 }
 
@@ -786,12 +793,16 @@ fn merge_profile(
     night: Night<'_>,
     ctx: &MergeCtx<'_>,
     out: &mut PartOut,
-    s: &mut Scratch,
-    seg_scratch: &mut SegScratch,
-    facts: &mut FactsCache<'_>,
+    work: &mut Work<'_>,
     w: &mut Writer,
-    changes_limit: usize,
 ) -> Result<(bool, Option<Counts>), Truncated> {
+    let Work {
+        scratch: s,
+        seg_scratch,
+        facts,
+        changes_limit,
+    } = work;
+    let changes_limit = *changes_limit;
     let is_new = stored.is_none();
     match &stored {
         Some(o) => decode_body(o, &mut s.old_entries, &mut s.old_segments)?,

@@ -472,6 +472,24 @@ mod tests {
         (tmp, root)
     }
 
+    /// A writer of the generation after the current one of the state at `root`.
+    fn next_generation(root: &Path) -> crate::state::GenerationWriter {
+        let state = StateDir::open(root).unwrap();
+        let parent = state.current().unwrap().unwrap();
+        state.begin(Some(&parent)).unwrap()
+    }
+
+    /// Commits `wtr` (generation 3 of [`sample`]'s state, of `partitions` partitions) and
+    /// verifies the state: the report and the generation's folder.
+    fn commit_and_verify(
+        root: &Path,
+        wtr: crate::state::GenerationWriter,
+        partitions: u32,
+    ) -> (VerifyReport, PathBuf) {
+        wtr.commit(meta(partitions), 3).unwrap();
+        (verify(root, false), root.join("gen-000003"))
+    }
+
     #[test]
     fn clean_state_has_no_problem() {
         let (_tmp, root) = sample();
@@ -514,15 +532,11 @@ mod tests {
     fn a_partition_that_does_not_decode_is_named() {
         let (_tmp, root) = sample();
         // A well-formed file (size, footer, checksum) whose payload is not a profile partition.
-        let state = StateDir::open(&root).unwrap();
-        let parent = state.current().unwrap().unwrap();
-        let wtr = state.begin(Some(&parent)).unwrap();
+        let wtr = next_generation(&root);
         wtr.write("profiles/part-0000", b"\x05\x00").unwrap();
         wtr.write("profiles/part-0009", b"").unwrap();
         wtr.write("notes/readme", b"hello").unwrap();
-        wtr.commit(meta(2), 3).unwrap();
-        let report = verify(&root, false);
-        let gen3 = root.join("gen-000003");
+        let (report, gen3) = commit_and_verify(&root, wtr, 2);
         assert_eq!(
             report.problems,
             vec![
@@ -549,9 +563,7 @@ mod tests {
     #[test]
     fn block_indexes_and_deltas_are_checked_against_their_files() {
         let (_tmp, root) = sample();
-        let state = StateDir::open(&root).unwrap();
-        let parent = state.current().unwrap().unwrap();
-        let wtr = state.begin(Some(&parent)).unwrap();
+        let wtr = next_generation(&root);
         let mut w = crate::codec::Writer::default();
         for key in [b"a", b"b", b"c"] {
             crate::profile::encode_into(&mut w, key, Default::default(), &[], &[7]);
@@ -567,9 +579,7 @@ mod tests {
         wtr.write("profiles/part-0001.index", &index).unwrap();
         wtr.write("profiles/part-0002.delta", &w.buf).unwrap();
         wtr.write("idsync/dpid-21/part-0001.index", &index).unwrap();
-        wtr.commit(meta(4), 3).unwrap();
-        let report = verify(&root, false);
-        let gen3 = root.join("gen-000003");
+        let (report, gen3) = commit_and_verify(&root, wtr, 4);
         assert_eq!(
             report.problems,
             vec![
