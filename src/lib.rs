@@ -38,6 +38,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod alloc;
 mod anon_table;
 pub mod blocks;
 pub mod catalog;

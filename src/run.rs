@@ -563,6 +563,28 @@ impl Night<'_> {
         text < stored
     }
 
+    /// Whether tonight's files (trait and ID-sync text, on disk) are smaller than the profile
+    /// store they update: a night whose own work is small beside the state's, so that
+    /// memory the allocator keeps after freeing it would be most of its peak (see
+    /// [`crate::alloc`]).
+    fn small_night(&self) -> bool {
+        let Some(g) = &self.parent else {
+            return false;
+        };
+        let tonight: u64 = self
+            .to_read
+            .iter()
+            .map(|&i| self.plan.trait_files[i].found.size)
+            .chain(self.plan.idsync_files.iter().map(|f| f.found.size))
+            .sum();
+        let profiles: u64 = g
+            .files()
+            .filter(|(name, _)| name.starts_with("profiles/"))
+            .map(|(_, e)| e.size)
+            .sum();
+        tonight < profiles
+    }
+
     /// The DPIDs whose customer IDs tonight's trait files look up.
     fn customer_dpids(&self) -> BTreeSet<Dpid> {
         self.to_read
@@ -1137,6 +1159,12 @@ fn run_in_pool(config: &Config, opts: &RunOptions) -> Result<RunSummary, RunErro
     } else {
         Some(n.state.begin(n.parent.as_ref())?)
     });
+
+    // A night small beside the store it updates has mimalloc hand freed memory back at
+    // once: its peak is then its own work's, not what the allocator keeps.
+    if n.small_night() {
+        crate::alloc::purge_at_once();
+    }
 
     // ID sync.
     n.progress.stage("applying ID-sync files");
