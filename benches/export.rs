@@ -15,6 +15,7 @@ mod common;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use segmill::config::{Config, Destination, ExportMode, Location, SyncType};
+use segmill::idsync::index::PartBytes;
 use segmill::model::{ProfileKey, Uuid};
 use segmill::outbound::export::{
     DestinationView, ExportRow, Job, Runs, Sources, compute, write_export,
@@ -242,7 +243,7 @@ fn diff(c: &mut Criterion) {
             .get(p as usize)
             .map(|b| std::borrow::Cow::Borrowed(b.as_slice())))
     };
-    let no_members = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
+    let no_members = |_: &str| -> anyhow::Result<Option<PartBytes<'_>>> { Ok(None) };
     let resolve = |_: u32, _: &[u8]| None;
     let sources = Sources {
         parts: 0..PARTITIONS as u32,
@@ -306,8 +307,11 @@ fn diff(c: &mut Criterion) {
 
     // The next night's export of the same profiles: every partition is diffed against the
     // members the first one left. The `iter` destination sends nothing, the `full` one all.
-    let stored_members =
-        |name: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(first_members.get(name).cloned()) };
+    let stored_members = |name: &str| -> anyhow::Result<Option<PartBytes<'_>>> {
+        Ok(first_members
+            .get(name)
+            .map(|m| PartBytes::Borrowed(m.as_slice())))
+    };
     let again = Sources {
         parts: 0..PARTITIONS as u32,
         profiles: &payload,

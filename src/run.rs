@@ -968,6 +968,15 @@ impl Night<'_> {
     }
 }
 
+/// File `name` of generation `g` (if any), mapped: for a reader that reads it once, front to
+/// back.
+fn mapped<'x>(g: Option<&Generation>, name: &str) -> anyhow::Result<Option<PartBytes<'x>>> {
+    match g {
+        Some(g) => Ok(g.map(name)?.map(PartBytes::Mapped)),
+        None => Ok(None),
+    }
+}
+
 /// A merge's new partition streamed into the generation and indexed, and its stored one let
 /// go of behind it.
 struct MergeSink<'a> {
@@ -1067,7 +1076,8 @@ impl Night<'_> {
                 .current_profiles(staged, p)?
                 .map(std::borrow::Cow::Owned))
         };
-        let members = |name: &str| self.parent_file(name);
+        // Mapped: a partition's stored members are read once, front to back.
+        let members = |name: &str| mapped(self.parent.as_ref(), name);
         let stale_for = |last: Option<DestMeta>| {
             move |p: u32| {
                 let p = p as usize;

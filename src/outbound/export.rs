@@ -19,6 +19,7 @@ use super::names::{OutboundName, default_line, mode_str, sync_type_str};
 use super::template::{Batch, Row, SegmentRef, TRAIT_TYPE_ONBOARDED, Template, TraitRef};
 use crate::codec::{Reader, Truncated, Writer};
 use crate::config::{Config, Destination, ExportMode};
+use crate::idsync::index::PartBytes;
 use crate::idsync::store::id_prefix;
 use crate::model::{Dpid, ProfileKey, Timestamp, Uuid, device_format};
 use crate::profile::Entry;
@@ -1462,8 +1463,9 @@ pub struct Sources<'a, 'p> {
     pub parts: std::ops::Range<u32>,
     /// Profile partition payloads as this run leaves them.
     pub profiles: &'a PayloadSource<'p>,
-    /// The previous generation's files by name (members of the last export).
-    pub members: &'a (dyn Fn(&str) -> anyhow::Result<Option<Vec<u8>>> + Sync),
+    /// The previous generation's files by name (members of the last export), mapped or in
+    /// memory.
+    pub members: &'a (dyn Fn(&str) -> anyhow::Result<Option<PartBytes<'p>>> + Sync),
     pub resolve: &'a Resolver<'p>,
     /// Whether a destination fed a partition's changes writes just a delta of its members
     /// ([`members_delta_name`]) while it is small (`run.profile_deltas`).
@@ -1585,31 +1587,31 @@ impl Drop for Written {
 
 /// A destination's stored members of one partition, as a diff reads them and as its new
 /// members are written.
-struct StoredMembers {
+struct StoredMembers<'p> {
     /// The whole file's name.
     name: String,
     /// The members: the whole file, or the base under `delta`.
-    members: Vec<u8>,
+    members: PartBytes<'p>,
     /// The delta the diff writes anew, when it writes a delta.
     delta: Option<Vec<u8>>,
     /// Whether a delta is stored now.
     had_delta: bool,
 }
 
-impl StoredMembers {
+impl<'p> StoredMembers<'p> {
     /// Reads destination `did`'s members of partition `p`: laid together into one, unless
     /// the destination is fed the partition's `changes` and they fit a delta.
     fn read(
-        src: &Sources<'_, '_>,
+        src: &Sources<'_, 'p>,
         did: u32,
         p: u32,
         changes: Option<&[u8]>,
-    ) -> anyhow::Result<StoredMembers> {
+    ) -> anyhow::Result<StoredMembers<'p>> {
         let name = members_part_name(did, p);
-        let base = (src.members)(&name)?.unwrap_or_default();
+        let base = (src.members)(&name)?.unwrap_or(PartBytes::Owned(Vec::new()));
         let delta = (src.members)(&members_delta_name(did, p))?;
         let had_delta = delta.is_some();
-        let delta = delta.unwrap_or_default();
+        let delta = delta.map(|d| d.to_vec()).unwrap_or_default();
         // Each change adds about its own length to the delta.
         let layered = src.deltas
             && changes.is_some_and(|c| {
@@ -1624,7 +1626,9 @@ impl StoredMembers {
             });
         }
         let members = if had_delta {
-            overlay_members(&base, &delta).map_err(|e| anyhow!("{name} and its delta: {e}"))?
+            PartBytes::Owned(
+                overlay_members(&base, &delta).map_err(|e| anyhow!("{name} and its delta: {e}"))?,
+            )
         } else {
             base
         };
@@ -2261,8 +2265,8 @@ template = '<UUID>,<TRAIT_LIST;separator=",">'
                 .as_deref()
                 .map(std::borrow::Cow::Borrowed))
         };
-        let members = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
-            Ok((name == members_part_name(7, 0)).then(|| old_members.clone()))
+        let members = |name: &str| -> anyhow::Result<Option<PartBytes<'_>>> {
+            Ok((name == members_part_name(7, 0)).then(|| PartBytes::Borrowed(&old_members)))
         };
         let resolve = |_: Dpid, _: &[u8]| None;
         let sources = Sources {
