@@ -8,7 +8,8 @@
 //! diffed, unless the destination is new or its selection changed (then every partition is, so
 //! its first `iter` is a full list). When the merge kept the profiles whose segments changed
 //! tonight and the destination was last exported by the previous generation, just those are
-//! diffed, and the partition is not read.
+//! diffed, and the partition is not read. Then, while they are few, only a delta of the members
+//! is written ([`members_delta_name`]): the members changed since the file was written whole.
 //!
 //! Memory stays bounded whatever the number of users: each diffed partition's rows are
 //! encoded compactly, sorted, and written to a run file at once ([`compute`]); the writer
