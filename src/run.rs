@@ -437,10 +437,9 @@ impl Night<'_> {
         staged: &staged::Staged,
         name: &str,
     ) -> anyhow::Result<Option<PartBytes<'static>>> {
-        match (staged.map(name)?, &self.parent) {
-            (Some(bytes), _) => Ok(Some(bytes)),
-            (None, Some(g)) => Ok(g.map(name)?.map(PartBytes::Mapped)),
-            (None, None) => Ok(None),
+        match staged.map(name)? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => mapped(self.parent.as_ref(), name),
         }
     }
 

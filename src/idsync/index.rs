@@ -739,16 +739,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_mapped_partition_let_go_of_behind_the_read_loads_like_one_in_memory() {
-        // One partition of some 3 MB: several release steps.
-        let ids: Vec<String> = (0..60_000).map(|i| format!("customer-{i:08}")).collect();
-        let uuids: Vec<String> = (0..60_000u128)
-            .map(|i| format!("{:038}", i * 7_919 + 11))
-            .collect();
+    /// A table of one partition: customer IDs `ids` of DPID 21 synced to `uuids`.
+    fn synced(ids: &[String], uuids: &[String]) -> super::super::store::Applied {
         let incoming: Vec<Incoming<'_>> = ids
             .iter()
-            .zip(&uuids)
+            .zip(uuids)
             .map(|(id, u)| Incoming {
                 key_dpid: 21,
                 record: Record {
@@ -761,7 +756,17 @@ mod tests {
             })
             .collect();
         let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
-        let parts = apply(Table::Adobe, &incoming, 1, &none).unwrap().parts;
+        apply(Table::Adobe, &incoming, 1, &none).unwrap()
+    }
+
+    #[test]
+    fn a_mapped_partition_let_go_of_behind_the_read_loads_like_one_in_memory() {
+        // One partition of some 3 MB: several release steps.
+        let ids: Vec<String> = (0..60_000).map(|i| format!("customer-{i:08}")).collect();
+        let uuids: Vec<String> = (0..60_000u128)
+            .map(|i| format!("{:038}", i * 7_919 + 11))
+            .collect();
+        let parts = synced(&ids, &uuids).parts;
         let tmp = tempfile::tempdir().unwrap();
         let state = crate::state::StateDir::open(tmp.path()).unwrap();
         let wtr = state.begin(None).unwrap();
@@ -843,22 +848,7 @@ mod tests {
     #[test]
     fn lookups_by_block_read_only_the_blocks_of_their_ids() {
         let (ids, _, uuids) = chain_ids(2000);
-        let incoming: Vec<Incoming<'_>> = ids
-            .iter()
-            .zip(&uuids)
-            .map(|(id, uuid)| Incoming {
-                key_dpid: 21,
-                record: Record {
-                    id: id.as_bytes(),
-                    value_dpid: 0,
-                    value: super::super::store::Value::of(0, uuid.as_bytes()),
-                    timestamp: 1,
-                },
-                file: 0,
-            })
-            .collect();
-        let none = |_: &str| -> anyhow::Result<Option<Vec<u8>>> { Ok(None) };
-        let applied = apply(Table::Adobe, &incoming, 1, &none).unwrap();
+        let applied = synced(&ids, &uuids);
         let name = part_name(Table::Adobe, 21, 0);
         let index_bytes = &applied.indexes[&(name.clone() + crate::state::INDEX_SUFFIX)];
         let index = BlockIndex::decode(index_bytes).unwrap();
