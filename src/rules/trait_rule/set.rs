@@ -523,10 +523,37 @@ impl TraitRules {
                 continue;
             };
             // A hash collision across data sources can bring another source's rule.
-            if rule.ds != ds || !self.eval(&rule.root, &call, memo) {
+            if rule.ds != ds {
                 continue;
             }
             items.clear();
+            if let Node::Atom(a) = rule.root {
+                // Most catalog rules are one atom (`ic == "30612"`): it holds when a signal
+                // satisfies it, and those signals are its items.
+                let (start, len) = self.hits(a, &call, memo);
+                let start = start as usize;
+                let positions = memo
+                    .hits
+                    .get(start..start.saturating_add(len as usize))
+                    .unwrap_or_default();
+                items.extend(
+                    positions
+                        .iter()
+                        .filter_map(|&p| signals.get(p as usize).map(|s| s.0)),
+                );
+                if items.is_empty() {
+                    continue;
+                }
+                if !items.is_sorted_by(|a, b| a < b) {
+                    items.sort_unstable();
+                    items.dedup();
+                }
+                out.extend(items.iter().map(|&item| (rule.trait_id, item)));
+                continue;
+            }
+            if !self.eval(&rule.root, &call, memo) {
+                continue;
+            }
             self.used_items(&rule.root, true, &call, memo, items);
             items.sort_unstable();
             items.dedup();
@@ -1017,5 +1044,89 @@ mod tests {
         let mut out = Vec::new();
         set.qualify(1, &signals(&[("a", "1")]), &mut Scratch::new(), &mut out);
         assert!(out.is_empty());
+    }
+
+    /// Every rule of `ds` evaluated in full, without the index or the one-atom shortcut: what
+    /// `qualify` must give.
+    fn unindexed(set: &TraitRules, ds: Dpid, line: &[Signal<'_>]) -> Vec<(TraitId, u32)> {
+        let mut scratch = Scratch::new();
+        scratch.begin(set.rules.len(), set.atoms.len());
+        for &(_, _, value) in line {
+            let shape = Shape::prepare(value, &mut scratch.line.buf);
+            scratch.line.shapes.push(shape);
+        }
+        let call = Call {
+            signals: line,
+            line: &scratch.line,
+            generation: scratch.generation,
+        };
+        let mut out = Vec::new();
+        for rule in set.rules.iter().filter(|r| r.ds == ds) {
+            if !set.eval(&rule.root, &call, &mut scratch.memo) {
+                continue;
+            }
+            let mut items = Vec::new();
+            set.used_items(&rule.root, true, &call, &mut scratch.memo, &mut items);
+            items.sort_unstable();
+            items.dedup();
+            if items.is_empty() {
+                out.push((rule.trait_id, NO_ITEM));
+            }
+            out.extend(items.into_iter().map(|item| (rule.trait_id, item)));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// The index and the one-atom shortcut change nothing: random rules (one atom, or
+        /// AND/OR/NOT of a few, over two data sources) against random lines, a signal repeated
+        /// at times, scratch reused across lines.
+        #[test]
+        fn qualify_matches_every_rule_evaluated(
+            rules_spec in proptest::collection::vec(
+                (0u8..6, proptest::collection::vec((0usize..3, 0usize..5, 0usize..4), 1..4), 1u32..3),
+                1..24,
+            ),
+            lines in proptest::collection::vec(
+                (1u32..3, proptest::collection::vec((0usize..3, 0usize..4), 0..6)),
+                1..8,
+            ),
+        ) {
+            const KEYS: [&str; 3] = ["ic", "a", "b"];
+            const OPS: [&str; 5] = ["==", "!=", ">", "contains", "=="];
+            const VALUES: [&str; 4] = ["1", "1.0", "x", "20"];
+            let texts: Vec<(TraitId, Dpid, String)> = rules_spec
+                .iter()
+                .enumerate()
+                .map(|(i, (shape, atoms, ds))| {
+                    let atoms: Vec<String> = atoms
+                        .iter()
+                        .map(|&(k, o, v)| format!(r#"{} {} "{}""#, KEYS[k], OPS[o], VALUES[v]))
+                        .collect();
+                    let text = match shape {
+                        0..=2 => atoms[0].clone(),
+                        3 => atoms.join(" AND "),
+                        4 => atoms.join(" OR "),
+                        _ => format!("NOT ({})", atoms.join(" OR ")),
+                    };
+                    (100 + i as TraitId, *ds, text)
+                })
+                .collect();
+            let set = TraitRules::compile(texts.iter().map(|(t, d, r)| (*t, *d, r.as_str())))
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            let mut scratch = Scratch::new();
+            for (ds, pairs) in &lines {
+                let pairs: Vec<(&str, &str)> =
+                    pairs.iter().map(|&(k, v)| (KEYS[k], VALUES[v])).collect();
+                // Item indexes are not positions: the parser gives items' places on the line.
+                let line: Vec<Signal<'_>> = signals(&pairs)
+                    .into_iter()
+                    .map(|(i, k, v)| (3 * i + 1, k, v))
+                    .collect();
+                let mut out = Vec::new();
+                set.qualify(*ds, &line, &mut scratch, &mut out);
+                proptest::prop_assert_eq!(out, unindexed(&set, *ds, &line), "{:?} {:?}", texts, pairs);
+            }
+        }
     }
 }
