@@ -56,6 +56,28 @@ impl Counts {
         }
     }
 
+    /// Writes them as a block index holds them.
+    fn write(&self, w: &mut Writer) {
+        w.varint(self.profiles);
+        w.varint(self.entries);
+        w.u8(u8::from(self.customer));
+        for day in [self.events.expiry_day, self.events.flip_day] {
+            w.varint(day.map_or(0, |d| u64::from(d) + 1));
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Counts, Truncated> {
+        Ok(Counts {
+            profiles: r.varint()?,
+            entries: r.varint()?,
+            customer: r.u8()? != 0,
+            events: Events {
+                expiry_day: crate::profile::day(r)?,
+                flip_day: crate::profile::day(r)?,
+            },
+        })
+    }
+
     pub fn add(&mut self, other: &Counts) {
         let earliest = |a: Option<u32>, b: Option<u32>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -112,26 +134,14 @@ impl<'a> BlockIndex<'a> {
         for _ in 0..n {
             let len = usize_of(&mut r)?;
             let hash = r.u64()?;
-            let profiles = r.varint()?;
-            let entries = r.varint()?;
-            let customer = r.u8()? != 0;
-            let expiry_day = crate::profile::day(&mut r)?;
-            let flip_day = crate::profile::day(&mut r)?;
+            let counts = Counts::read(&mut r)?;
             let first_key = r.short_bytes()?;
             blocks.push(Block {
                 start,
                 len,
                 hash,
                 first_key,
-                counts: Counts {
-                    profiles,
-                    entries,
-                    customer,
-                    events: Events {
-                        expiry_day,
-                        flip_day,
-                    },
-                },
+                counts,
             });
             start = start
                 .checked_add(len)
@@ -149,6 +159,139 @@ impl<'a> BlockIndex<'a> {
         self.blocks
             .partition_point(|b| b.first_key <= key)
             .saturating_sub(1)
+    }
+}
+
+/// What a profile partition's delta changes of its base's block counts
+/// ([`crate::profile::delta_counts_name`], beside the delta): for each block of the base
+/// whose profiles, with the delta laid over them, count otherwise than the index says, what
+/// they count. A key belongs to the block [`BlockIndex::block_of`] gives, so the delta's new
+/// profiles count in the block they would fall in.
+///
+/// With it, a delta night reads a block only for tonight's lines or a due event, not for the
+/// delta's records in it (which it copies), and a block whose due profile the delta already
+/// holds changed is no longer due. It names the delta it was made with (its checksum) and
+/// the base's length and block count: one that does not match them (left beside a delta that
+/// an older segmill rewrote) is not used.
+///
+/// ```text
+/// u64 xxh3-64 of the delta | varint base length | varint base blocks | varint changed blocks |
+///   per changed block, ascending: varint its number less the previous one's | counts as in
+///   the block index
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeltaCounts {
+    pub delta_hash: u64,
+    pub base_len: usize,
+    pub blocks: usize,
+    /// (block, what it counts with the delta), ascending by block.
+    pub changed: Vec<(usize, Counts)>,
+}
+
+impl DeltaCounts {
+    /// Of `counts` (each block's, with `delta` laid over the base of `index`), those that
+    /// differ from the index's.
+    pub fn new(index: &BlockIndex<'_>, delta: &[u8], counts: &[Counts]) -> DeltaCounts {
+        DeltaCounts {
+            delta_hash: xxhash_rust::xxh3::xxh3_64(delta),
+            base_len: index.base_len,
+            blocks: index.blocks.len(),
+            changed: index
+                .blocks
+                .iter()
+                .zip(counts)
+                .enumerate()
+                .filter(|(_, (b, c))| b.counts != **c)
+                .map(|(i, (_, c))| (i, *c))
+                .collect(),
+        }
+    }
+
+    /// Whether it was made for `delta` over the base of `index`.
+    pub fn fits(&self, index: &BlockIndex<'_>, delta: &[u8]) -> bool {
+        self.base_len == index.base_len
+            && self.blocks == index.blocks.len()
+            && self.delta_hash == xxhash_rust::xxh3::xxh3_64(delta)
+    }
+
+    /// Each block's counts: the index's, but where this says otherwise.
+    pub fn apply(&self, index: &BlockIndex<'_>) -> Vec<Counts> {
+        let mut counts: Vec<Counts> = index.blocks.iter().map(|b| b.counts).collect();
+        for &(i, c) in &self.changed {
+            if let Some(slot) = counts.get_mut(i) {
+                *slot = c;
+            }
+        }
+        counts
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u64(self.delta_hash);
+        w.varint(self.base_len as u64);
+        w.varint(self.blocks as u64);
+        w.varint(self.changed.len() as u64);
+        let mut previous = 0;
+        for (i, c) in &self.changed {
+            w.varint((i - previous) as u64);
+            c.write(&mut w);
+            previous = *i;
+        }
+        w.buf
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<DeltaCounts, Truncated> {
+        let mut r = Reader::new(payload);
+        let delta_hash = r.u64()?;
+        let base_len = usize_of(&mut r)?;
+        let blocks = usize_of(&mut r)?;
+        let n = usize_of(&mut r)?;
+        // Each entry takes at least 6 bytes: a lying count cannot reserve much.
+        let mut changed = Vec::with_capacity(n.min(r.remaining() / 6));
+        let mut previous: Option<usize> = None;
+        for _ in 0..n {
+            let at = r.offset();
+            let gap = usize_of(&mut r)?;
+            // Ascending, and each a block of the base.
+            let block = match previous {
+                None => Some(gap),
+                Some(p) => p.checked_add(gap).filter(|_| gap > 0),
+            }
+            .filter(|&b| b < blocks)
+            .ok_or(Truncated { offset: at })?;
+            changed.push((block, Counts::read(&mut r)?));
+            previous = Some(block);
+        }
+        if !r.is_empty() {
+            return Err(Truncated { offset: r.offset() });
+        }
+        Ok(DeltaCounts {
+            delta_hash,
+            base_len,
+            blocks,
+            changed,
+        })
+    }
+}
+
+/// [`BlockIndex::block_of`] for keys that come in ascending order: a step forward each
+/// instead of a search.
+#[derive(Debug, Default)]
+pub struct BlockCursor {
+    block: usize,
+}
+
+impl BlockCursor {
+    /// The block of `key`, no earlier than the last key's.
+    pub fn of(&mut self, index: &BlockIndex<'_>, key: &[u8]) -> usize {
+        while index
+            .blocks
+            .get(self.block + 1)
+            .is_some_and(|b| b.first_key <= key)
+        {
+            self.block += 1;
+        }
+        self.block
     }
 }
 
@@ -192,12 +335,7 @@ impl Indexer {
         let w = &mut self.blocks;
         w.varint(self.block.len() as u64);
         w.u64(xxhash_rust::xxh3::xxh3_64(&self.block));
-        w.varint(self.counts.profiles);
-        w.varint(self.counts.entries);
-        w.u8(u8::from(self.counts.customer));
-        for day in [self.counts.events.expiry_day, self.counts.events.flip_day] {
-            w.varint(day.map_or(0, |d| u64::from(d) + 1));
-        }
+        self.counts.write(w);
         w.short_bytes(&self.first_key);
         self.count += 1;
         self.len += self.block.len();
@@ -312,5 +450,60 @@ mod tests {
         longer.buf.extend_from_slice(&payload[r.offset()..]);
         assert!(BlockIndex::decode(&longer.buf).is_err());
         assert!(Indexer::default().finish().is_empty());
+    }
+
+    #[test]
+    fn delta_counts_list_the_blocks_that_differ_and_fit_only_their_delta() {
+        let (_, payload) = base(3000);
+        let index = BlockIndex::decode(&payload).unwrap();
+        let n = index.blocks.len();
+        let mut counts: Vec<Counts> = index.blocks.iter().map(|b| b.counts).collect();
+        counts[2].entries += 1;
+        counts[n - 1] = Counts::default();
+        counts[7].events.expiry_day = Some(9999);
+        let delta = b"the delta".as_slice();
+        let made = DeltaCounts::new(&index, delta, &counts);
+        let listed: Vec<usize> = made.changed.iter().map(|&(i, _)| i).collect();
+        assert_eq!(listed, [2, 7, n - 1]);
+        assert_eq!(made.apply(&index), counts);
+        let encoded = made.encode();
+        assert_eq!(DeltaCounts::decode(&encoded).unwrap(), made);
+        assert!(made.fits(&index, delta));
+        assert!(!made.fits(&index, b"another delta"));
+        // Nothing changed still says so (and which delta it is of).
+        let unchanged: Vec<Counts> = index.blocks.iter().map(|b| b.counts).collect();
+        let same = DeltaCounts::new(&index, delta, &unchanged);
+        assert!(same.changed.is_empty());
+        assert!(
+            DeltaCounts::decode(&same.encode())
+                .unwrap()
+                .fits(&index, delta)
+        );
+        // Cut short, trailing bytes, blocks out of order or past the base: errors.
+        assert!(DeltaCounts::decode(&encoded[..encoded.len() - 1]).is_err());
+        assert!(DeltaCounts::decode(&[encoded.as_slice(), &[0]].concat()).is_err());
+        let unordered = DeltaCounts {
+            changed: vec![(3, Counts::default()), (3, Counts::default())],
+            ..made.clone()
+        };
+        assert!(DeltaCounts::decode(&unordered.encode()).is_err());
+        let past = DeltaCounts {
+            changed: vec![(n, Counts::default())],
+            ..made.clone()
+        };
+        assert!(DeltaCounts::decode(&past.encode()).is_err());
+    }
+
+    #[test]
+    fn a_cursor_gives_each_ascending_key_its_block() {
+        let (base, payload) = base(3000);
+        let index = BlockIndex::decode(&payload).unwrap();
+        let mut cursor = BlockCursor::default();
+        let mut r = Reader::new(&base);
+        assert_eq!(cursor.of(&index, b""), 0);
+        while let Some(stored) = next_or_end(&mut r).unwrap() {
+            assert_eq!(cursor.of(&index, stored.key), index.block_of(stored.key));
+        }
+        assert_eq!(cursor.of(&index, &[0xff; 8]), index.blocks.len() - 1);
     }
 }

@@ -155,8 +155,9 @@ pub fn stats(config: &Config) -> anyhow::Result<String> {
     let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
     let mut mappings: BTreeMap<(String, Dpid), u64> = BTreeMap::new();
     for (name, _) in g.files() {
-        // Block indexes hold nothing to count.
-        if name.ends_with(crate::state::INDEX_SUFFIX) {
+        // Block indexes and a delta's block counts hold nothing to count.
+        if name.ends_with(crate::state::INDEX_SUFFIX) || name.ends_with(crate::state::COUNTS_SUFFIX)
+        {
             continue;
         }
         // Each partition once, with its delta.

@@ -851,6 +851,14 @@ impl Night<'_> {
             index => index,
         };
         let delta = delta.unwrap_or_default();
+        let counts_name = crate::profile::delta_counts_name(p);
+        let counts_bytes = self.parent_file(&counts_name)?;
+        // One that does not fit the delta is not used (see `DeltaCounts`).
+        let counts = counts_bytes
+            .as_deref()
+            .map(crate::blocks::DeltaCounts::decode)
+            .transpose()
+            .map_err(|e| anyhow!("the block counts of profile partition {name}'s delta: {e}"))?;
         let ops: usize = refs.iter().map(|b| b.ops.len()).sum();
         // About 64 bytes a line, for a changed or new profile.
         let Some(limit) =
@@ -862,6 +870,7 @@ impl Night<'_> {
             base.bytes(),
             delta,
             index.as_ref(),
+            counts.as_ref(),
             refs,
             ctx,
             limit,
@@ -877,6 +886,11 @@ impl Night<'_> {
         // A base read whole for want of an index has one from now on.
         if let Some(index) = out.index.take() {
             staged.write(&crate::profile::index_name(p), &index)?;
+        }
+        if let Some(new) = out.delta_counts.take()
+            && new != counts_bytes.unwrap_or_default()
+        {
+            staged.write(&counts_name, &new)?;
         }
         Ok(Some(out))
     }
@@ -938,8 +952,12 @@ impl Night<'_> {
                 // carried over).
                 staged.write(&crate::profile::index_name(p), &sink.index.finish())?;
                 if delta.is_some() {
-                    // Written empty: the parent's delta is not carried over.
+                    // Written empty: the parent's delta is not carried over, nor its counts.
                     staged.write(&delta_name, &[])?;
+                    let counts_name = crate::profile::delta_counts_name(p);
+                    if self.parent_file(&counts_name)?.is_some() {
+                        staged.write(&counts_name, &[])?;
+                    }
                 }
             }
             return Ok(Some(out));

@@ -1658,6 +1658,16 @@ fn profile_deltas_change_no_output() {
             assert!(!current(&without).join(&delta).exists());
         }
         assert!(!current(&with).join("members/7002/part-0000.delta").exists());
+        // The profile delta's block counts come and go with it (`state verify` above checked
+        // them against the blocks).
+        assert_eq!(
+            current(&with)
+                .join("profiles/part-0000.delta.counts")
+                .exists(),
+            (1..4).contains(&night),
+            "night {}",
+            night + 1
+        );
         // The base's block index, written with it and carried over with it.
         for env in [&with, &without] {
             assert!(current(env).join("profiles/part-0000.index").exists());

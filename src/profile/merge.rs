@@ -15,7 +15,7 @@ use super::{
 };
 #[cfg(test)]
 use super::{decode, next_stored};
-use crate::blocks::{BlockIndex, Counts};
+use crate::blocks::{BlockIndex, Counts, DeltaCounts};
 use crate::codec::{Reader, Truncated, Writer};
 use crate::idsync::index::prefetch_read;
 use crate::idsync::store::id_prefix;
@@ -105,6 +105,11 @@ pub struct PartOut {
     /// base, which it read whole.
     #[serde(skip)]
     pub index: Option<Vec<u8>>,
+    /// From [`merge_partition_delta`]: the new delta's block counts
+    /// ([`crate::blocks::DeltaCounts`], encoded), empty when the delta is, `None` when the
+    /// base has no block index to count by.
+    #[serde(skip)]
+    pub delta_counts: Option<Vec<u8>>,
 }
 
 /// How many bytes of [`PartOut::changes`] a partition of `stored_bytes` keeps: about 30 bytes
@@ -537,13 +542,19 @@ pub fn merge_partition_into(
 /// Only what the delta holds and what changes tonight is written; the base's quiet profiles
 /// are read (their headers) and counted but not copied. `None` once the new delta passes
 /// `limit` bytes (see [`crate::state::delta_limit`]): the partition is then better merged
-/// whole, over
-/// [`super::overlay`] of the two. `passed` hears how far into the base the merge has read.
+/// whole, over [`super::overlay`] of the two. `passed` hears how far into the base the merge
+/// has read.
+///
+/// With the base's block `index`, only the blocks that tonight's lines or a due event fall in
+/// are read, and the others counted from the index; the delta's records fall in blocks that
+/// are read too unless `delta_counts` (when it fits the delta) says what those blocks count.
+/// The new delta's counts are in [`PartOut::delta_counts`].
 #[allow(clippy::too_many_arguments)]
 pub fn merge_partition_delta(
     base: &[u8],
     delta: &[u8],
     index: Option<&BlockIndex<'_>>,
+    delta_counts: Option<&DeltaCounts>,
     ops: &[&OpBuf],
     ctx: &MergeCtx<'_>,
     limit: usize,
@@ -551,14 +562,40 @@ pub fn merge_partition_delta(
 ) -> Result<Option<PartOut>, MergeError> {
     let night = Night { bufs: ops };
     let refs = night.sorted();
-    let mut layers = match index {
+    // Per block of the base: what it counts with the delta, and whether it is read.
+    let plan = match index.filter(|i| !i.blocks.is_empty()) {
         Some(index) => {
-            let touched = touched_blocks(index, delta, night, &refs, ctx)?;
-            Overlaid::with_blocks(base, delta, index, touched)?
+            let fitting = delta_counts.filter(|c| c.fits(index, delta));
+            let counts = match fitting {
+                Some(c) => c.apply(index),
+                None => index.blocks.iter().map(|b| b.counts).collect(),
+            };
+            // Without counts that fit, the delta's records are counted where they are read.
+            let unknown = if fitting.is_some() { &[][..] } else { delta };
+            let touched = touched_blocks(index, &counts, unknown, night, &refs, ctx)?;
+            Some((index, counts, touched))
+        }
+        None => None,
+    };
+    let mut layers = match &plan {
+        Some((index, counts, touched)) => {
+            Overlaid::with_blocks(base, delta, index, touched, counts)?
         }
         // A base without an index gets one, built as it is read through.
-        None => Overlaid::indexing(base, delta)?,
+        None if index.is_none() => Overlaid::indexing(base, delta)?,
+        None => Overlaid::new(base, delta)?,
     };
+    // What each block counts tonight: a block not read as it did; a read one as the walk
+    // finds it.
+    let mut new_counts: Vec<Counts> = match &plan {
+        Some((_, counts, touched)) => counts
+            .iter()
+            .zip(touched)
+            .map(|(c, &read)| if read { Counts::default() } else { *c })
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut cursor = crate::blocks::BlockCursor::default();
     let mut out = PartOut::new(ctx);
     let mut work = Work::new(ctx, base.len() + delta.len());
     let mut w = Writer::default();
@@ -572,23 +609,50 @@ pub fn merge_partition_delta(
         else {
             break;
         };
+        // The key's block, when the base has an index, and whether it was read.
+        let (block, read) = match &plan {
+            Some((index, _, touched)) => {
+                let b = cursor.of(index, key);
+                (Some(b), touched[b])
+            }
+            None => (None, true),
+        };
+        let mut counted = |c: &Counts| {
+            if let Some(slot) = block.and_then(|b| new_counts.get_mut(b)) {
+                slot.add(c);
+            }
+        };
         let quiet = layer.filter(|_| !with_ops).and_then(|l| match l.stored {
             // A tombstone without a line tonight stays one.
             None => Some(l),
             Some(o) => (ctx.trust_events && o.events.quiet_at(ctx.as_of)).then_some(l),
         });
         if let Some(l) = quiet {
-            if let Some(o) = l.stored {
-                out.count(&Counts::of(&o));
+            // A block not read is counted whole, with the delta's records in it.
+            if let Some(o) = l.stored.filter(|_| read) {
+                let c = Counts::of(&o);
+                out.count(&c);
+                counted(&c);
             }
             // What the delta held of it, it still holds; the base keeps the rest.
             w.buf.extend_from_slice(l.delta_raw.unwrap_or_default());
         } else {
+            if !read {
+                // Its base profile was not read: the counts that let it go unread are wrong.
+                let at = plan
+                    .as_ref()
+                    .zip(block)
+                    .map_or(0, |((index, ..), b)| index.blocks[b].start);
+                return Err(Unreadable::Counts(at).into());
+            }
             let mark = w.buf.len();
             let stored = layer.and_then(|l| l.stored);
-            let (changed, _) = work.merge(
+            let (changed, counts) = work.merge(
                 key, stored, with_ops, night, &refs, &mut j, ctx, &mut out, &mut w,
             )?;
+            if let Some(c) = counts {
+                counted(&c);
+            }
             let in_base = layer.is_some_and(|l| l.in_base);
             if changed && w.buf.len() == mark && in_base {
                 // Dropped: the base's profile must not show through.
@@ -614,29 +678,43 @@ pub fn merge_partition_delta(
     passed(base.len());
     // The blocks not read, counted from the index.
     out.count(&layers.skipped());
+    out.index = layers.take_index();
+    // The new delta's block counts: none for an empty delta (it is dropped).
+    out.delta_counts = Some(if w.buf.is_empty() {
+        Vec::new()
+    } else if let Some((index, ..)) = &plan {
+        DeltaCounts::new(index, &w.buf, &new_counts).encode()
+    } else if let Some(built) = out.index.as_ref().filter(|i| !i.is_empty()) {
+        // The base was read whole for want of an index: count it again by the new one.
+        let index = BlockIndex::decode(built)?;
+        let counts = super::overlay_counts(&index, base, &w.buf)?;
+        DeltaCounts::new(&index, &w.buf, &counts).encode()
+    } else {
+        Vec::new()
+    });
     if w.buf != delta {
         out.rewritten = true;
         out.payload = Some(w.buf);
     }
-    out.index = layers.take_index();
     out.take_samples(work.scratch);
     Ok(Some(out))
 }
 
 /// Which of `index`'s blocks a merge over its base must read: those that a line of tonight
-/// (`refs`) or a record of the `delta` falls in, and those where a profile can change by the
-/// clock (all of them when the stored events are not to be trusted).
+/// (`refs`) or a record of `unknown` (a delta without counts that fit it) falls in, and those
+/// where a profile can change by the clock by `counts` (every block when the stored events are
+/// not to be trusted).
 fn touched_blocks(
     index: &BlockIndex<'_>,
-    delta: &[u8],
+    counts: &[Counts],
+    unknown: &[u8],
     night: Night<'_>,
     refs: &[OpRef],
     ctx: &MergeCtx<'_>,
 ) -> Result<Vec<bool>, Truncated> {
-    let mut touched: Vec<bool> = index
-        .blocks
+    let mut touched: Vec<bool> = counts
         .iter()
-        .map(|b| !(ctx.trust_events && b.counts.events.quiet_at(ctx.as_of)))
+        .map(|c| !(ctx.trust_events && c.events.quiet_at(ctx.as_of)))
         .collect();
     if touched.is_empty() {
         return Ok(touched);
@@ -644,7 +722,7 @@ fn touched_blocks(
     for &r in refs {
         touched[index.block_of(night.key(r))] = true;
     }
-    let mut r = Reader::new(delta);
+    let mut r = Reader::new(unknown);
     while let Some(d) = next_or_end(&mut r)? {
         touched[index.block_of(d.key)] = true;
     }
@@ -679,6 +757,7 @@ impl PartOut {
             changes: ctx.keep_changes.then(Vec::new),
             rewritten: false,
             index: None,
+            delta_counts: None,
         }
     }
 
@@ -1326,8 +1405,9 @@ mod tests {
         })
     }
 
-    /// Merges `bufs` into `base` under `delta`, without and with the base's block index, and
-    /// checks that both give the same; returns the merge and the offsets it said it passed.
+    /// Merges `bufs` into `base` under `delta` without the base's block index, with it, and
+    /// with it and the delta's block counts, and checks that all three give the same night and
+    /// the new delta's right block counts; returns the merge and the offsets it said it passed.
     fn merge_over(
         base: &[u8],
         delta: &[u8],
@@ -1335,30 +1415,42 @@ mod tests {
         ctx: &MergeCtx<'_>,
     ) -> (PartOut, Vec<usize>) {
         let mut passed = Vec::new();
-        let out = merge_partition_delta(base, delta, None, bufs, ctx, usize::MAX, &mut |at| {
-            passed.push(at)
-        })
-        .unwrap()
-        .unwrap();
+        let run = |index: Option<&BlockIndex<'_>>,
+                   counts: Option<&DeltaCounts>,
+                   passed: &mut dyn FnMut(usize)| {
+            merge_partition_delta(base, delta, index, counts, bufs, ctx, usize::MAX, passed)
+                .unwrap()
+                .unwrap()
+        };
+        let out = run(None, None, &mut |at| passed.push(at));
         let index = crate::blocks::index_of(base);
         // Read whole, the base got its index.
         assert_eq!(out.index.as_deref(), Some(index.as_slice()));
         let index = (!index.is_empty()).then(|| BlockIndex::decode(&index).unwrap());
-        let indexed = merge_partition_delta(
-            base,
-            delta,
-            index.as_ref(),
-            bufs,
-            ctx,
-            usize::MAX,
-            &mut |_| {},
-        )
-        .unwrap()
-        .unwrap();
-        assert_same_night(&indexed, &out);
-        assert_eq!(indexed.rewritten, out.rewritten);
-        assert_eq!(indexed.payload, out.payload);
+        let new_delta = out.payload.as_deref().unwrap_or(delta);
+        assert_eq!(out.delta_counts, Some(counts_of(base, new_delta)));
+        let indexed = run(index.as_ref(), None, &mut |_| {});
+        let counts = DeltaCounts::decode(&counts_of(base, delta)).ok();
+        let counted = run(index.as_ref(), counts.as_ref(), &mut |_| {});
+        for other in [&indexed, &counted] {
+            assert_same_night(other, &out);
+            assert_eq!(other.rewritten, out.rewritten);
+            assert_eq!(other.payload, out.payload);
+            assert_eq!(other.delta_counts, out.delta_counts);
+        }
         (out, passed)
+    }
+
+    /// The block counts of `delta` over `base` (encoded; empty for an empty delta or base), by
+    /// the reference count.
+    fn counts_of(base: &[u8], delta: &[u8]) -> Vec<u8> {
+        let index = crate::blocks::index_of(base);
+        if delta.is_empty() || index.is_empty() {
+            return Vec::new();
+        }
+        let index = BlockIndex::decode(&index).unwrap();
+        let counts = super::super::overlay_counts(&index, base, delta).unwrap();
+        DeltaCounts::new(&index, delta, &counts).encode()
     }
 
     /// Merges `bufs` into `old` through a recording sink, through [`merge_partition`] and over
@@ -1474,6 +1566,7 @@ mod tests {
                         base,
                         &[],
                         Some(&index),
+                        None,
                         bufs,
                         ctx,
                         usize::MAX,
@@ -1507,6 +1600,115 @@ mod tests {
     }
 
     #[test]
+    fn with_its_block_counts_a_delta_does_not_make_its_blocks_read() {
+        const DAY: i64 = 86_400;
+        let w = world();
+        let uuid = |n: u128| format!("{n:038}");
+        let key = |n: u128| ProfileKey::Uuid(Uuid(n * 7919)).encode();
+        // Trait 25 lasts 120 days; profile 50 also has trait 27, which lasts a day.
+        let text: String = (0..200u128)
+            .map(|n| {
+                let extra = if n == 50 { ",d_sid=27" } else { "" };
+                format!("{}\td_sid=25{extra}\n", uuid(n * 7919))
+            })
+            .collect();
+        let base = merge(&w, None, &[(&text, false, 21)], 1000)
+            .payload
+            .unwrap();
+        let index_bytes = crate::blocks::index_of(&base);
+        let index = BlockIndex::decode(&index_bytes).unwrap();
+        let [a, b, c] = [50, 150, 180].map(|n| index.block_of(&key(n)));
+        assert!(a != b && b != c && a != c, "{a} {b} {c}");
+        let night =
+            |line: &str, day: i64, delta: &[u8], base: &[u8], counts: Option<&DeltaCounts>| {
+                night_of(
+                    &w,
+                    &[(line, false, 21)],
+                    day * DAY + 1000,
+                    Some((day - 1) * DAY + 1000),
+                    true,
+                    |bufs, ctx| {
+                        merge_partition_delta(
+                            base,
+                            delta,
+                            Some(&index),
+                            counts,
+                            bufs,
+                            ctx,
+                            usize::MAX,
+                            &mut |_| {},
+                        )
+                    },
+                )
+            };
+        // Night 2: profile 50's trait 27 expires (its block is due) and profile 150 gets a
+        // trait, so both go to the delta.
+        let line2 = format!("{}\td_sid=25\n", uuid(150 * 7919));
+        let two = night(&line2, 2, &[], &base, None).unwrap().unwrap();
+        assert_eq!(two.changed_profiles, 2);
+        let delta = two.payload.clone().unwrap();
+        let counts = DeltaCounts::decode(two.delta_counts.as_deref().unwrap()).unwrap();
+        assert_eq!(two.delta_counts, Some(counts_of(&base, &delta)));
+        // Block b counts as it did (a trait realized again moves no count: its block's
+        // earliest expiry is another profile's), so only block a is listed.
+        let changed: Vec<usize> = counts.changed.iter().map(|&(i, _)| i).collect();
+        assert_eq!(changed, [a]);
+        let mut r = Reader::new(&delta);
+        let in_delta: Vec<usize> = std::iter::from_fn(|| next_or_end(&mut r).unwrap())
+            .map(|p| index.block_of(p.key))
+            .collect();
+        assert_eq!(in_delta, [a, b]);
+        // Block a is no longer due: its profile's trait 27 is gone.
+        let now = counts.apply(&index);
+        assert!(now[a].events.quiet_at(100 * DAY), "{:?}", now[a]);
+        assert!(!index.blocks[a].counts.events.quiet_at(3 * DAY));
+
+        // Night 3 touches block c alone. With the counts, nothing else is read: every other
+        // block damaged, the night is the same as over the intact base.
+        let line3 = format!("{}\td_sid=25\n", uuid(180 * 7919));
+        let clean = night(&line3, 3, &delta, &base, None).unwrap().unwrap();
+        assert_eq!(clean.profiles, 200);
+        let mut damaged = base.clone();
+        for (i, block) in index.blocks.iter().enumerate() {
+            if i != c {
+                damaged[block.start] ^= 0xff;
+            }
+        }
+        let read = night(&line3, 3, &delta, &damaged, Some(&counts))
+            .unwrap()
+            .unwrap();
+        assert_same_night(&read, &clean);
+        assert_eq!(read.payload, clean.payload);
+        assert_eq!(read.delta_counts, clean.delta_counts);
+        let new_delta = clean.payload.as_deref().unwrap();
+        assert_eq!(clean.delta_counts, Some(counts_of(&base, new_delta)));
+        // Without them, or with counts of another delta, the delta's blocks are read.
+        let stale = DeltaCounts {
+            delta_hash: counts.delta_hash ^ 1,
+            ..counts.clone()
+        };
+        for counts in [None, Some(&stale)] {
+            let err = night(&line3, 3, &delta, &damaged, counts).unwrap_err();
+            assert!(
+                matches!(err, MergeError::Stored(Unreadable::Block(o)) if o == index.blocks[a].start),
+                "{err}"
+            );
+        }
+        // Counts that call a block quiet when a delta profile in it is due are an error, not
+        // a profile left unexpired.
+        let lying = DeltaCounts::new(
+            &index,
+            &delta,
+            &vec![crate::blocks::Counts::default(); index.blocks.len()],
+        );
+        let err = night(&line3, 200, &delta, &base, Some(&lying)).unwrap_err();
+        assert!(
+            matches!(err, MergeError::Stored(Unreadable::Counts(o)) if o == index.blocks[a].start),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_delta_past_its_limit_gives_up() {
         let w = world();
         let line = format!("{U}\td_sid=24,d_sid=25\n");
@@ -1523,7 +1725,7 @@ mod tests {
                 Some(1000),
                 true,
                 |bufs, ctx| {
-                    merge_partition_delta(&base, &delta, None, bufs, ctx, limit, &mut |_| {})
+                    merge_partition_delta(&base, &delta, None, None, bufs, ctx, limit, &mut |_| {})
                         .unwrap()
                 },
             )

@@ -113,6 +113,12 @@ pub fn delta_name(part: u32) -> String {
     part_name(part) + crate::state::DELTA_SUFFIX
 }
 
+/// The state-relative name of what a profile partition's delta changes of its base's block
+/// counts ([`crate::blocks::DeltaCounts`]).
+pub fn delta_counts_name(part: u32) -> String {
+    delta_name(part) + crate::state::COUNTS_SUFFIX
+}
+
 /// Writes a delta's tombstone for `key`: a profile without entries, which a stored partition
 /// never holds (a profile without traits is dropped).
 pub fn encode_tombstone(w: &mut Writer, key: &[u8]) {
@@ -142,6 +148,11 @@ pub enum Unreadable {
          (edited or damaged)"
     )]
     Block(usize),
+    #[error(
+        "the delta's block counts call the block at byte {0} quiet, but a profile of the delta \
+         in it is not (edited or damaged)"
+    )]
+    Counts(usize),
 }
 
 /// A base and its delta read together in key order: each key once, the delta's record over
@@ -163,7 +174,9 @@ pub struct Overlaid<'a> {
 /// The blocks of the base an [`Overlaid`] steps over, and what they hold.
 struct Skips<'a> {
     blocks: &'a [crate::blocks::Block<'a>],
-    touched: Vec<bool>,
+    touched: &'a [bool],
+    /// Per block, what it counts (with the delta laid over it).
+    counts: &'a [crate::blocks::Counts],
     /// The next block to come to.
     next: usize,
     skipped: crate::blocks::Counts,
@@ -196,16 +209,18 @@ impl<'a> Overlaid<'a> {
 
     /// [`Overlaid::new`] reading only the base's blocks that `touched` marks (by `index`, the
     /// base's block index), each checked against its checksum first, and stepping over the
-    /// others.
+    /// others, which [`skipped`](Self::skipped) adds up from `counts`.
     pub fn with_blocks(
         base: &'a [u8],
         delta: &'a [u8],
         index: &'a crate::blocks::BlockIndex<'a>,
-        touched: Vec<bool>,
+        touched: &'a [bool],
+        counts: &'a [crate::blocks::Counts],
     ) -> Result<Overlaid<'a>, Unreadable> {
         let skips = Skips {
             blocks: &index.blocks,
             touched,
+            counts,
             next: 0,
             skipped: crate::blocks::Counts::default(),
         };
@@ -247,7 +262,9 @@ impl<'a> Overlaid<'a> {
                     block.checked(self.base_bytes).map_err(Unreadable::Block)?;
                     break;
                 }
-                skips.skipped.add(&block.counts);
+                skips
+                    .skipped
+                    .add(skips.counts.get(skips.next - 1).unwrap_or(&block.counts));
                 at += block.len;
                 self.base = Reader::new(&self.base_bytes[at..]);
                 self.base_from = at;
@@ -299,6 +316,25 @@ impl<'a> Overlaid<'a> {
     pub fn base_offset(&self) -> usize {
         self.base_from + self.base.offset() - self.base_head.map_or(0, |b| b.raw.len())
     }
+}
+
+/// What each block of `index` (the block index of `base`) counts with `delta` laid over it,
+/// each key in the block [`crate::blocks::BlockIndex::block_of`] gives: what a delta's
+/// [`crate::blocks::DeltaCounts`] must say.
+pub fn overlay_counts(
+    index: &crate::blocks::BlockIndex<'_>,
+    base: &[u8],
+    delta: &[u8],
+) -> Result<Vec<crate::blocks::Counts>, Unreadable> {
+    let mut counts = vec![crate::blocks::Counts::default(); index.blocks.len()];
+    let mut blocks = crate::blocks::BlockCursor::default();
+    let mut layers = Overlaid::new(base, delta)?;
+    while let Some(l) = layers.next_layer()? {
+        if let (Some(stored), Some(slot)) = (l.stored, counts.get_mut(blocks.of(index, l.key))) {
+            slot.add(&crate::blocks::Counts::of(&stored));
+        }
+    }
+    Ok(counts)
 }
 
 /// The next profile header at `r`, or `None` at its end.

@@ -56,7 +56,9 @@ pub use verify::{Problem, VerifyReport, verify};
 /// - 3: a profile partition may have a delta beside it (`profile::delta_name`): the profiles
 ///   changed since the partition was last written whole, which a night rewrites instead of the
 ///   whole partition while they are few. A state of format 2 is read as it is (its partitions
-///   have no deltas).
+///   have no deltas). Beside a delta there may be its block counts (`profile::delta_counts_name`),
+///   which name the delta they were made with: a segmill that does not write them leaves them
+///   stale when it rewrites the delta, and stale ones are not used, so they need no new format.
 pub const FORMAT_VERSION: u32 = 3;
 
 /// The first format whose stored profiles start with a header (format 2, above): a state of
@@ -93,6 +95,10 @@ pub fn delta_limit(base: usize, delta: usize, growth: usize) -> Option<usize> {
         .min(base / 4);
     (delta.saturating_add(growth) < limit).then_some(limit)
 }
+
+/// What the name of a delta's block counts ([`crate::blocks::DeltaCounts`]) adds to the
+/// delta's.
+pub const COUNTS_SUFFIX: &str = ".counts";
 
 /// Name of the file inside the root that names the current generation.
 const CURRENT: &str = "CURRENT";

@@ -289,11 +289,13 @@ fn check_generation(generation: &Generation, buf: &mut Vec<u8>, report: &mut Ver
 /// that file's length and each of its blocks' checksums (a night reads only some blocks, and
 /// trusts the rest to the index).
 fn check_companions(generation: &Generation, report: &mut VerifyReport) {
-    use crate::state::{DELTA_SUFFIX, INDEX_SUFFIX};
+    use crate::state::{COUNTS_SUFFIX, DELTA_SUFFIX, INDEX_SUFFIX};
     let names: std::collections::BTreeSet<&str> = generation.files().map(|(n, _)| n).collect();
     for &rel in &names {
         let (base, what) = if let Some(base) = rel.strip_suffix(INDEX_SUFFIX) {
             (base, "a block index")
+        } else if let Some(delta) = rel.strip_suffix(COUNTS_SUFFIX) {
+            (delta, "block counts")
         } else if let Some(base) = rel.strip_suffix(DELTA_SUFFIX) {
             (base, "a delta")
         } else {
@@ -305,6 +307,10 @@ fn check_companions(generation: &Generation, report: &mut VerifyReport) {
                 &path,
                 format!("{what} of {base}, which this generation does not hold"),
             );
+            continue;
+        }
+        if rel.ends_with(COUNTS_SUFFIX) {
+            check_delta_counts(generation, rel, base, report);
             continue;
         }
         if !rel.ends_with(INDEX_SUFFIX) {
@@ -339,6 +345,62 @@ fn check_companions(generation: &Generation, report: &mut VerifyReport) {
     }
 }
 
+/// Checks the block counts `rel` of profile delta `delta` against what the delta laid over
+/// its base counts, block by block: a night trusts them for the blocks it does not read. Counts
+/// made for another delta (left by an older segmill) are not used, which is worth a note.
+fn check_delta_counts(generation: &Generation, rel: &str, delta: &str, report: &mut VerifyReport) {
+    let path = generation.dir.join(rel);
+    let Some(base) = delta.strip_suffix(crate::state::DELTA_SUFFIX) else {
+        return;
+    };
+    let index_name = base.to_string() + crate::state::INDEX_SUFFIX;
+    // Unreadable or undecodable files were reported above.
+    let read = |name: &str| generation.read(name).ok().flatten();
+    let (Some(counts), Some(delta_bytes), Some(base_bytes)) = (read(rel), read(delta), read(base))
+    else {
+        return;
+    };
+    let Ok(counts) = crate::blocks::DeltaCounts::decode(&counts) else {
+        return;
+    };
+    let Some(index_bytes) = read(&index_name) else {
+        report.problem(
+            &path,
+            format!("block counts of {base}, which has no block index"),
+        );
+        return;
+    };
+    let Ok(index) = crate::blocks::BlockIndex::decode(&index_bytes) else {
+        return;
+    };
+    if !counts.fits(&index, &delta_bytes) {
+        report.notes.push(format!(
+            "{}: made for another delta of {base} (an older segmill's night); not used, and \
+             replaced by the next night that merges the partition",
+            path.display()
+        ));
+        return;
+    }
+    let Ok(actual) = crate::profile::overlay_counts(&index, &base_bytes, &delta_bytes) else {
+        return;
+    };
+    if let Some(b) = counts
+        .apply(&index)
+        .iter()
+        .zip(&actual)
+        .position(|(said, is)| said != is)
+    {
+        report.problem(
+            &path,
+            format!(
+                "what it says of the block at byte {} of {base} is not what the block holds with \
+                 the delta laid over it",
+                index.blocks[b].start
+            ),
+        );
+    }
+}
+
 /// Why a file's content did not pass.
 enum Content {
     /// It does not decode, or its name is out of range.
@@ -363,7 +425,10 @@ fn check_content(
     let components: Vec<&str> = rel.split('/').collect();
     let (kind, part) = match components.as_slice() {
         ["profiles", part] => {
-            if let Some(base) = part.strip_suffix(crate::state::DELTA_SUFFIX) {
+            let counts = crate::state::DELTA_SUFFIX.to_string() + crate::state::COUNTS_SUFFIX;
+            if let Some(base) = part.strip_suffix(counts.as_str()) {
+                ("profile delta block counts", base)
+            } else if let Some(base) = part.strip_suffix(crate::state::DELTA_SUFFIX) {
                 ("profile delta", base)
             } else if let Some(base) = part.strip_suffix(crate::state::INDEX_SUFFIX) {
                 ("profile block index", base)
@@ -404,6 +469,7 @@ fn check_content(
         "profile block index" | "ID-sync block index" => {
             crate::blocks::BlockIndex::decode(payload).map(drop)
         }
+        "profile delta block counts" => crate::blocks::DeltaCounts::decode(payload).map(drop),
         "ID-sync" => crate::idsync::store::decode(payload).map(drop),
         _ => crate::outbound::export::decode_members(payload).map(drop),
     };
@@ -601,6 +667,82 @@ mod tests {
                         .into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn delta_block_counts_are_checked_against_the_blocks() {
+        let (_tmp, root) = sample();
+        let wtr = next_generation(&root);
+        let mut base = crate::codec::Writer::default();
+        for key in [b"a", b"b", b"c", b"d", b"e"] {
+            crate::profile::encode_into(&mut base, key, Default::default(), &[], &[7]);
+        }
+        let mut delta = crate::codec::Writer::default();
+        crate::profile::encode_tombstone(&mut delta, b"b");
+        let index_bytes = crate::blocks::index_of(&base.buf);
+        let index = crate::blocks::BlockIndex::decode(&index_bytes).unwrap();
+        let right = crate::profile::overlay_counts(&index, &base.buf, &delta.buf).unwrap();
+        let counts = |delta: &[u8], counts: &[crate::blocks::Counts]| {
+            crate::blocks::DeltaCounts::new(&index, delta, counts).encode()
+        };
+        // Partition 0 right; 1 with counts that miss the tombstone; 2 with counts of another
+        // delta; and counts of a delta that is not there.
+        for p in 0..3 {
+            wtr.write(&format!("profiles/part-000{p}"), &base.buf)
+                .unwrap();
+            wtr.write(&format!("profiles/part-000{p}.index"), &index_bytes)
+                .unwrap();
+            wtr.write(&format!("profiles/part-000{p}.delta"), &delta.buf)
+                .unwrap();
+        }
+        let unchanged: Vec<_> = index.blocks.iter().map(|b| b.counts).collect();
+        wtr.write(
+            "profiles/part-0000.delta.counts",
+            &counts(&delta.buf, &right),
+        )
+        .unwrap();
+        wtr.write(
+            "profiles/part-0001.delta.counts",
+            &counts(&delta.buf, &unchanged),
+        )
+        .unwrap();
+        wtr.write(
+            "profiles/part-0002.delta.counts",
+            &counts(b"old", &unchanged),
+        )
+        .unwrap();
+        wtr.write(
+            "profiles/part-0003.delta.counts",
+            &counts(&delta.buf, &right),
+        )
+        .unwrap();
+        let (report, gen3) = commit_and_verify(&root, wtr, 4);
+        assert_ne!(right, unchanged);
+        assert_eq!(
+            report.problems,
+            vec![
+                Problem {
+                    path: gen3.join("profiles/part-0001.delta.counts"),
+                    reason: "what it says of the block at byte 0 of profiles/part-0001 is not \
+                             what the block holds with the delta laid over it"
+                        .into()
+                },
+                Problem {
+                    path: gen3.join("profiles/part-0003.delta.counts"),
+                    reason: "block counts of profiles/part-0003.delta, which this generation \
+                             does not hold"
+                        .into()
+                },
+            ]
+        );
+        assert_eq!(
+            report.notes,
+            vec![format!(
+                "{}: made for another delta of profiles/part-0002 (an older segmill's night); \
+                 not used, and replaced by the next night that merges the partition",
+                gen3.join("profiles/part-0002.delta.counts").display()
+            )]
         );
     }
 
