@@ -952,12 +952,14 @@ impl Night<'_> {
                 // carried over).
                 staged.write(&crate::profile::index_name(p), &sink.index.finish())?;
                 if delta.is_some() {
-                    // Written empty: the parent's delta is not carried over, nor its counts.
+                    // Written empty: the parent's delta is not carried over.
                     staged.write(&delta_name, &[])?;
-                    let counts_name = crate::profile::delta_counts_name(p);
-                    if self.parent_file(&counts_name)?.is_some() {
-                        staged.write(&counts_name, &[])?;
-                    }
+                }
+                // Nor its block counts (there may be some without a delta, left by an older
+                // segmill that folded the delta).
+                let counts_name = crate::profile::delta_counts_name(p);
+                if self.parent_file(&counts_name)?.is_some() {
+                    staged.write(&counts_name, &[])?;
                 }
             }
             return Ok(Some(out));
