@@ -943,8 +943,12 @@ impl Night<'_> {
                 Some(folded) => Some(folded.as_slice()),
                 None => mapped.as_ref().map(crate::state::MappedPayload::bytes),
             };
-            let out = merge_partition_into(old, &refs, ctx, &mut sink)
-                .map_err(|e| anyhow!("profile partition {name}: {e}"))?;
+            let out =
+                merge_partition_into(old, &refs, ctx, &mut sink).map_err(|e| match folded {
+                    // Offsets are in the two laid together.
+                    Some(_) => anyhow!("profile partition {name} with its delta folded in: {e}"),
+                    None => anyhow!("profile partition {name}: {e}"),
+                })?;
             // Unchanged, the parent's files are carried over instead (the stream is dropped).
             if out.rewritten {
                 sink.stream.finish()?;

@@ -502,9 +502,11 @@ pub fn merge_partition_into(
             w.buf.extend_from_slice(&old[quiet_from..start]);
         }
         let mark = w.buf.len();
-        let (changed, counts) = work.merge(
-            key, from_store, with_ops, night, &refs, &mut j, ctx, &mut out, &mut w,
-        )?;
+        let (changed, counts) = work
+            .merge(
+                key, from_store, with_ops, night, &refs, &mut j, ctx, &mut out, &mut w,
+            )
+            .map_err(|t| from_store.map_or(t, |o| super::located(old, o.body, t)))?;
         if let Some(counts) = counts {
             sink.profile(&w.buf[mark..], key, &counts);
         }
@@ -572,7 +574,8 @@ pub fn merge_partition_delta(
             };
             // Without counts that fit, the delta's records are counted where they are read.
             let unknown = if fitting.is_some() { &[][..] } else { delta };
-            let touched = touched_blocks(index, &counts, unknown, night, &refs, ctx)?;
+            let touched = touched_blocks(index, &counts, unknown, night, &refs, ctx)
+                .map_err(Unreadable::Delta)?;
             Some((index, counts, touched))
         }
         None => None,
@@ -647,9 +650,17 @@ pub fn merge_partition_delta(
             }
             let mark = w.buf.len();
             let stored = layer.and_then(|l| l.stored);
-            let (changed, counts) = work.merge(
-                key, stored, with_ops, night, &refs, &mut j, ctx, &mut out, &mut w,
-            )?;
+            let (changed, counts) = work
+                .merge(
+                    key, stored, with_ops, night, &refs, &mut j, ctx, &mut out, &mut w,
+                )
+                .map_err(|t| match stored {
+                    Some(o) if layer.is_some_and(|l| l.delta_raw.is_some()) => {
+                        Unreadable::Delta(super::located(delta, o.body, t))
+                    }
+                    Some(o) => Unreadable::Base(super::located(base, o.body, t)),
+                    None => Unreadable::Truncated(t),
+                })?;
             if let Some(c) = counts {
                 counted(&c);
             }
@@ -1706,6 +1717,105 @@ mod tests {
             matches!(err, MergeError::Stored(Unreadable::Counts(o)) if o == index.blocks[a].start),
             "{err}"
         );
+    }
+
+    #[test]
+    fn errors_say_whether_the_base_or_the_delta_and_where_in_that_file() {
+        let w = world();
+        let uuid = |n: u128| format!("{n:038}");
+        let text: String = (0..200u128)
+            .map(|n| format!("{}\td_sid=25\n", uuid(n * 7919)))
+            .collect();
+        let good = merge(&w, None, &[(&text, false, 21)], 1000)
+            .payload
+            .unwrap();
+        // Profile 150 of the base claims two entries but holds one: its header reads, its body
+        // does not. Its block's checksum is made over those bytes, as a bug would write them.
+        let key150 = ProfileKey::Uuid(Uuid(150 * 7919)).encode();
+        let mut r = Reader::new(&good);
+        let mut at = 0;
+        while let Some(p) = next_or_end(&mut r).unwrap() {
+            if p.key == key150.as_slice() {
+                break;
+            }
+            at = r.offset();
+        }
+        let mut base = good.clone();
+        let count_at = at + 1 + key150.len();
+        assert_eq!(base[count_at], 1);
+        base[count_at] = 2;
+        let index_bytes = crate::blocks::index_of(&base);
+        let index = BlockIndex::decode(&index_bytes).unwrap();
+        assert!(index.block_of(&key150) > 0);
+        // A delta of two profiles, the second cut short.
+        let delta = merge(
+            &w,
+            None,
+            &[(
+                &format!("{}\td_sid=24\n{}\td_sid=24\n", uuid(7919), uuid(3 * 7919)),
+                false,
+                21,
+            )],
+            1000,
+        )
+        .payload
+        .unwrap();
+        let night = |line: &str, base: &[u8], delta: &[u8], index: Option<&BlockIndex<'_>>| {
+            night_of(
+                &w,
+                &[(line, false, 21)],
+                2000,
+                Some(1000),
+                true,
+                |bufs, ctx| {
+                    merge_partition_delta(
+                        base,
+                        delta,
+                        index,
+                        None,
+                        bufs,
+                        ctx,
+                        usize::MAX,
+                        &mut |_| {},
+                    )
+                    .map(drop)
+                },
+            )
+        };
+        let line = format!("{}\td_sid=26\n", uuid(150 * 7919));
+        for index in [None, Some(&index)] {
+            let err = night(&line, &base, &[], index).unwrap_err();
+            let MergeError::Stored(Unreadable::Base(t)) = err else {
+                panic!("{err}");
+            };
+            assert!(t.offset > at && t.offset <= r.offset(), "{t:?} {at}");
+            assert!(
+                err.to_string()
+                    .starts_with("in the base, record truncated at byte ")
+            );
+            let err = night(&line, &good, &delta[..delta.len() - 2], index).unwrap_err();
+            let MergeError::Stored(Unreadable::Delta(t)) = err else {
+                panic!("{err}");
+            };
+            assert!(
+                t.offset > delta.len() / 2 && t.offset <= delta.len(),
+                "{t:?}"
+            );
+        }
+        // The whole merge says where in the partition.
+        let err = night_of(
+            &w,
+            &[(&line, false, 21)],
+            2000,
+            Some(1000),
+            true,
+            |bufs, ctx| merge_partition(Some(&base), bufs, ctx).map(drop),
+        )
+        .unwrap_err();
+        let Unreadable::Truncated(t) = err else {
+            panic!("{err}");
+        };
+        assert!(t.offset > at && t.offset <= r.offset(), "{t:?} {at}");
     }
 
     #[test]

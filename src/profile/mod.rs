@@ -143,6 +143,12 @@ pub struct Layered<'a> {
 pub enum Unreadable {
     #[error(transparent)]
     Truncated(#[from] Truncated),
+    /// Of a partition read as its base and its delta ([`Overlaid`]): which of the two, at an
+    /// offset in that file.
+    #[error("in the base, {0}")]
+    Base(Truncated),
+    #[error("in the delta, {0}")]
+    Delta(Truncated),
     #[error(
         "the block at byte {0} does not match its checksum in the partition's index \
          (edited or damaged)"
@@ -237,7 +243,7 @@ impl<'a> Overlaid<'a> {
             base_bytes: base,
             base: Reader::new(base),
             base_from: 0,
-            delta_head: next_or_end(&mut delta)?,
+            delta_head: next_or_end(&mut delta).map_err(Unreadable::Delta)?,
             delta,
             base_head: None,
             skips,
@@ -270,7 +276,13 @@ impl<'a> Overlaid<'a> {
                 self.base_from = at;
             }
         }
-        let next = next_or_end(&mut self.base)?;
+        // Offsets in the base file, whichever block the reader started at.
+        let from = self.base_from;
+        let next = next_or_end(&mut self.base).map_err(|t| {
+            Unreadable::Base(Truncated {
+                offset: from + t.offset,
+            })
+        })?;
         if let (Some(indexer), Some(stored)) = (&mut self.indexer, next) {
             indexer.push(stored.raw, stored.key, &crate::blocks::Counts::of(&stored));
         }
@@ -303,7 +315,7 @@ impl<'a> Overlaid<'a> {
         if in_base {
             self.base_head = self.next_base()?;
         }
-        self.delta_head = next_or_end(&mut self.delta)?;
+        self.delta_head = next_or_end(&mut self.delta).map_err(Unreadable::Delta)?;
         Ok(Some(Layered {
             key: d.key,
             stored: (!d.is_tombstone()).then_some(d),
@@ -335,6 +347,19 @@ pub fn overlay_counts(
         }
     }
     Ok(counts)
+}
+
+/// `error`, an offset in `part` (a record or its body), as an offset in `file`, the bytes
+/// `part` was cut from (unchanged if it was not).
+pub fn located(file: &[u8], part: &[u8], error: Truncated) -> Truncated {
+    let start = (part.as_ptr() as usize).wrapping_sub(file.as_ptr() as usize);
+    if start <= file.len() && part.len() <= file.len() - start {
+        Truncated {
+            offset: start + error.offset,
+        }
+    } else {
+        error
+    }
 }
 
 /// The next profile header at `r`, or `None` at its end.
