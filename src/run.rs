@@ -554,9 +554,13 @@ impl Night<'_> {
             .into_iter()
             .map(|d| format!("{}/dpid-{d}/", Table::Adobe.dir()))
             .collect();
+        // The mappings, not their block indexes.
         let stored: u64 = g
             .files()
-            .filter(|(name, _)| prefixes.iter().any(|pre| name.starts_with(pre.as_str())))
+            .filter(|(name, _)| {
+                prefixes.iter().any(|pre| name.starts_with(pre.as_str()))
+                    && !name.ends_with(crate::state::INDEX_SUFFIX)
+            })
             .map(|(_, e)| e.size)
             .sum();
         text < stored

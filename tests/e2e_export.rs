@@ -1547,7 +1547,9 @@ fn a_shortened_ttl_expires_traits_of_untouched_profiles() {
 /// A night that changes little of a partition writes a delta beside it: five nights (changes,
 /// a dropped profile and its return, a new profile dropped again, TTL expiries, and a night
 /// that changes every profile, which folds the delta into the partition) give the same
-/// exports, profiles and counts with deltas as without, and the state verifies.
+/// exports, profiles and counts with deltas as without, and the state verifies. The base has
+/// some 50 blocks: after night 2's expiries put records of every block in the delta, the
+/// later nights read only their lines' blocks, by the delta's block counts.
 #[test]
 fn profile_deltas_change_no_output() {
     let catalog = format!(
@@ -1562,7 +1564,8 @@ fn profile_deltas_change_no_output() {
     staged.config(1, &catalog);
     without.config(1, &format!("profile_deltas = false\n{catalog}"));
     let mut day1 = String::new();
-    for n in 0..300u64 {
+    // Enough profiles for some 50 blocks of the partition's base.
+    for n in 0..3000u64 {
         let mut items = vec!["d_sid=11"];
         if n % 3 == 0 {
             items.push("d_sid=13");
@@ -1572,10 +1575,10 @@ fn profile_deltas_change_no_output() {
         }
         day1.push_str(&format!("{}\t{}\n", uuid(n), items.join(",")));
     }
-    let everyone: String = (0..300u64)
+    let everyone: String = (0..3000u64)
         .map(|n| format!("{}\td_sid=13,d_sid=14\n", uuid(n)))
         .collect();
-    let (u1, u2, u3, u5, new) = (uuid(1), uuid(2), uuid(3), uuid(5), uuid(1000));
+    let (u1, u2, u3, u5, new) = (uuid(1), uuid(2), uuid(3), uuid(5), uuid(100_000));
     let nights = [
         (TS1, DAY1, day1),
         (
@@ -1631,7 +1634,16 @@ fn profile_deltas_change_no_output() {
             &snapshot(&without.root().join("out"), |_| false),
             &snapshot(&with.root().join("out"), |_| false),
         );
-        for user in [&u1, &u2, &u3, &u5, &new, &uuid(10), &uuid(299)] {
+        for user in [
+            &u1,
+            &u2,
+            &u3,
+            &u5,
+            &new,
+            &uuid(10),
+            &uuid(1500),
+            &uuid(2999),
+        ] {
             assert_eq!(
                 with.inspect_profile(user, None),
                 without.inspect_profile(user, None),
@@ -1682,5 +1694,5 @@ fn profile_deltas_change_no_output() {
         })
         .collect();
     // Trait 12 of day 1 ran out on night 2, u1's of night 2 on night 3, both through deltas.
-    assert_eq!(expired, [30, 1, 0]);
+    assert_eq!(expired, [300, 1, 0]);
 }
