@@ -5,7 +5,8 @@
 //!
 //! With it, a night that needs a few keys of a large file reads only the blocks they fall in:
 //! a delta merge ([`crate::profile::merge::merge_partition_delta`]) the blocks that tonight's
-//! lines, the delta's profiles or a due event fall in, counting the others from the index; a
+//! lines or a due event fall in, counting the others from the index and the delta's
+//! [`DeltaCounts`] (without those, also the blocks the delta's profiles fall in); a
 //! small night's ID lookups ([`crate::idsync::index::IdIndex::build_wanted`]) the blocks of
 //! the IDs they look up. A block that is read is first checked against its checksum here, so
 //! the file needs no pass over all of it; the index itself is a data file of the generation,
@@ -83,8 +84,9 @@ impl Counts {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        self.profiles += other.profiles;
-        self.entries += other.entries;
+        // Saturating: counts read from a file cannot overflow them.
+        self.profiles = self.profiles.saturating_add(other.profiles);
+        self.entries = self.entries.saturating_add(other.entries);
         self.customer |= other.customer;
         self.events = Events {
             expiry_day: earliest(self.events.expiry_day, other.events.expiry_day),
@@ -117,6 +119,8 @@ impl Block<'_> {
 /// A decoded block index.
 #[derive(Debug)]
 pub struct BlockIndex<'a> {
+    /// The xxh3-64 of the index itself, which covers every block's checksum.
+    pub hash: u64,
     /// The length of the file it indexes.
     pub base_len: usize,
     /// In key order, back to back from offset 0 to `base_len`.
@@ -150,7 +154,11 @@ impl<'a> BlockIndex<'a> {
         if !r.is_empty() || start != base_len {
             return Err(Truncated { offset: r.offset() });
         }
-        Ok(BlockIndex { base_len, blocks })
+        Ok(BlockIndex {
+            hash: xxhash_rust::xxh3::xxh3_64(payload),
+            base_len,
+            blocks,
+        })
     }
 
     /// The block that `key` falls in (the last whose first key is not after it; the first
@@ -170,19 +178,19 @@ impl<'a> BlockIndex<'a> {
 ///
 /// With it, a delta night reads a block only for tonight's lines or a due event, not for the
 /// delta's records in it (which it copies), and a block whose due profile the delta already
-/// holds changed is no longer due. It names the delta it was made with (its checksum) and
-/// the base's length and block count: one that does not match them (left beside a delta that
-/// an older segmill rewrote) is not used.
+/// holds changed is no longer due. It names the delta and the block index it was made with
+/// (their checksums), and is not used with any other.
 ///
 /// ```text
-/// u64 xxh3-64 of the delta | varint base length | varint base blocks | varint changed blocks |
+/// u64 xxh3-64 of the delta | u64 xxh3-64 of the index | varint base blocks |
+///   varint changed blocks |
 ///   per changed block, ascending: varint its number less the previous one's | counts as in
 ///   the block index
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeltaCounts {
     pub delta_hash: u64,
-    pub base_len: usize,
+    pub index_hash: u64,
     pub blocks: usize,
     /// (block, what it counts with the delta), ascending by block.
     pub changed: Vec<(usize, Counts)>,
@@ -194,7 +202,7 @@ impl DeltaCounts {
     pub fn new(index: &BlockIndex<'_>, delta: &[u8], counts: &[Counts]) -> DeltaCounts {
         DeltaCounts {
             delta_hash: xxhash_rust::xxh3::xxh3_64(delta),
-            base_len: index.base_len,
+            index_hash: index.hash,
             blocks: index.blocks.len(),
             changed: index
                 .blocks
@@ -209,7 +217,7 @@ impl DeltaCounts {
 
     /// Whether it was made for `delta` over the base of `index`.
     pub fn fits(&self, index: &BlockIndex<'_>, delta: &[u8]) -> bool {
-        self.base_len == index.base_len
+        self.index_hash == index.hash
             && self.blocks == index.blocks.len()
             && self.delta_hash == xxhash_rust::xxh3::xxh3_64(delta)
     }
@@ -228,7 +236,7 @@ impl DeltaCounts {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.u64(self.delta_hash);
-        w.varint(self.base_len as u64);
+        w.u64(self.index_hash);
         w.varint(self.blocks as u64);
         w.varint(self.changed.len() as u64);
         let mut previous = 0;
@@ -243,7 +251,7 @@ impl DeltaCounts {
     pub fn decode(payload: &[u8]) -> Result<DeltaCounts, Truncated> {
         let mut r = Reader::new(payload);
         let delta_hash = r.u64()?;
-        let base_len = usize_of(&mut r)?;
+        let index_hash = r.u64()?;
         let blocks = usize_of(&mut r)?;
         let n = usize_of(&mut r)?;
         // Each entry takes at least 6 bytes: a lying count cannot reserve much.
@@ -267,7 +275,7 @@ impl DeltaCounts {
         }
         Ok(DeltaCounts {
             delta_hash,
-            base_len,
+            index_hash,
             blocks,
             changed,
         })

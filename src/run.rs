@@ -857,12 +857,12 @@ impl Night<'_> {
         let delta = delta.unwrap_or_default();
         let counts_name = crate::profile::delta_counts_name(p);
         let counts_bytes = self.parent_file(&counts_name)?;
-        // One that does not fit the delta is not used (see `DeltaCounts`).
+        // Counts only save reading blocks: ones that do not decode (which `state verify`
+        // reports) or do not fit the delta and index (see `DeltaCounts`) are not used, and the
+        // night writes new ones.
         let counts = counts_bytes
             .as_deref()
-            .map(crate::blocks::DeltaCounts::decode)
-            .transpose()
-            .map_err(|e| anyhow!("the block counts of profile partition {name}'s delta: {e}"))?;
+            .and_then(|b| crate::blocks::DeltaCounts::decode(b).ok());
         let ops: usize = refs.iter().map(|b| b.ops.len()).sum();
         // About 64 bytes a line, for a changed or new profile.
         let Some(limit) =
@@ -963,10 +963,13 @@ impl Night<'_> {
                     // Written empty: the parent's delta is not carried over.
                     staged.write(&delta_name, &[])?;
                 }
-                // Nor its block counts (there may be some without a delta, left by an older
-                // segmill that folded the delta).
+                // Nor its block counts.
                 let counts_name = crate::profile::delta_counts_name(p);
-                if self.parent_file(&counts_name)?.is_some() {
+                if self
+                    .parent
+                    .as_ref()
+                    .is_some_and(|g| g.manifest.files.contains_key(&counts_name))
+                {
                     staged.write(&counts_name, &[])?;
                 }
             }

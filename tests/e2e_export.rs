@@ -1485,7 +1485,7 @@ fn a_format_1_state_is_read_and_upgraded_by_the_next_run() {
         assert_eq!(out.code, 0, "{args:?}: {out:#?}");
     }
     same(DAY2);
-    assert_eq!(format(&old), 3);
+    assert_eq!(format(&old), 4);
     let tree = |env: &Env| {
         let mut t = snapshot(&env.state(), |rel| {
             rel == "lock" || rel.starts_with("runs/") || rel.starts_with("stage/")
@@ -1542,6 +1542,140 @@ fn a_shortened_ttl_expires_traits_of_untouched_profiles() {
     env.run_ok(DAY4, 0);
     assert_eq!(env.run_report(&run_id(3, DAY4))["expired_traits"], 0);
     assert_eq!(traits_of(&env, &a), [13]);
+}
+
+/// The catalog and nights 1 to 3 of [`a_format_3_state_gets_block_counts`]: 400 profiles in
+/// one partition (some 7 blocks of its base), trait 12 living a day.
+fn format_3_nights() -> (String, [(u64, &'static str, String); 3]) {
+    let catalog = format!(
+        "{}{ONE_TRAIT_SEGMENTS}{}{}",
+        CRM.replace("id = 12\n", "id = 12\nttl_days = 1\n"),
+        plain_iter(7001, &[3001, 3002, 3003]),
+        destination(7002, "s3", &[3001, 3003], "gzip = false\nmode = \"full\""),
+    );
+    let day1: String = (0..400u64)
+        .map(|n| {
+            let mut items = vec!["d_sid=11"];
+            if n % 3 == 0 {
+                items.push("d_sid=13");
+            }
+            if n % 10 == 0 {
+                items.push("d_sid=12");
+            }
+            format!("{}\t{}\n", uuid(n), items.join(","))
+        })
+        .collect();
+    let new = uuid(100_000);
+    let nights = [
+        (TS1, DAY1, day1),
+        (
+            TS2,
+            DAY2,
+            format!(
+                "{}\td_sid=12\n{}\td_unsid=11\n{new}\td_sid=11\n{}\td_sid=14\n",
+                uuid(1),
+                uuid(2),
+                uuid(3)
+            ),
+        ),
+        (
+            TS3,
+            DAY3,
+            format!("{new}\td_unsid=11\n{}\td_sid=13\n", uuid(250)),
+        ),
+    ];
+    (catalog, nights)
+}
+
+/// Writes `tests/fixtures/format-3`: nights 1 and 2 of [`format_3_nights`] run by the
+/// segmill named by `SEGMILL_FORMAT_3_BIN` (the fixture was made by commit 9543a9e's, which
+/// writes format 3: a profile delta without block counts). Only the current generation is
+/// kept.
+#[test]
+#[ignore = "makes the fixture: SEGMILL_FORMAT_3_BIN=<segmill of format 3> cargo test -- --ignored"]
+fn make_format_3_fixture() {
+    let bin = std::env::var("SEGMILL_FORMAT_3_BIN").expect("SEGMILL_FORMAT_3_BIN");
+    let (catalog, nights) = format_3_nights();
+    let env = Env::new();
+    env.config(1, &catalog);
+    for (ts, day, text) in &nights[..2] {
+        env.put(&uuid_file(21, *ts, "sync"), text.as_bytes());
+        let config = env.config_path();
+        let out = Command::new(&bin)
+            .args(["--config", config.to_str().unwrap(), "run", "--as-of", day])
+            .output()
+            .expect("run the format-3 segmill");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-3");
+    let _ = std::fs::remove_dir_all(&fixture);
+    copy_tree(&env.state(), &fixture.join("state"));
+    copy_tree(&env.root().join("out"), &fixture.join("out"));
+    std::fs::remove_dir_all(fixture.join("state/gen-000001")).unwrap();
+    std::fs::remove_file(fixture.join("state/lock")).unwrap();
+}
+
+/// A state of format 3 (`tests/fixtures/format-3`, see [`make_format_3_fixture`]), whose
+/// profile delta has no block counts, is read as it is: its next night reads the delta's
+/// blocks, writes the counts and format 4, and leaves the same exports, profiles and profile
+/// files as nights 1 to 3 of this build.
+#[test]
+fn a_format_3_state_gets_block_counts() {
+    let (catalog, nights) = format_3_nights();
+    let (fresh, old) = (Env::new(), Env::new());
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-3");
+    copy_tree(&fixture.join("state"), &old.state());
+    copy_tree(&fixture.join("out"), &old.root().join("out"));
+    let current = |env: &Env| {
+        let name = read_text(&env.state().join("CURRENT"));
+        env.state()
+            .join(name.split_whitespace().next().expect("a generation"))
+    };
+    let format =
+        |env: &Env| read_json(&current(env).join("manifest.json"))["format_version"].clone();
+    assert_eq!(format(&old), 3);
+    assert!(current(&old).join("profiles/part-0000.delta").exists());
+    assert!(
+        !current(&old)
+            .join("profiles/part-0000.delta.counts")
+            .exists()
+    );
+    for env in [&fresh, &old] {
+        env.config(1, &catalog);
+    }
+    for (ts, day, text) in &nights {
+        for env in [&fresh, &old] {
+            env.put(&uuid_file(21, *ts, "sync"), text.as_bytes());
+        }
+        fresh.run_ok(day, 0);
+    }
+    // The fixture's ledger has nights 1 and 2.
+    old.run_ok(nights[2].1, 0);
+    assert_eq!(format(&old), 4);
+    let verified = old.segmill(&["state", "verify"]);
+    assert_eq!(verified.code, 0, "{verified:#?}");
+    assert_same_tree(
+        "exports",
+        &snapshot(&fresh.root().join("out"), |_| false),
+        &snapshot(&old.root().join("out"), |_| false),
+    );
+    assert_same_tree(
+        "profile files",
+        &snapshot(&current(&fresh).join("profiles"), |_| false),
+        &snapshot(&current(&old).join("profiles"), |_| false),
+    );
+    assert!(
+        current(&old)
+            .join("profiles/part-0000.delta.counts")
+            .exists()
+    );
+    for n in [0, 1, 2, 3, 250, 399, 100_000] {
+        assert_eq!(
+            fresh.inspect_profile(&uuid(n), None),
+            old.inspect_profile(&uuid(n), None),
+            "{n}"
+        );
+    }
 }
 
 /// A night that changes little of a partition writes a delta beside it: five nights (changes,

@@ -106,8 +106,8 @@ pub struct PartOut {
     #[serde(skip)]
     pub index: Option<Vec<u8>>,
     /// From [`merge_partition_delta`]: the new delta's block counts
-    /// ([`crate::blocks::DeltaCounts`], encoded), empty when the delta is, `None` when the
-    /// base has no block index to count by.
+    /// ([`crate::blocks::DeltaCounts`], encoded; empty when the delta is, or the base is
+    /// empty). `None` from the other merges.
     #[serde(skip)]
     pub delta_counts: Option<Vec<u8>>,
 }
@@ -1693,12 +1693,16 @@ mod tests {
         assert_eq!(read.delta_counts, clean.delta_counts);
         let new_delta = clean.payload.as_deref().unwrap();
         assert_eq!(clean.delta_counts, Some(counts_of(&base, new_delta)));
-        // Without them, or with counts of another delta, the delta's blocks are read.
-        let stale = DeltaCounts {
+        // Without them, or with counts of another delta or index, the delta's blocks are read.
+        let of_delta = DeltaCounts {
             delta_hash: counts.delta_hash ^ 1,
             ..counts.clone()
         };
-        for counts in [None, Some(&stale)] {
+        let of_index = DeltaCounts {
+            index_hash: counts.index_hash ^ 1,
+            ..counts.clone()
+        };
+        for counts in [None, Some(&of_delta), Some(&of_index)] {
             let err = night(&line3, 3, &delta, &damaged, counts).unwrap_err();
             assert!(
                 matches!(err, MergeError::Stored(Unreadable::Block(o)) if o == index.blocks[a].start),

@@ -9,6 +9,7 @@
 //!     manifest.json         format version, generation, caller's meta, files with size + checksum
 //!     profiles/part-0007    data files: payload + 24-byte footer (SEGMILL\x01, len, xxh3-64)
 //!     profiles/part-0007.delta   (format 3) what changed in part-0007 since it was written
+//!     profiles/part-0007.delta.counts   (format 4) what the delta changes of the blocks' counts
 //!     ledger                inbound files seen (see `ledger.rs`)
 //!   gen-000013.partial/     a generation being built; never read
 //!   receipts/RUN/  runs/    written by the report stage with `write_atomic`
@@ -56,10 +57,13 @@ pub use verify::{Problem, VerifyReport, verify};
 /// - 3: a profile partition may have a delta beside it (`profile::delta_name`): the profiles
 ///   changed since the partition was last written whole, which a night rewrites instead of the
 ///   whole partition while they are few. A state of format 2 is read as it is (its partitions
-///   have no deltas). Beside a delta there may be its block counts (`profile::delta_counts_name`),
-///   which name the delta they were made with: a segmill that does not write them leaves them
-///   stale when it rewrites the delta, and stale ones are not used, so they need no new format.
-pub const FORMAT_VERSION: u32 = 3;
+///   have no deltas).
+/// - 4: beside a profile delta there may be its block counts (`profile::delta_counts_name`).
+///   A state of format 2 or 3 is read as it is (counts are made on its next delta night). A
+///   format-3 segmill would take the counts for a profile partition in `inspect stats`, and
+///   leave them stale beside a delta it rewrites (stale counts name another delta and are not
+///   used, but it is refused all the same).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The first format whose stored profiles start with a header (format 2, above): a state of
 /// this format or later is in this build's profile layout.
@@ -469,7 +473,7 @@ mod tests {
         );
         let text = String::from_utf8(manifest).unwrap();
         assert!(
-            text.starts_with("{\n  \"format_version\": 3,\n  \"generation\": 1,\n"),
+            text.starts_with("{\n  \"format_version\": 4,\n  \"generation\": 1,\n"),
             "{text}"
         );
         assert!(
@@ -644,7 +648,7 @@ mod tests {
         let path = gen1.dir.join("manifest.json");
         let text = fs::read_to_string(&path)
             .unwrap()
-            .replace("\"format_version\": 3", "\"format_version\": 4");
+            .replace("\"format_version\": 4", "\"format_version\": 5");
         fs::write(&path, &text).unwrap();
         write_atomic(
             &state.root().join(CURRENT),
@@ -656,8 +660,8 @@ mod tests {
             matches!(
                 err,
                 StateError::TooNew {
-                    found: 4,
-                    supported: 3,
+                    found: 5,
+                    supported: 4,
                     ..
                 }
             ),
@@ -665,7 +669,7 @@ mod tests {
         );
         assert!(
             err.to_string()
-                .ends_with("reads at most version 3; upgrade segmill"),
+                .ends_with("reads at most version 4; upgrade segmill"),
             "{err}"
         );
     }

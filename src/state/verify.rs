@@ -302,16 +302,6 @@ fn check_companions(generation: &Generation, report: &mut VerifyReport) {
             continue;
         };
         let path = generation.dir.join(rel);
-        if what == "block counts" && !names.contains(base) {
-            // An older segmill folds a delta without knowing of its counts.
-            report.notes.push(format!(
-                "{}: block counts of {base}, which this generation does not hold (left by an \
-                 older segmill's night); not used, and dropped by the next night that merges \
-                 the partition",
-                path.display()
-            ));
-            continue;
-        }
         if !names.contains(base) {
             report.problem(
                 &path,
@@ -356,8 +346,8 @@ fn check_companions(generation: &Generation, report: &mut VerifyReport) {
 }
 
 /// Checks the block counts `rel` of profile delta `delta` against what the delta laid over
-/// its base counts, block by block: a night trusts them for the blocks it does not read. Counts
-/// made for another delta (left by an older segmill) are not used, which is worth a note.
+/// its base counts, block by block: a night trusts them for the blocks it does not read (and
+/// does not use counts made for another delta or index, which segmill never leaves).
 fn check_delta_counts(generation: &Generation, rel: &str, delta: &str, report: &mut VerifyReport) {
     let path = generation.dir.join(rel);
     let Some(base) = delta.strip_suffix(crate::state::DELTA_SUFFIX) else {
@@ -384,11 +374,13 @@ fn check_delta_counts(generation: &Generation, rel: &str, delta: &str, report: &
         return;
     };
     if !counts.fits(&index, &delta_bytes) {
-        report.notes.push(format!(
-            "{}: made for another delta of {base} (an older segmill's night); not used, and \
-             replaced by the next night that merges the partition",
-            path.display()
-        ));
+        report.problem(
+            &path,
+            format!(
+                "made for another delta or block index of {base} (a night does not use them, \
+                 and writes new ones)"
+            ),
+        );
         return;
     }
     let Ok(actual) = crate::profile::overlay_counts(&index, &base_bytes, &delta_bytes) else {
@@ -729,31 +721,31 @@ mod tests {
         .unwrap();
         let (report, gen3) = commit_and_verify(&root, wtr, 4);
         assert_ne!(right, unchanged);
+        let problem = |p: u32, reason: &str| Problem {
+            path: gen3.join(format!("profiles/part-000{p}.delta.counts")),
+            reason: reason.into(),
+        };
         assert_eq!(
             report.problems,
-            vec![Problem {
-                path: gen3.join("profiles/part-0001.delta.counts"),
-                reason: "what it says of the block at byte 0 of profiles/part-0001 is not \
-                             what the block holds with the delta laid over it"
-                    .into()
-            },]
-        );
-        assert_eq!(
-            report.notes,
             vec![
-                format!(
-                    "{}: made for another delta of profiles/part-0002 (an older segmill's \
-                     night); not used, and replaced by the next night that merges the partition",
-                    gen3.join("profiles/part-0002.delta.counts").display()
+                problem(
+                    1,
+                    "what it says of the block at byte 0 of profiles/part-0001 is not what the \
+                     block holds with the delta laid over it"
                 ),
-                format!(
-                    "{}: block counts of profiles/part-0003.delta, which this generation does \
-                     not hold (left by an older segmill's night); not used, and dropped by the \
-                     next night that merges the partition",
-                    gen3.join("profiles/part-0003.delta.counts").display()
+                problem(
+                    2,
+                    "made for another delta or block index of profiles/part-0002 (a night does \
+                     not use them, and writes new ones)"
+                ),
+                problem(
+                    3,
+                    "block counts of profiles/part-0003.delta, which this generation does not \
+                     hold"
                 ),
             ]
         );
+        assert!(report.notes.is_empty(), "{:?}", report.notes);
     }
 
     #[test]
