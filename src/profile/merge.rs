@@ -1550,42 +1550,64 @@ mod tests {
         (base.buf, delta.buf)
     }
 
+    /// The 38-digit UUID of profile `n` of [`spread_base`].
+    fn spread_uuid(n: u128) -> String {
+        format!("{:038}", n * 7919)
+    }
+
+    /// A partition of 200 profiles merged at time 1000, profile `n` (keyed by
+    /// [`spread_uuid`]) with the items `items(n)`: some 70 blocks of the test block size.
+    fn spread_base(w: &World, items: impl Fn(u128) -> String) -> Vec<u8> {
+        let text: String = (0..200u128)
+            .map(|n| format!("{}\t{}\n", spread_uuid(n), items(n)))
+            .collect();
+        merge(w, None, &[(&text, false, 21)], 1000).payload.unwrap()
+    }
+
+    /// A night of `line` at `as_of` after `previous` over `base` (with its block `index`) and
+    /// `delta` (with its block `counts`), trusting the stored events.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_night(
+        w: &World,
+        line: &str,
+        (as_of, previous): (i64, i64),
+        base: &[u8],
+        index: Option<&BlockIndex<'_>>,
+        delta: &[u8],
+        counts: Option<&DeltaCounts>,
+    ) -> Result<Option<PartOut>, MergeError> {
+        night_of(
+            w,
+            &[(line, false, 21)],
+            as_of,
+            Some(previous),
+            true,
+            |bufs, ctx| {
+                merge_partition_delta(
+                    base,
+                    delta,
+                    index,
+                    counts,
+                    bufs,
+                    ctx,
+                    usize::MAX,
+                    &mut |_| {},
+                )
+            },
+        )
+    }
+
     #[test]
     fn a_merge_over_a_block_index_reads_only_the_blocks_its_night_falls_in() {
         let w = world();
         let uuid = |n: u128| format!("{n:038}");
-        let text: String = (0..200u128)
-            .map(|n| format!("{}\td_sid=24,d_sid=26\n", uuid(n * 7919)))
-            .collect();
-        let base = merge(&w, None, &[(&text, false, 21)], 1000)
-            .payload
-            .unwrap();
+        let base = spread_base(&w, |_| "d_sid=24,d_sid=26".into());
         let index_bytes = crate::blocks::index_of(&base);
         let index = BlockIndex::decode(&index_bytes).unwrap();
         assert!(index.blocks.len() > 20, "{}", index.blocks.len());
         let line = format!("{}\td_sid=25\n", uuid(100 * 7919));
         let touched = index.block_of(&ProfileKey::Uuid(Uuid(100 * 7919)).encode());
-        let run = |base: &[u8]| {
-            night_of(
-                &w,
-                &[(&line, false, 21)],
-                2000,
-                Some(1000),
-                true,
-                |bufs, ctx| {
-                    merge_partition_delta(
-                        base,
-                        &[],
-                        Some(&index),
-                        None,
-                        bufs,
-                        ctx,
-                        usize::MAX,
-                        &mut |_| {},
-                    )
-                },
-            )
-        };
+        let run = |base: &[u8]| delta_night(&w, &line, (2000, 1000), base, Some(&index), &[], None);
         let clean = run(&base).unwrap().unwrap();
         assert_eq!(clean.profiles, 200);
         assert_eq!(clean.changed_profiles, 1);
@@ -1617,40 +1639,22 @@ mod tests {
         let uuid = |n: u128| format!("{n:038}");
         let key = |n: u128| ProfileKey::Uuid(Uuid(n * 7919)).encode();
         // Trait 25 lasts 120 days; profile 50 also has trait 27, which lasts a day.
-        let text: String = (0..200u128)
-            .map(|n| {
-                let extra = if n == 50 { ",d_sid=27" } else { "" };
-                format!("{}\td_sid=25{extra}\n", uuid(n * 7919))
-            })
-            .collect();
-        let base = merge(&w, None, &[(&text, false, 21)], 1000)
-            .payload
-            .unwrap();
+        let base = spread_base(&w, |n| {
+            if n == 50 {
+                "d_sid=25,d_sid=27"
+            } else {
+                "d_sid=25"
+            }
+            .into()
+        });
         let index_bytes = crate::blocks::index_of(&base);
         let index = BlockIndex::decode(&index_bytes).unwrap();
         let [a, b, c] = [50, 150, 180].map(|n| index.block_of(&key(n)));
         assert!(a != b && b != c && a != c, "{a} {b} {c}");
         let night =
             |line: &str, day: i64, delta: &[u8], base: &[u8], counts: Option<&DeltaCounts>| {
-                night_of(
-                    &w,
-                    &[(line, false, 21)],
-                    day * DAY + 1000,
-                    Some((day - 1) * DAY + 1000),
-                    true,
-                    |bufs, ctx| {
-                        merge_partition_delta(
-                            base,
-                            delta,
-                            Some(&index),
-                            counts,
-                            bufs,
-                            ctx,
-                            usize::MAX,
-                            &mut |_| {},
-                        )
-                    },
-                )
+                let at = (day * DAY + 1000, (day - 1) * DAY + 1000);
+                delta_night(&w, line, at, base, Some(&index), delta, counts)
             };
         // Night 2: profile 50's trait 27 expires (its block is due) and profile 150 gets a
         // trait, so both go to the delta.
@@ -1727,12 +1731,7 @@ mod tests {
     fn errors_say_whether_the_base_or_the_delta_and_where_in_that_file() {
         let w = world();
         let uuid = |n: u128| format!("{n:038}");
-        let text: String = (0..200u128)
-            .map(|n| format!("{}\td_sid=25\n", uuid(n * 7919)))
-            .collect();
-        let good = merge(&w, None, &[(&text, false, 21)], 1000)
-            .payload
-            .unwrap();
+        let good = spread_base(&w, |_| "d_sid=25".into());
         // Profile 150 of the base claims two entries but holds one: its header reads, its body
         // does not. Its block's checksum is made over those bytes, as a bug would write them.
         let key150 = ProfileKey::Uuid(Uuid(150 * 7919)).encode();
@@ -1765,26 +1764,7 @@ mod tests {
         .payload
         .unwrap();
         let night = |line: &str, base: &[u8], delta: &[u8], index: Option<&BlockIndex<'_>>| {
-            night_of(
-                &w,
-                &[(line, false, 21)],
-                2000,
-                Some(1000),
-                true,
-                |bufs, ctx| {
-                    merge_partition_delta(
-                        base,
-                        delta,
-                        index,
-                        None,
-                        bufs,
-                        ctx,
-                        usize::MAX,
-                        &mut |_| {},
-                    )
-                    .map(drop)
-                },
-            )
+            delta_night(&w, line, (2000, 1000), base, index, delta, None).map(drop)
         };
         let line = format!("{}\td_sid=26\n", uuid(150 * 7919));
         for index in [None, Some(&index)] {

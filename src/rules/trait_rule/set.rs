@@ -551,17 +551,7 @@ impl TraitRules {
             if let Node::Atom(a) = rule.root {
                 // Most catalog rules are one atom (`ic == "30612"`): it holds when a signal
                 // satisfies it, and those signals are its items.
-                let (start, len) = self.hits(a, &call, memo);
-                let start = start as usize;
-                let positions = memo
-                    .hits
-                    .get(start..start.saturating_add(len as usize))
-                    .unwrap_or_default();
-                items.extend(
-                    positions
-                        .iter()
-                        .filter_map(|&p| signals.get(p as usize).map(|s| s.0)),
-                );
+                self.atom_items(a, &call, memo, items);
                 if items.is_empty() {
                     continue;
                 }
@@ -622,6 +612,21 @@ impl TraitRules {
         run
     }
 
+    /// Appends the items of the signals that satisfy atom `a`, in signal order.
+    fn atom_items(&self, a: u32, call: &Call<'_, '_>, memo: &mut Memo, items: &mut Vec<u32>) {
+        let (start, len) = self.hits(a, call, memo);
+        let start = start as usize;
+        let positions = memo
+            .hits
+            .get(start..start.saturating_add(len as usize))
+            .unwrap_or_default();
+        items.extend(
+            positions
+                .iter()
+                .filter_map(|&p| call.signals.get(p as usize).map(|s| s.0)),
+        );
+    }
+
     /// Appends the items satisfying atoms of `node` that sit under an even number of `NOT`s
     /// (`positive`): a signal that satisfies a negated atom argues against the trait.
     fn used_items(
@@ -635,17 +640,7 @@ impl TraitRules {
         match node {
             Node::Atom(a) => {
                 if positive {
-                    let (start, len) = self.hits(*a, call, memo);
-                    let start = start as usize;
-                    let positions = memo
-                        .hits
-                        .get(start..start.saturating_add(len as usize))
-                        .unwrap_or_default();
-                    items.extend(
-                        positions
-                            .iter()
-                            .filter_map(|&p| call.signals.get(p as usize).map(|s| s.0)),
-                    );
+                    self.atom_items(*a, call, memo, items);
                 }
             }
             Node::Not(x) => self.used_items(x, !positive, call, memo, items),
