@@ -237,7 +237,7 @@ impl PartOps {
         let mut out = Vec::new();
         if let Some(path) = &self.file {
             let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-            let mut bytes = Vec::new();
+            let mut bytes = Vec::with_capacity(usize::try_from(self.spilled).unwrap_or(0));
             File::open(path)
                 .and_then(|f| f.take(self.spilled).read_to_end(&mut bytes))
                 .map_err(named)?;
@@ -283,12 +283,24 @@ pub fn read_spilled(path: &Path) -> io::Result<Vec<OpBuf>> {
     Ok(out)
 }
 
-/// Appends `bufs` to `path`; returns the bytes written.
+/// Appends `bufs` to `path` as one batch; returns the bytes written.
+///
+/// A batch starts with how many ops, key bytes and acts follow, so that reading it back
+/// allocates each buffer once at its final size instead of growing it.
 fn append(dir: &Path, path: &Path, bufs: &[OpBuf]) -> io::Result<u64> {
+    let ops: usize = bufs.iter().map(|b| b.ops.len()).sum();
+    if ops == 0 {
+        return Ok(0);
+    }
     std::fs::create_dir_all(dir)?;
     let file = OpenOptions::new().create(true).append(true).open(path)?;
     let mut out = BufWriter::with_capacity(SPILL_BUF_BYTES, file);
     let mut w = Writer::default();
+    w.varint(ops as u64);
+    // What the ops refer to: a buffer may hold the key and acts of an op it dropped.
+    let ops_of = || bufs.iter().flat_map(|b| &b.ops);
+    w.varint(ops_of().map(|op| u64::from(op.key.1)).sum());
+    w.varint(ops_of().map(|op| u64::from(op.acts.1)).sum());
     let mut written = 0u64;
     for buf in bufs {
         for op in &buf.ops {
@@ -325,50 +337,96 @@ fn encode_op(w: &mut Writer, buf: &OpBuf, op: &Op) {
     w.varint(u64::from(op.failed));
 }
 
-/// Decodes spilled ops into buffers of at most [`OPS_PER_DECODED_BUF`] ops.
+/// Decodes spilled batches (see [`append`]) into buffers of at most [`OPS_PER_DECODED_BUF`]
+/// ops each.
 fn decode(bytes: &[u8], out: &mut Vec<OpBuf>) -> Result<(), String> {
+    decode_in(bytes, OPS_PER_DECODED_BUF, out)
+}
+
+/// [`decode`] into buffers of at most `per_buf` ops.
+fn decode_in(bytes: &[u8], per_buf: usize, out: &mut Vec<OpBuf>) -> Result<(), String> {
     let mut r = Reader::new(bytes);
-    let mut buf = OpBuf::default();
     let bad = |r: &Reader<'_>, what: &str| format!("{what} at byte {}", r.offset());
     while !r.is_empty() {
-        if buf.ops.len() >= OPS_PER_DECODED_BUF {
-            out.push(std::mem::take(&mut buf));
+        let mut header = [0u64; 3];
+        for v in &mut header {
+            *v = r.varint().map_err(|_| bad(&r, "truncated batch header"))?;
         }
-        let seq = r.varint().map_err(|_| bad(&r, "truncated op"))?;
-        let key = r.short_bytes().map_err(|_| bad(&r, "truncated key"))?;
-        let n = r.varint_u32().map_err(|_| bad(&r, "truncated act count"))?;
-        let key_at = (buf.keys.len() as u32, key.len() as u32);
-        buf.keys.extend_from_slice(key);
-        let acts_at = buf.acts.len() as u32;
-        for _ in 0..n {
-            let item = r.varint_u32().map_err(|_| bad(&r, "truncated act"))?;
-            let trait_id = r.varint_u32().map_err(|_| bad(&r, "truncated act"))?;
-            let kind = match r.u8().map_err(|_| bad(&r, "truncated act"))? {
-                0 => ActKind::Realize,
-                1 => ActKind::Remove,
-                2 => ActKind::Touch,
-                _ => return Err(bad(&r, "unknown act kind")),
-            };
-            buf.acts.push(Act {
-                item,
-                trait_id,
-                kind,
+        let [ops, keys, acts] = header.map(|v| usize::try_from(v).unwrap_or(usize::MAX));
+        // An op takes at least 7 bytes and an act 3: a header claiming more than the rest of
+        // the file could hold is damage, not a reason to allocate that much.
+        let rest = r.remaining();
+        if ops == 0 || ops > rest / 7 || keys > rest || acts > rest / 3 {
+            return Err(bad(&r, "batch header does not fit the file"));
+        }
+        decode_batch(&mut r, [ops, keys, acts], per_buf, out)?;
+    }
+    Ok(())
+}
+
+/// Decodes one batch of `left` = [ops, key bytes, acts] from `r` into buffers of at most
+/// `per_buf` ops.
+fn decode_batch(
+    r: &mut Reader<'_>,
+    mut left: [usize; 3],
+    per_buf: usize,
+    out: &mut Vec<OpBuf>,
+) -> Result<(), String> {
+    let bad = |r: &Reader<'_>, what: &str| format!("{what} at byte {}", r.offset());
+    while left[0] > 0 {
+        let take = left[0].min(per_buf.max(1));
+        // A batch spanning several buffers shares its keys and acts out by ops; a buffer
+        // that needs more than its share grows.
+        let share = |total: usize| (total as u128 * take as u128 / left[0] as u128) as usize;
+        let mut buf = OpBuf {
+            keys: Vec::with_capacity(share(left[1])),
+            ops: Vec::with_capacity(take),
+            acts: Vec::with_capacity(share(left[2])),
+        };
+        for _ in 0..take {
+            let seq = r.varint().map_err(|_| bad(r, "truncated op"))?;
+            let key = r.short_bytes().map_err(|_| bad(r, "truncated key"))?;
+            let n = r.varint_u32().map_err(|_| bad(r, "truncated act count"))?;
+            let key_at = (buf.keys.len() as u32, key.len() as u32);
+            buf.keys.extend_from_slice(key);
+            let acts_at = buf.acts.len() as u32;
+            for _ in 0..n {
+                let item = r.varint_u32().map_err(|_| bad(r, "truncated act"))?;
+                let trait_id = r.varint_u32().map_err(|_| bad(r, "truncated act"))?;
+                let kind = match r.u8().map_err(|_| bad(r, "truncated act"))? {
+                    0 => ActKind::Realize,
+                    1 => ActKind::Remove,
+                    2 => ActKind::Touch,
+                    _ => return Err(bad(r, "unknown act kind")),
+                };
+                buf.acts.push(Act {
+                    item,
+                    trait_id,
+                    kind,
+                });
+            }
+            let items = r.varint_u32().map_err(|_| bad(r, "truncated op"))?;
+            let malformed = r.varint_u32().map_err(|_| bad(r, "truncated op"))?;
+            let failed = r.varint_u32().map_err(|_| bad(r, "truncated op"))?;
+            buf.ops.push(Op {
+                seq,
+                key: key_at,
+                acts: (acts_at, n),
+                items,
+                malformed,
+                failed,
             });
         }
-        let items = r.varint_u32().map_err(|_| bad(&r, "truncated op"))?;
-        let malformed = r.varint_u32().map_err(|_| bad(&r, "truncated op"))?;
-        let failed = r.varint_u32().map_err(|_| bad(&r, "truncated op"))?;
-        buf.ops.push(Op {
-            seq,
-            key: key_at,
-            acts: (acts_at, n),
-            items,
-            malformed,
-            failed,
-        });
-    }
-    if !buf.ops.is_empty() {
+        left[0] -= take;
+        for (left, used) in left[1..].iter_mut().zip([buf.keys.len(), buf.acts.len()]) {
+            *left = left
+                .checked_sub(used)
+                .ok_or_else(|| bad(r, "batch does not match its header"))?;
+        }
         out.push(buf);
+    }
+    if left != [0; 3] {
+        return Err(bad(r, "batch does not match its header"));
     }
     Ok(())
 }
@@ -515,6 +573,82 @@ mod tests {
         };
         let err = err.to_string();
         assert!(err.contains("ops-0000") && err.contains("shorter"), "{err}");
+    }
+
+    /// The bytes [`append`] writes for `bufs`.
+    fn spilled(bufs: &[OpBuf]) -> Vec<u8> {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ops");
+        let written = append(tmp.path(), &path, bufs).unwrap();
+        if written == 0 {
+            assert!(!path.exists());
+            return Vec::new();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, written);
+        bytes
+    }
+
+    #[test]
+    fn a_batch_is_read_back_into_buffers_allocated_once() {
+        // The per-user cap drops ops from a buffer and leaves their keys and acts in it.
+        let mut capped = buf(500, 25);
+        capped.retain(|op| op.seq % 4 != 1);
+        let bufs = [buf(0, 30), capped];
+        let bytes = spilled(&bufs);
+        let mut one = Vec::new();
+        decode(&bytes, &mut one).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].heap_bytes(), one[0].used_bytes());
+        assert_eq!(flat(&one), flat(&bufs));
+        // Split over buffers of 7 ops, each gets its share and the ops come back in order.
+        let mut split = Vec::new();
+        decode_in(&bytes, 7, &mut split).unwrap();
+        let ops: usize = bufs.iter().map(|b| b.ops.len()).sum();
+        assert!(ops < 55);
+        assert_eq!(split.len(), ops.div_ceil(7));
+        assert!(split.iter().all(|b| b.ops.len() <= 7));
+        assert_eq!(flat(&split), flat(&bufs));
+        // Two batches in one file.
+        let mut twice = bytes.clone();
+        twice.extend(spilled(&[buf(900, 4)]));
+        let mut both = Vec::new();
+        decode(&twice, &mut both).unwrap();
+        let mut want = flat(&bufs);
+        want.extend(flat(&[buf(900, 4)]));
+        assert_eq!(flat(&both), want);
+        // Nothing to spill writes nothing.
+        assert!(spilled(&[OpBuf::default()]).is_empty());
+    }
+
+    #[test]
+    fn a_batch_header_that_does_not_match_its_ops_is_an_error() {
+        let bufs = [buf(0, 30)];
+        let bytes = spilled(&bufs);
+        let mut r = Reader::new(&bytes);
+        let header: Vec<u64> = (0..3).map(|_| r.varint().unwrap()).collect();
+        let body = &bytes[r.offset()..];
+        let with = |h: [u64; 3]| {
+            let mut w = Writer::default();
+            h.iter().for_each(|&v| w.varint(v));
+            w.buf.extend_from_slice(body);
+            let mut out = Vec::new();
+            decode(&w.buf, &mut out).map(|()| flat(&out))
+        };
+        let h = [header[0], header[1], header[2]];
+        assert_eq!(with(h).unwrap(), flat(&bufs));
+        for (h, want) in [
+            ([h[0], h[1] + 1, h[2]], "does not match its header"),
+            ([h[0], h[1] - 1, h[2]], "does not match its header"),
+            ([h[0], h[1], h[2] + 1], "does not match its header"),
+            ([h[0] - 1, h[1], h[2]], "does not match its header"),
+            ([h[0] + 1, h[1], h[2]], "truncated"),
+            ([u64::MAX, h[1], h[2]], "does not fit"),
+            ([0, 0, 0], "does not fit"),
+        ] {
+            let err = with(h).unwrap_err();
+            assert!(err.contains(want), "{h:?}: {err}");
+        }
     }
 
     #[test]
