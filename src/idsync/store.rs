@@ -270,14 +270,11 @@ pub struct GroupedChunk {
 
 impl GroupedChunk {
     /// An empty chunk for `text_bytes` of ID-sync text spread over `partitions`: each group
-    /// reserves its share of the text and a sixteenth more up front, so it is not copied as
-    /// it grows. A mapping to a 38-digit UUID encodes in 15 bytes less than its text, one to
-    /// an ID in about 11 more (a file of those pays in copies). Capacity never written costs
-    /// address space, not memory.
+    /// reserves its expected share up front (encoded mappings are somewhat smaller than their
+    /// text), so it is not copied as it grows.
     pub fn for_text(text_bytes: usize, partitions: u32) -> GroupedChunk {
-        let share = text_bytes / partitions.max(1) as usize;
         GroupedChunk {
-            reserve: share + share / 16 + 64,
+            reserve: text_bytes / partitions.max(1) as usize * 3 / 4 + 64,
             ..GroupedChunk::default()
         }
     }
