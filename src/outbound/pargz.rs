@@ -4,12 +4,17 @@
 //! boundary, into one ordinary gzip member. Any gzip reader decodes it; the bytes depend only
 //! on the text and where its blocks end, never on the thread count.
 //!
+//! A full batch is handed to the thread pool and the writer returns, so the caller makes the
+//! next batch's text while this one is deflated; the next full batch first waits for it (and
+//! helps with the pool's work meanwhile). Pieces are written in order.
+//!
 //! (`gzp` does this too, but its dictionary mode needs C zlib, which would replace the zlib-rs
 //! backend the read path uses.)
 
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use rayon::prelude::*;
 use std::io::{self, Write};
+use std::sync::mpsc;
 
 /// Deflate's window: how far back a match can reach.
 const WINDOW: usize = 32 * 1024;
@@ -25,7 +30,12 @@ pub struct ParGzWriter<W: Write> {
     /// The last [`WINDOW`] bytes of the text compressed so far: the next block's dictionary.
     tail: Vec<u8>,
     crc: Crc,
+    /// The batch being deflated on the pool: its pieces, in order, when done.
+    in_flight: Option<mpsc::Receiver<Pieces>>,
 }
+
+/// A batch's deflated pieces.
+type Pieces = io::Result<Vec<Vec<u8>>>;
 
 impl<W: Write> ParGzWriter<W> {
     /// Writes the gzip header (no name, mtime 0, OS unknown: the same text gives the same
@@ -38,6 +48,7 @@ impl<W: Write> ParGzWriter<W> {
             pending: Vec::with_capacity(BATCH),
             tail: Vec::new(),
             crc: Crc::new(),
+            in_flight: None,
         })
     }
 
@@ -64,6 +75,8 @@ impl<W: Write> ParGzWriter<W> {
         Ok(self.out)
     }
 
+    /// Hands the pending blocks to the pool (see the module docs), after writing the batch
+    /// before them; the last batch is deflated and written before this returns.
     fn compress_pending(&mut self, last: bool) -> io::Result<()> {
         let mut blocks = std::mem::take(&mut self.pending);
         if last && blocks.is_empty() {
@@ -79,23 +92,64 @@ impl<W: Write> ParGzWriter<W> {
             self.tail.drain(..excess);
             self.crc.update(block);
         }
-        let count = blocks.len();
+        if let Some(batch) = self.in_flight.take() {
+            self.write_pieces(wait(&batch))?;
+        }
         let level = self.level;
-        let pieces: Vec<io::Result<Vec<u8>>> = blocks
-            .par_iter()
-            .zip(&dicts)
-            .enumerate()
-            .map_init(
-                || Compress::new(level, false),
-                |deflate, (i, (block, dict))| {
-                    deflate_block(deflate, block, dict, last && i + 1 == count)
-                },
-            )
-            .collect();
-        for piece in pieces {
-            self.out.write_all(&piece?)?;
+        if last {
+            return self.write_pieces(deflate_batch(&blocks, &dicts, level, true));
+        }
+        let (done, batch) = mpsc::sync_channel(1);
+        rayon::spawn(move || {
+            // The writer may be gone (an error on its way out): then nobody wants the pieces.
+            let _ = done.send(deflate_batch(&blocks, &dicts, level, false));
+        });
+        self.in_flight = Some(batch);
+        Ok(())
+    }
+
+    fn write_pieces(&mut self, pieces: Pieces) -> io::Result<()> {
+        for piece in pieces? {
+            self.out.write_all(&piece)?;
         }
         Ok(())
+    }
+}
+
+/// Deflates `blocks` in parallel, each primed with its dictionary; `last` ends the stream
+/// with the last block.
+fn deflate_batch(blocks: &[Vec<u8>], dicts: &[Vec<u8>], level: Compression, last: bool) -> Pieces {
+    let count = blocks.len();
+    blocks
+        .par_iter()
+        .zip(dicts)
+        .enumerate()
+        .map_init(
+            || Compress::new(level, false),
+            |deflate, (i, (block, dict))| {
+                deflate_block(deflate, block, dict, last && i + 1 == count)
+            },
+        )
+        .collect()
+}
+
+/// The pieces of a batch handed to the pool. A pool thread runs the pool's tasks while it
+/// waits (the batch's own among them: with one thread, it deflates the batch itself).
+fn wait(batch: &mpsc::Receiver<Pieces>) -> Pieces {
+    let gone = || Err(io::Error::other("a gzip batch ended without its output"));
+    loop {
+        match batch.try_recv() {
+            Ok(pieces) => return pieces,
+            Err(mpsc::TryRecvError::Disconnected) => return gone(),
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            match batch.recv_timeout(std::time::Duration::from_micros(200)) {
+                Ok(pieces) => return pieces,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return gone(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
     }
 }
 
