@@ -657,32 +657,26 @@ fn push_op(
         ctx.rules
             .qualify(ctx.target_ds, &signals, &mut rules.scratch, q);
         // Per qualified trait: it is realized at its last satisfying item (the rule holds once
-        // all its atoms are seen); earlier satisfying items are touched.
+        // all its atoms are seen); earlier satisfying items are touched. A trait's items
+        // ascend and are distinct (or it has just `NO_ITEM`), so its touches then its realize
+        // ascend too.
         let mut i = 0;
         while i < q.len() {
             let trait_id = q[i].0;
             let end = i + q[i..].iter().take_while(|(t, _)| *t == trait_id).count();
-            let items = &q[i..end];
-            let at = items
-                .iter()
-                .rev()
-                .map(|&(_, item)| item)
-                .find(|&item| item != NO_ITEM)
-                .unwrap_or(NO_ITEM);
+            let (&(_, at), touched) = q[i..end].split_last().expect("one item at least");
+            for &(_, item) in touched {
+                buf.acts.push(Act {
+                    item,
+                    trait_id,
+                    kind: ActKind::Touch,
+                });
+            }
             buf.acts.push(Act {
                 item: at,
                 trait_id,
                 kind: ActKind::Realize,
             });
-            for &(_, item) in items {
-                if item != at && item != NO_ITEM {
-                    buf.acts.push(Act {
-                        item,
-                        trait_id,
-                        kind: ActKind::Touch,
-                    });
-                }
-            }
             i = end;
         }
         // Interleave rule acts with d_sid/d_unsid acts in item order (stable: equal items keep

@@ -199,10 +199,25 @@ fn expiry(entry: &Entry, facts: TraitFacts<'_>) -> Option<Timestamp> {
     })
 }
 
+/// Sets `entry` in `entries` (sorted by trait), replacing the entry of its trait if any.
 fn upsert(entries: &mut Vec<Entry>, entry: Entry) {
-    match entries.binary_search_by_key(&entry.trait_id, |e| e.trait_id) {
+    match position(entries, entry.trait_id) {
         Ok(i) => entries[i] = entry,
         Err(i) => entries.insert(i, entry),
+    }
+}
+
+/// [`slice::binary_search_by_key`] on the trait. Most profiles hold a few traits: counting
+/// the smaller ones is a run of independent compares, where each step of a binary search
+/// waits for the load before it.
+fn position(entries: &[Entry], trait_id: TraitId) -> Result<usize, usize> {
+    if entries.len() > 16 {
+        return entries.binary_search_by_key(&trait_id, |e| e.trait_id);
+    }
+    let i = entries.iter().filter(|e| e.trait_id < trait_id).count();
+    match entries.get(i) {
+        Some(e) if e.trait_id == trait_id => Ok(i),
+        _ => Err(i),
     }
 }
 
@@ -1213,16 +1228,14 @@ fn apply_ops(
             let mut last_used_item = None;
             for act in buf.acts(op) {
                 let used = match act.kind {
-                    ActKind::Remove => {
-                        match entries.binary_search_by_key(&act.trait_id, |e| e.trait_id) {
-                            Ok(pos) => {
-                                entries.remove(pos);
-                                counters.total_removed_traits += 1;
-                                true
-                            }
-                            Err(_) => false,
+                    ActKind::Remove => match position(entries, act.trait_id) {
+                        Ok(pos) => {
+                            entries.remove(pos);
+                            counters.total_removed_traits += 1;
+                            true
                         }
-                    }
+                        Err(_) => false,
+                    },
                     ActKind::Realize => {
                         // A line names a few traits: a scan keeps them distinct more cheaply
                         // than sorting them.
@@ -2157,6 +2170,23 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The position of a trait among a profile's entries is the binary search's, for
+        /// profiles short (counted) and long (searched), traits present and absent.
+        #[test]
+        fn entry_position_matches_the_binary_search(
+            traits in proptest::collection::btree_set(0u32..100, 0..40),
+            probe in 0u32..101,
+        ) {
+            let entries: Vec<Entry> = traits
+                .iter()
+                .map(|&trait_id| Entry { trait_id, data_source: 21, realized_at: 0 })
+                .collect();
+            proptest::prop_assert_eq!(
+                position(&entries, probe),
+                entries.binary_search_by_key(&probe, |e| e.trait_id)
+            );
+        }
+
         /// The prefix sort gives the standard sort's order of prefixes and keeps every ref,
         /// over spans narrow and wide (all prefixes equal, a few bits, all 64).
         #[test]
