@@ -884,6 +884,16 @@ impl Night<'_> {
         let Some(mut out) = out else {
             return Ok(None);
         };
+        if let Some(at) = out.counts_ignored {
+            tracing::warn!(
+                partition = %name,
+                counts = %counts_name,
+                block_offset = at,
+                "the delta's block counts let a block the night needed go unread; merged the \
+                 partition again without them, and wrote new counts (`segmill state verify` \
+                 checks a state's counts)"
+            );
+        }
         if let Some(payload) = out.payload.take() {
             staged.write(&crate::profile::delta_name(p), &payload)?;
         }

@@ -110,6 +110,11 @@ pub struct PartOut {
     /// empty). `None` from the other merges.
     #[serde(skip)]
     pub delta_counts: Option<Vec<u8>>,
+    /// From [`merge_partition_delta`]: the offset of the base block that the given delta
+    /// counts let go unread though the night needed it (the partition was then merged again
+    /// without them).
+    #[serde(skip)]
+    pub counts_ignored: Option<usize>,
 }
 
 /// How many bytes of [`PartOut::changes`] a partition of `stored_bytes` keeps: about 30 bytes
@@ -612,8 +617,38 @@ pub fn merge_partition_into(
 /// are read, and the others counted from the index; the delta's records fall in blocks that
 /// are read too unless `delta_counts` (when it fits the delta) says what those blocks count.
 /// The new delta's counts are in [`PartOut::delta_counts`].
+///
+/// Counts only save reads. Counts that call a block quiet when the night finds a due profile
+/// of the delta in it, unread, are wrong (a bug, or a damaged file that still checks out):
+/// the partition is merged again without them, every block a delta record falls in read, and
+/// [`PartOut::counts_ignored`] says so.
 #[allow(clippy::too_many_arguments)]
 pub fn merge_partition_delta(
+    base: &[u8],
+    delta: &[u8],
+    index: Option<&BlockIndex<'_>>,
+    delta_counts: Option<&DeltaCounts>,
+    ops: &[&OpBuf],
+    ctx: &MergeCtx<'_>,
+    limit: usize,
+    passed: &mut dyn FnMut(usize),
+) -> Result<Option<PartOut>, MergeError> {
+    let mut merge = |counts| merge_delta_once(base, delta, index, counts, ops, ctx, limit, passed);
+    match merge(delta_counts) {
+        Err(MergeError::Stored(Unreadable::Counts(at))) if delta_counts.is_some() => {
+            let mut out = merge(None)?;
+            if let Some(out) = &mut out {
+                out.counts_ignored = Some(at);
+            }
+            Ok(out)
+        }
+        result => result,
+    }
+}
+
+/// One attempt of [`merge_partition_delta`], with the given counts.
+#[allow(clippy::too_many_arguments)]
+fn merge_delta_once(
     base: &[u8],
     delta: &[u8],
     index: Option<&BlockIndex<'_>>,
@@ -830,6 +865,7 @@ impl PartOut {
             rewritten: false,
             index: None,
             delta_counts: None,
+            counts_ignored: None,
         }
     }
 
@@ -1772,17 +1808,49 @@ mod tests {
                 "{err}"
             );
         }
-        // Counts that call a block quiet when a delta profile in it is due are an error, not
-        // a profile left unexpired.
+        // Counts that call a block quiet when a delta profile in it is due are not trusted:
+        // the night is merged again without them (the profile expires, not left unexpired),
+        // and says so.
         let lying = DeltaCounts::new(
             &index,
             &delta,
             &vec![crate::blocks::Counts::default(); index.blocks.len()],
         );
-        let err = night(&line3, 200, &delta, &base, Some(&lying)).unwrap_err();
+        let lied = night(&line3, 200, &delta, &base, Some(&lying))
+            .unwrap()
+            .unwrap();
+        let without = night(&line3, 200, &delta, &base, None).unwrap().unwrap();
+        assert_eq!(lied.counts_ignored, Some(index.blocks[a].start));
+        assert_eq!(without.counts_ignored, None);
+        assert_same_night(&lied, &without);
+        assert_eq!(lied.payload, without.payload);
+        assert_eq!(lied.delta_counts, without.delta_counts);
+        assert!(without.expired > 0);
+        // The first attempt alone is the error the retry answers.
+        let at = (200 * DAY + 1000, 199 * DAY + 1000);
+        let once = night_of(
+            &w,
+            &[(&line3, false, 21)],
+            at.0,
+            Some(at.1),
+            true,
+            |bufs, ctx| {
+                merge_delta_once(
+                    &base,
+                    &delta,
+                    Some(&index),
+                    Some(&lying),
+                    bufs,
+                    ctx,
+                    usize::MAX,
+                    &mut |_| {},
+                )
+            },
+        );
         assert!(
-            matches!(err, MergeError::Stored(Unreadable::Counts(o)) if o == index.blocks[a].start),
-            "{err}"
+            matches!(&once, Err(MergeError::Stored(Unreadable::Counts(o))) if *o == index.blocks[a].start),
+            "{:?}",
+            once.map(|o| o.map(|o| o.profiles))
         );
     }
 
