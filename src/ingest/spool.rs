@@ -2,8 +2,8 @@
 //! "Memory and scale on one machine").
 //!
 //! Chunks' op buffers are pushed in run order. When the buffered ops outgrow the budget, the
-//! partitions holding the most are appended to one spill file each (compact varint records) and
-//! their buffers freed. When a partition is merged, its spill file is read back first and its
+//! partitions holding the most are appended to one spill file each (a batch of compact varint
+//! records after a header of their sizes) and their buffers freed. When a partition is merged, its spill file is read back first and its
 //! buffers still in memory follow, so the ops come back in exactly the order they were pushed,
 //! however much was spilled: outputs never depend on the budget.
 //!
@@ -283,7 +283,8 @@ pub fn read_spilled(path: &Path) -> io::Result<Vec<OpBuf>> {
     Ok(out)
 }
 
-/// Appends `bufs` to `path` as one batch; returns the bytes written.
+/// Appends `bufs` to `path` as one batch; returns the bytes written (none, and no file
+/// created, when `bufs` hold no op).
 ///
 /// A batch starts with how many ops, key bytes and acts follow, so that reading it back
 /// allocates each buffer once at its final size instead of growing it.
@@ -348,18 +349,20 @@ fn decode_in(bytes: &[u8], per_buf: usize, out: &mut Vec<OpBuf>) -> Result<(), S
     let mut r = Reader::new(bytes);
     let bad = |r: &Reader<'_>, what: &str| format!("{what} at byte {}", r.offset());
     while !r.is_empty() {
+        let start = r.offset();
         let mut header = [0u64; 3];
         for v in &mut header {
             *v = r.varint().map_err(|_| bad(&r, "truncated batch header"))?;
         }
         let [ops, keys, acts] = header.map(|v| usize::try_from(v).unwrap_or(usize::MAX));
-        // An op takes at least 7 bytes and an act 3: a header claiming more than the rest of
+        // An op takes at least 6 bytes and an act 3: a header claiming more than the rest of
         // the file could hold is damage, not a reason to allocate that much.
         let rest = r.remaining();
-        if ops == 0 || ops > rest / 7 || keys > rest || acts > rest / 3 {
+        if ops == 0 || ops > rest / 6 || keys > rest || acts > rest / 3 {
             return Err(bad(&r, "batch header does not fit the file"));
         }
-        decode_batch(&mut r, [ops, keys, acts], per_buf, out)?;
+        decode_batch(&mut r, [ops, keys, acts], per_buf, out)
+            .map_err(|e| format!("{e} (the batch at byte {start})"))?;
     }
     Ok(())
 }

@@ -101,8 +101,14 @@ impl<W: Write> ParGzWriter<W> {
         }
         let (done, batch) = mpsc::sync_channel(1);
         rayon::spawn(move || {
+            // A panic here would abort the process (a spawned task has no caller to unwind
+            // into): it becomes the batch's error instead.
+            let pieces = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                deflate_batch(&blocks, &dicts, level, false)
+            }))
+            .unwrap_or_else(|_| Err(io::Error::other("deflating a gzip batch panicked")));
             // The writer may be gone (an error on its way out): then nobody wants the pieces.
-            let _ = done.send(deflate_batch(&blocks, &dicts, level, false));
+            let _ = done.send(pieces);
         });
         self.in_flight = Some(batch);
         Ok(())
@@ -266,6 +272,26 @@ mod tests {
             independent += deflate_block(&mut c, b, &[], false).unwrap().len();
         }
         assert!(one.len() < independent, "{} vs {independent}", one.len());
+    }
+
+    #[test]
+    fn writers_inside_the_pool_wait_for_their_batches_on_any_thread_count() {
+        // Three writers of 45 blocks each (batches in flight when the next fills), run as
+        // the exports run them: in parallel, on the pool their batches go to.
+        let texts: Vec<Vec<u8>> = (0..3).map(|i| text(45 * 4096, 20 + i)).collect();
+        let blocks = |t: &Vec<u8>| t.chunks(4096).map(<[u8]>::to_vec).collect::<Vec<_>>();
+        let alone: Vec<Vec<u8>> = texts.iter().map(|t| compress(&blocks(t))).collect();
+        for threads in [1, 2, 3] {
+            let together: Vec<Vec<u8>> = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| texts.par_iter().map(|t| compress(&blocks(t))).collect());
+            assert_eq!(together, alone, "{threads} threads");
+        }
+        for (gz, t) in alone.iter().zip(&texts) {
+            assert_eq!(&gunzip(gz), t);
+        }
     }
 
     #[test]

@@ -611,7 +611,7 @@ pub fn merge_partition_into(
 /// are read (their headers) and counted but not copied. `None` once the new delta passes
 /// `limit` bytes (see [`crate::state::delta_limit`]): the partition is then better merged
 /// whole, over [`super::overlay`] of the two. `passed` hears how far into the base the merge
-/// has read.
+/// has read (from the start again when it merges again, below).
 ///
 /// With the base's block `index`, only the blocks that tonight's lines or a due event fall in
 /// are read, and the others counted from the index; the delta's records fall in blocks that

@@ -155,8 +155,8 @@ pub enum Unreadable {
     )]
     Block(usize),
     #[error(
-        "the delta's block counts call the block at byte {0} quiet, but a profile of the delta \
-         in it is not (edited or damaged)"
+        "the block counts call the block at byte {0} quiet, but a profile in it is not \
+         (edited or damaged)"
     )]
     Counts(usize),
 }

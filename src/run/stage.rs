@@ -62,8 +62,9 @@ pub enum StageOutcome {
     Finalized(Box<RunSummary>),
 }
 
-/// Version of the work folder's layout; a plan of another version is refused.
-const WORK_FORMAT: u32 = 2;
+/// Version of the work folder's layout; a plan of another version is refused. 3: spill files
+/// are batches with a header of their sizes (`ingest::spool`).
+const WORK_FORMAT: u32 = 3;
 
 /// The night as `plan` fixed it, read by every later task.
 #[derive(Debug, Serialize, Deserialize)]

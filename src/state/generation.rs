@@ -598,13 +598,17 @@ impl MappedPayload {
     }
 
     /// Lets the pages wholly before `offset` leave this process's memory (they stay in the
-    /// page cache, and the same bytes fault back in if touched again).
+    /// page cache, and the same bytes fault back in if touched again). An offset before the
+    /// pages already let go of starts a new pass over the payload (a merge done again): the
+    /// pages from there on are let go of again as later calls pass them.
     pub fn release_before(&self, offset: usize) {
         let (from, to) = (self.released.get(), offset.min(self.len));
         if to > from {
             // Whole pages only: the one straddling `to` goes with the next call.
             crate::inbound::read::release(&self.map, from, to - from);
             self.released.set(to / 4096 * 4096);
+        } else {
+            self.released.set(self.released.get().min(to / 4096 * 4096));
         }
     }
 }
@@ -1082,6 +1086,38 @@ mod tests {
         assert_eq!(parse_dir_name("gen-0000012"), None);
         assert_eq!(parse_dir_name("gen-000012.partial"), None);
         assert_eq!(parse_dir_name("gen-+00012"), None);
+    }
+
+    #[test]
+    fn a_mapped_payload_lets_go_behind_each_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        let payload: Vec<u8> = (0..10 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+        write_loose(&path, &payload).unwrap();
+        let m = map_verified(
+            &path,
+            payload.len() as u64,
+            fsutil::checksum(&payload),
+            true,
+        )
+        .unwrap();
+        assert_eq!(m.released.get(), 0);
+        assert_eq!(m.bytes(), &payload[..]);
+        // Whole pages, forward only within a pass.
+        m.release_before(3 * 4096 + 10);
+        assert_eq!(m.released.get(), 3 * 4096);
+        m.release_before(3 * 4096 + 20);
+        assert_eq!(m.released.get(), 3 * 4096);
+        m.release_before(6 * 4096);
+        assert_eq!(m.released.get(), 6 * 4096);
+        // A second pass from further back: its pages are let go of again as it goes.
+        m.release_before(2 * 4096 + 5);
+        assert_eq!(m.released.get(), 2 * 4096);
+        m.release_before(8 * 4096);
+        assert_eq!(m.released.get(), 8 * 4096);
+        m.release_before(usize::MAX);
+        assert_eq!(m.released.get(), payload.len() / 4096 * 4096);
+        assert_eq!(m.bytes(), &payload[..]);
     }
 
     #[test]
